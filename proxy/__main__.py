@@ -1,0 +1,104 @@
+"""Command line: ``python -m proxy serve|check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from . import config as config_module
+from .app import build_app, start
+from .config import Config
+from .errors import ConfigError
+from .observe import logs
+
+EXIT_CONFIG: int = 2
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("PROXY_CONFIG") or "routes.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
+    serve.add_argument("--host", help="listen address (default: [server].host)")
+    serve.add_argument("--port", type=int, help="listen port, 0 for any (default: [server].port)")
+    serve.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    serve.add_argument("--log-format", default="json", choices=("json", "console"))
+
+    check = commands.add_parser("check", help="validate the config and print the routes")
+    check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
+    return parser
+
+
+def _route_summary(config: Config) -> list[str]:
+    lines = []
+    for route in config.routes:
+        auth = f"auth={route.auth}" if route.auth else "no auth"
+        lines.append(f"{route.prefix} -> {route.upstream.url} ({auth})")
+    return lines
+
+
+def _check(path: str) -> int:
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: valid, {len(config.routes)} route(s), {len(config.auth)} auth table(s)")
+    for line in _route_summary(config):
+        print(f"  {line}")
+    for name, auth in sorted(config.auth.items()):
+        print(f"  auth {name}: {auth.type} via {auth.token_url}")
+    return 0
+
+
+async def _serve(config: Config, host: str, port: int) -> None:
+    log = structlog.get_logger("proxy")
+    runner, addresses = await start(build_app(config), host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "proxy_started",
+        addresses=[f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses],
+        routes=_route_summary(config),
+        pid=os.getpid(),
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("proxy_stopping")
+        await runner.cleanup()
+        log.info("proxy_stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = _config_path(args.config)
+    if args.command == "check":
+        return _check(path)
+    logs.configure(args.log_level, args.log_format)
+    try:
+        config = config_module.load(path)
+    except ConfigError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    asyncio.run(_serve(config, host, port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

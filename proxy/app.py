@@ -1,0 +1,101 @@
+"""build_app(): the aiohttp application, its upstream sessions and how it is served."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, RouteConfig
+from .forward import SKIP_AUTO_HEADERS, Forwarder, Target
+from .routing import RouteTable
+
+FORWARDER: Final = web.AppKey("forwarder", Forwarder)
+
+# Server settings every way of serving the app must use (CLI, tests, workers):
+# - access_log=None: aiohttp's stdlib access log halves throughput; we log ourselves.
+# - handler_cancellation: a client that hangs up cancels its upstream request too.
+# - auto_decompress=False: a gzip request body must reach the upstream as sent, not inflated
+#   under a Content-Encoding header that no longer describes it.
+RUNNER_KWARGS: Final[dict[str, Any]] = {
+    "access_log": None,
+    "handler_cancellation": True,
+    "auto_decompress": False,
+}
+
+# Enough pooled connections for thousands of requests a second per upstream.
+POOL_LIMIT: Final = 1024
+
+
+def _session_key(route: RouteConfig) -> tuple[str, str, int, str | None]:
+    up = route.upstream
+    return (up.scheme, up.host, up.port, route.ca_file)
+
+
+def _new_session(ca_file: str | None) -> aiohttp.ClientSession:
+    tls: ssl.SSLContext | bool = True  # verification on, system trust store
+    if ca_file is not None:
+        tls = ssl.create_default_context(cafile=ca_file)
+    connector = aiohttp.TCPConnector(
+        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=tls, keepalive_timeout=30
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(config: Config) -> web.Application:
+    """The proxy as an aiohttp app; sessions open on startup and close on cleanup."""
+    app = web.Application()
+    table = RouteTable(config.routes)
+
+    async def upstream_sessions(app: web.Application) -> AsyncIterator[None]:
+        # One session per upstream origin (and trust store), shared by routes that use it:
+        # connection reuse and the DNS cache work per session.
+        sessions: dict[tuple[str, str, int, str | None], aiohttp.ClientSession] = {}
+        targets: dict[str, Target] = {}
+        for route in config.routes:
+            key = _session_key(route)
+            if key not in sessions:
+                sessions[key] = _new_session(route.ca_file)
+            targets[route.prefix] = Target(route, sessions[key])
+        app[FORWARDER] = Forwarder(table, targets)
+        try:
+            yield
+        finally:
+            # Closed in cleanup, after in-flight requests had their shutdown grace period:
+            # closing earlier would cut streams that are still running.
+            for session in sessions.values():
+                await session.close()
+
+    app.cleanup_ctx.append(upstream_sessions)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        return await request.app[FORWARDER].handle(request)
+
+    app.router.add_get("/-/health", _health)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+async def start(
+    app: web.Application, host: str, port: int, *, shutdown_timeout: float = 30.0
+) -> tuple[web.AppRunner, list[tuple[str, int]]]:
+    """Serve app on host:port; return the runner and the addresses actually bound."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **RUNNER_KWARGS)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, [(str(a[0]), int(a[1])) for a in runner.addresses]

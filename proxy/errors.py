@@ -1,0 +1,71 @@
+"""The proxy's errors, and the one place that turns them into HTTP responses.
+
+    Exception
+    ├── ConfigError               start-up: routes.toml is invalid (every problem listed)
+    └── ProxyError                a request the proxy answers itself (JSON + X-Proxy-Error)
+        ├── BadRequestError       400 bad_request
+        ├── NoRouteError          404 no_route
+        ├── UpstreamUnreachableError  502 upstream_unreachable
+        └── UpstreamTimeoutError  504 upstream_timeout
+
+Upstream responses, errors included, are never turned into these: they pass through.
+Messages are written for the client and never hold a header value, token or secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import ClassVar
+
+from aiohttp import web
+
+
+class ConfigError(Exception):
+    """routes.toml could not be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ProxyError(Exception):
+    """A failure the proxy reports to its client as a JSON error body."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(ProxyError):
+    status = 400
+    code = "bad_request"
+
+
+class NoRouteError(ProxyError):
+    status = 404
+    code = "no_route"
+
+
+class UpstreamUnreachableError(ProxyError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeoutError(ProxyError):
+    status = 504
+    code = "upstream_timeout"
+
+
+def error_response(error: ProxyError, request_id: str) -> web.Response:
+    """The JSON body and X-Proxy-Error header every proxy-made error carries."""
+    body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    return web.Response(
+        status=error.status,
+        text=body,
+        content_type="application/json",
+        headers={"X-Proxy-Error": error.code, "X-Request-ID": request_id},
+    )

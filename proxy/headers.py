@@ -1,0 +1,93 @@
+"""Which headers cross the proxy, in each direction.
+
+Hop-by-hop headers describe one connection, not the message (RFC 9110 7.6.1), so they are
+dropped both ways together with every header a Connection field names. Sets are built once.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+HOP_BY_HOP: Final[frozenset[str]] = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy-Authenticate",
+    )
+)
+
+# Besides hop-by-hop: Host is derived from the upstream URL so that it matches SNI; Expect
+# was already answered by our server; forwarding headers are ours to set, never the client's.
+_REQUEST_DROP: Final[frozenset[str]] = HOP_BY_HOP | {
+    istr(h) for h in ("Host", "Expect", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
+}
+_REQUEST_DROP_WITH_AUTH: Final = _REQUEST_DROP | {istr("Authorization")}
+
+X_REQUEST_ID: Final = istr("X-Request-ID")
+_REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
+
+
+def _connection_listed(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    return frozenset(
+        istr(token.strip())
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+def upstream_request_headers(
+    headers: CIMultiDictProxy[str],
+    *,
+    strip_authorization: bool,
+    peer: str | None,
+    host: str | None,
+    scheme: str,
+    request_id: str,
+) -> CIMultiDict[str]:
+    """The client's headers as the upstream should see them (order and repeats kept)."""
+    drop = _REQUEST_DROP_WITH_AUTH if strip_authorization else _REQUEST_DROP
+    if "Connection" in headers:
+        # Names listed in Connection go too, except ones we set ourselves afterwards.
+        drop = drop | _connection_listed(headers)
+    out: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in headers.items() if name not in drop
+    )
+    if peer:
+        out["X-Forwarded-For"] = peer
+    out["X-Forwarded-Proto"] = scheme
+    if host:
+        out["X-Forwarded-Host"] = host
+    out[X_REQUEST_ID] = request_id
+    return out
+
+
+def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers as the client should see them."""
+    drop: frozenset[str] = HOP_BY_HOP
+    if "Connection" in headers:
+        drop = HOP_BY_HOP | _connection_listed(headers)
+    return CIMultiDict((name, value) for name, value in headers.items() if name not in drop)
+
+
+def request_id_from(headers: CIMultiDictProxy[str]) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new random one.
+
+    A client's id is kept so its own logs and ours line up; anything odd (too long, spaces,
+    control bytes) is replaced rather than copied into our logs and the upstream request.
+    """
+    given = headers.get(X_REQUEST_ID)
+    if given is not None and _REQUEST_ID_OK.fullmatch(given):
+        return given
+    return uuid.uuid4().hex

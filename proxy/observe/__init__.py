@@ -1,0 +1,1 @@
+"""Logging, metrics, health and status: what operators see of the proxy."""

@@ -1,0 +1,83 @@
+"""Route table: the raw request target -> (route, upstream path and query).
+
+The decision is made on exactly the bytes that are sent upstream: the raw target is never
+decoded and re-encoded, only split. Anything that could climb out of a route's base path
+(dot segments, raw or percent-encoded, also behind %2F or a backslash) is refused first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import unquote
+
+from .config import RouteConfig
+from .errors import BadRequestError, NoRouteError
+
+RESERVED_PREFIX: Final = "/-/"
+
+# A segment is suspect when it contains a dot, raw, as %2e or behind a %25 that a
+# double-decoding upstream would unwrap; only suspect segments get decoded.
+_MAYBE_DOT: Final = re.compile(r"\.|%2e|%25", re.IGNORECASE)
+# After decoding, these separate path pieces for some upstream server or other.
+_PIECE_SEPARATORS: Final = re.compile(r"[/\\]")
+
+
+class RouteTable:
+    """Longest-prefix match on whole path segments; built once at start-up."""
+
+    __slots__ = ("_by_prefix", "_catch_all")
+
+    def __init__(self, routes: Iterable[RouteConfig]) -> None:
+        self._by_prefix = {r.prefix: r for r in routes if r.prefix != "/"}
+        self._catch_all = next((r for r in routes if r.prefix == "/"), None)
+
+    def resolve(self, raw_target: str) -> tuple[RouteConfig, str, str]:
+        """Return the route, the upstream path (base path + rest) and the raw query string.
+
+        Raises BadRequestError for targets that are not origin-form or hold dot segments,
+        NoRouteError when no prefix matches.
+        """
+        if not raw_target.startswith("/") or raw_target.startswith("//"):
+            # Absolute-form (http://host/...), authority-form and "*" never reach an upstream.
+            raise BadRequestError("request target must be a path starting with a single '/'")
+        path, _, query = raw_target.partition("?")
+        if _has_dot_segment(path):
+            raise BadRequestError("path must not contain '.' or '..' segments")
+        if path.startswith(RESERVED_PREFIX):
+            raise NoRouteError(f"no route for {path!r}")
+        route = self._match(path)
+        rest = path[len(route.prefix) :] if route.prefix != "/" else path
+        upstream_path = route.upstream.base_path + rest
+        return route, upstream_path or "/", query
+
+    def _match(self, path: str) -> RouteConfig:
+        candidate = path
+        while candidate:
+            route = self._by_prefix.get(candidate)
+            if route is not None:
+                return route
+            candidate = candidate[: candidate.rfind("/")]
+        if self._catch_all is not None:
+            return self._catch_all
+        raise NoRouteError(f"no route for {path!r}")
+
+
+def _has_dot_segment(path: str) -> bool:
+    if not _MAYBE_DOT.search(path):
+        return False
+    for segment in path.split("/"):
+        if not _MAYBE_DOT.search(segment):
+            continue
+        decoded = segment
+        for _ in range(3):  # some servers decode twice: %252e%252e must not pass either
+            for piece in _PIECE_SEPARATORS.split(decoded):
+                # "..;jsessionid" is ".." to Tomcat-style servers: path parameters hide nothing.
+                if piece.split(";", 1)[0] in (".", ".."):
+                    return True
+            once_more = unquote(decoded)
+            if once_more == decoded:
+                break
+            decoded = once_more
+    return False

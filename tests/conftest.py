@@ -1,0 +1,185 @@
+"""Shared fixtures: a recording upstream and a proxy served the way the CLI serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from proxy import config as config_module
+from proxy.app import build_app, start
+
+
+@dataclass
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class Upstream:
+    """A real aiohttp server on 127.0.0.1 that records what reaches it."""
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def last(self) -> Seen:
+        assert self.seen, "the upstream received no request"
+        return self.seen[-1]
+
+
+GZIP_BODY = gzip.compress(b'{"hello": "world"}' * 100)
+
+
+def _raw_headers(request: web.Request) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+
+
+async def _upstream_handler(request: web.Request) -> web.StreamResponse:
+    up: Upstream = request.app[UPSTREAM]
+    path = request.path
+    if path.endswith("/stream-upload"):
+        # Count bytes without keeping them: the 50 MB test must not hold the body here.
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        up.seen.append(Seen(request.method, request.raw_path, _raw_headers(request), b""))
+        return web.json_response({"received": total})
+    body = await request.read()
+    up.seen.append(Seen(request.method, request.raw_path, _raw_headers(request), body))
+    if path.endswith("/gzip"):
+        return web.Response(
+            body=GZIP_BODY, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+    if path.endswith("/redirect"):
+        return web.Response(status=302, headers={"Location": "http://127.0.0.1:1/elsewhere"})
+    if path.endswith("/cookies"):
+        resp = web.Response(text="ok")
+        resp.headers.add("Set-Cookie", "a=1; Path=/")
+        resp.headers.add("Set-Cookie", "b=2; Path=/")
+        return resp
+    if path.endswith("/hop"):
+        return web.Response(
+            text="ok",
+            headers={
+                "Connection": "X-Secret-Hop",
+                "X-Secret-Hop": "1",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic",
+                "Trailer": "X-T",
+                "Upgrade": "h2c",
+                "X-Kept": "yes",
+            },
+        )
+    if path.endswith("/status/204"):
+        return web.Response(status=204)
+    if path.endswith("/status/304"):
+        return web.Response(status=304, headers={"ETag": '"v1"'})
+    if path.endswith("/status/418"):
+        return web.json_response({"vendor": "error"}, status=418, headers={"X-Vendor": "teapot"})
+    if path.endswith("/slow"):
+        await asyncio.sleep(float(request.query.get("s", "5")))
+        return web.Response(text="late")
+    if path.endswith("/download"):
+        size = int(request.query["size"])
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.query.get("framing") == "length":
+            resp.content_length = size
+        await resp.prepare(request)
+        block = b"x" * 65536
+        while size > 0 and request.method != "HEAD":
+            await resp.write(block[:size])
+            size -= len(block)
+        await resp.write_eof()
+        return resp
+    if path.endswith("/broken"):
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b"partial")
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+    return web.json_response({"ok": True})
+
+
+UPSTREAM = web.AppKey("upstream", Upstream)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server) -> Upstream:  # type: ignore[no-untyped-def]
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _upstream_handler)
+    holder = Upstream(port=0)
+    app[UPSTREAM] = holder
+    # The upstream must see compressed request bodies as sent.
+    server = await aiohttp_server(app, host="127.0.0.1", auto_decompress=False)
+    holder.port = server.port
+    return holder
+
+
+ProxyFactory = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[ProxyFactory]:
+    """Start a proxy from routes.toml text, served exactly as `python -m proxy serve` does."""
+    runners: list[web.AppRunner] = []
+
+    async def factory(toml: str, env: dict[str, str] | None = None) -> str:
+        cfg = config_module.loads(toml, env or {})
+        runner, addresses = await start(build_app(cfg), "127.0.0.1", 0, shutdown_timeout=1)
+        runners.append(runner)
+        host, port = addresses[0]
+        return f"http://{host}:{port}"
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+async def raw_http(base: str, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send raw bytes to the proxy and read one response until the server closes."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(-1), timeout)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
+    return RawResponse(status, headers, body)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""Running the proxy as a real subprocess, the way users and the Dockerfile run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STARTUP_TIMEOUT = 20.0
+
+
+@dataclass
+class ProxyProcess:
+    process: asyncio.subprocess.Process
+    url: str
+    startup: dict[str, object]
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss_kib(self, field_name: str = "VmRSS") -> int:
+        """Resident memory (VmRSS) or its peak (VmHWM) of the proxy process, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"{field_name} not in /proc/{self.pid}/status")
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        assert self.process.stdout is not None
+        rest = await self.process.stdout.read()
+        self.lines.extend(rest.decode().splitlines())
+        return self.process.returncode if self.process.returncode is not None else -1
+
+
+async def start_proxy(
+    config_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> ProxyProcess:
+    """Start `python -m proxy serve` on a free port and wait for its start-up log line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(STARTUP_TIMEOUT):
+        while True:
+            raw = await process.stdout.readline()
+            if not raw:
+                raise AssertionError("proxy exited before starting:\n" + "\n".join(lines))
+            line = raw.decode().rstrip("\n")
+            lines.append(line)
+            if '"proxy_started"' in line:
+                event = json.loads(line)
+                return ProxyProcess(process, event["addresses"][0], event, lines)

@@ -1,0 +1,100 @@
+"""The command line as users run it: `python -m proxy check` and `python -m proxy serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from .conftest import Upstream
+from .processes import start_proxy
+from .test_config import ROOT, VENDOR_ENV
+
+
+def run_check(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_valid_config_prints_routes_without_secrets() -> None:
+    """check exits 0 and prints each prefix -> upstream, never a credential."""
+    result = run_check("--config", str(ROOT / "routes.toml"), env=VENDOR_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "/travtus -> https://api.travtus.com (auth=travtus)" in result.stdout
+    assert "/travis -> https://api.travis.test (auth=travis)" in result.stdout
+    assert "/travelyzer -> https://places.gotravelyzer.com (auth=travelyzer)" in result.stdout
+    for value in VENDOR_ENV.values():
+        if "value" in value:
+            assert value not in result.stdout + result.stderr
+
+
+def test_check_invalid_config_exits_2_naming_keys() -> None:
+    """check exits 2 and lists every problem with its key."""
+    result = run_check("--config", str(ROOT / "routes.toml"), env={})
+    assert result.returncode == 2
+    assert "routes[1].upstream: environment variable TRAVIS_API_URL is not set" in result.stderr
+    assert "auth.travtus.client_secret: environment variable TRAVTUS_CLIENT_SECRET" in result.stderr
+
+
+def test_config_path_from_env_then_cwd(tmp_path: Path) -> None:
+    """--config wins, then $PROXY_CONFIG, then ./routes.toml."""
+    (tmp_path / "routes.toml").write_text('[[routes]]\nprefix = "/cwd"\nupstream = "http://h"\n')
+    other = tmp_path / "other.toml"
+    other.write_text('[[routes]]\nprefix = "/env"\nupstream = "http://h"\n')
+    from_cwd = run_check(cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert "/cwd -> http://h" in from_cwd.stdout
+    from_env = run_check(cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PROXY_CONFIG": str(other)})
+    assert "/env -> http://h" in from_env.stdout
+
+
+async def test_serve_logs_startup_forwards_and_stops_on_sigterm(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """serve logs one start-up line (address, routes), forwards, and exits cleanly."""
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}/base"\nauth = "a"\n'
+        '[auth.a]\ntype = "client_credentials"\ntoken_url = "http://127.0.0.1:1/t"\n'
+        'client_id = "id"\nclient_secret = "${SECRET}"\n'
+    )
+    proxy = await start_proxy(config, env={"SECRET": "do-not-print-me"})
+    try:
+        assert proxy.startup["routes"] == [f"/v -> {upstream.url}/base (auth=a)"]
+        async with aiohttp.ClientSession() as client, client.get(f"{proxy.url}/v/x?y=1") as r:
+            assert r.status == 200
+        assert upstream.last.raw_path == "/base/x?y=1"
+    finally:
+        code = await proxy.stop()
+    assert code == 0
+    assert any('"proxy_stopped"' in line for line in proxy.lines)
+    assert not any("do-not-print-me" in line for line in proxy.lines)
+
+
+async def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    """serve refuses to start on an invalid config and says why."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "v"\nupstream = "http://h"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 2
+    assert b"routes[0].prefix: must start with '/', got 'v'" in err

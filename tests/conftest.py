@@ -37,6 +37,8 @@ class Upstream:
 
     port: int
     seen: list[Seen] = field(default_factory=list)
+    # Set when a slow request is abandoned by the proxy before it was answered.
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -98,7 +100,11 @@ async def _upstream_handler(request: web.Request) -> web.StreamResponse:
     if path.endswith("/status/418"):
         return web.json_response({"vendor": "error"}, status=418, headers={"X-Vendor": "teapot"})
     if path.endswith("/slow"):
-        await asyncio.sleep(float(request.query.get("s", "5")))
+        try:
+            await asyncio.sleep(float(request.query.get("s", "5")))
+        except asyncio.CancelledError:
+            up.cancelled.set()
+            raise
         return web.Response(text="late")
     if path.endswith("/download"):
         size = int(request.query["size"])

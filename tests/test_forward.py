@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 
@@ -319,6 +320,22 @@ async def test_slow_upstream_is_504(upstream: Upstream, make_proxy: ProxyFactory
     async with aiohttp.ClientSession() as client, client.get(f"{proxy}/travtus/slow?s=3") as r:
         assert r.status == 504
         assert r.headers["X-Proxy-Error"] == "upstream_timeout"
+
+
+async def test_client_hanging_up_cancels_the_upstream_request(
+    upstream: Upstream, make_proxy: ProxyFactory
+) -> None:
+    """When the client leaves, the proxy drops its upstream request instead of waiting on."""
+    proxy = await make_proxy(routes(upstream))
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /travtus/slow?s=30 HTTP/1.1\r\nHost: p\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(10):
+        while not upstream.seen:
+            await asyncio.sleep(0.01)
+    writer.close()
+    await asyncio.wait_for(upstream.cancelled.wait(), 10)
 
 
 async def test_upstream_dying_mid_body_aborts_the_client_connection(

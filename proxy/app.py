@@ -9,11 +9,13 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from .config import Config, RouteConfig
+from .auth import TokenManager
+from .config import AuthConfig, Config, RouteConfig
 from .forward import SKIP_AUTO_HEADERS, Forwarder, Target
 from .routing import RouteTable
 
 FORWARDER: Final = web.AppKey("forwarder", Forwarder)
+TOKENS: Final = web.AppKey("tokens", dict[str, TokenManager])
 
 # Server settings every way of serving the app must use (CLI, tests, workers):
 # - access_log=None: aiohttp's stdlib access log halves throughput; we log ourselves.
@@ -35,12 +37,15 @@ def _session_key(route: RouteConfig) -> tuple[str, str, int, str | None]:
     return (up.scheme, up.host, up.port, route.ca_file)
 
 
+def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
+    if ca_file is None:
+        return True  # verification on, system trust store
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def _new_session(ca_file: str | None) -> aiohttp.ClientSession:
-    tls: ssl.SSLContext | bool = True  # verification on, system trust store
-    if ca_file is not None:
-        tls = ssl.create_default_context(cafile=ca_file)
     connector = aiohttp.TCPConnector(
-        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=tls, keepalive_timeout=30
+        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=30
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -52,8 +57,30 @@ def _new_session(ca_file: str | None) -> aiohttp.ClientSession:
     )
 
 
+def _token_session(auth: AuthConfig) -> aiohttp.ClientSession:
+    """Token endpoints get sessions of their own: no proxy stage ever wraps a token request,
+    and no cookie set by an identity provider is kept."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=8, ssl=_tls(auth.ca_file)),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    """200 once every auth table in use holds a valid token, 503 naming those that do not."""
+    tokens = request.app[TOKENS]
+    failing = sorted(name for name, manager in tokens.items() if not manager.ready)
+    body = {
+        "status": "not_ready" if failing else "ready",
+        "failing": failing,
+        "auth": {name: manager.status() for name, manager in sorted(tokens.items())},
+    }
+    return web.json_response(body, status=503 if failing else 200)
 
 
 def build_app(config: Config) -> web.Application:
@@ -65,19 +92,33 @@ def build_app(config: Config) -> web.Application:
         # One session per upstream origin (and trust store), shared by routes that use it:
         # connection reuse and the DNS cache work per session.
         sessions: dict[tuple[str, str, int, str | None], aiohttp.ClientSession] = {}
+        tokens: dict[str, TokenManager] = {}
+        token_sessions: list[aiohttp.ClientSession] = []
         targets: dict[str, Target] = {}
         for route in config.routes:
             key = _session_key(route)
             if key not in sessions:
                 sessions[key] = _new_session(route.ca_file)
-            targets[route.prefix] = Target(route, sessions[key])
+            provider = None
+            if route.auth is not None:
+                if route.auth not in tokens:
+                    auth = config.auth[route.auth]
+                    token_sessions.append(_token_session(auth))
+                    tokens[route.auth] = TokenManager(auth, token_sessions[-1])
+                provider = tokens[route.auth]
+            targets[route.prefix] = Target(route, sessions[key], provider)
         app[FORWARDER] = Forwarder(table, targets)
+        app[TOKENS] = tokens
+        for manager in tokens.values():
+            manager.start()  # fetch now, so /-/ready turns green before the first request
         try:
             yield
         finally:
             # Closed in cleanup, after in-flight requests had their shutdown grace period:
             # closing earlier would cut streams that are still running.
-            for session in sessions.values():
+            for manager in tokens.values():
+                await manager.close()
+            for session in [*sessions.values(), *token_sessions]:
                 await session.close()
 
     app.cleanup_ctx.append(upstream_sessions)
@@ -86,6 +127,7 @@ def build_app(config: Config) -> web.Application:
         return await request.app[FORWARDER].handle(request)
 
     app.router.add_get("/-/health", _health)
+    app.router.add_get("/-/ready", _ready)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 

@@ -42,6 +42,13 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    @staticmethod
+    def required(secret: Secret | None, key: str) -> str:
+        """The value of a secret that validation made mandatory for this auth type."""
+        if secret is None:
+            raise ValueError(f"{key} is required")
+        return secret._value
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -92,6 +99,15 @@ class RateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchRetry:
+    """How often a failing token endpoint is asked again."""
+
+    backoff: float = 0.5  # first delay after a transient failure (connection, 5xx, 429)
+    max_backoff: float = 30.0  # cap of the exponential backoff
+    rejected_backoff: float = 60.0  # credentials refused: wait this, doubling up to 16x
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     name: str
     type: str
@@ -108,6 +124,10 @@ class AuthConfig:
     token_rate: RateConfig | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     ca_file: str | None = None
+    default_lifetime: float = 300.0
+    refresh_at: float = 0.8
+    retry: FetchRetry = field(default_factory=FetchRetry)
+    timeout: Timeout = field(default_factory=lambda: Timeout(connect=10.0, read=30.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +144,8 @@ class Config:
 
 
 _DEFAULT_TIMEOUT: Final = Timeout()
+_DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
+_DEFAULT_FETCH_RETRY: Final = FetchRetry()
 _DEFAULT_SERVER: Final = ServerConfig()
 
 
@@ -384,11 +406,22 @@ class _Checker:
             base_path=parts.path.rstrip("/"),
         )
 
-    def timeout(self, raw: Any, key: str) -> Timeout:
+    def timeout(self, raw: Any, key: str, default: Timeout = _DEFAULT_TIMEOUT) -> Timeout:
         table = self.table(raw, key, ("connect", "read"))
         return Timeout(
-            connect=self.positive(table, key, "connect", _DEFAULT_TIMEOUT.connect),
-            read=self.positive(table, key, "read", _DEFAULT_TIMEOUT.read),
+            connect=self.positive(table, key, "connect", default.connect),
+            read=self.positive(table, key, "read", default.read),
+        )
+
+    def fetch_retry(self, raw: Any, key: str) -> FetchRetry:
+        table = self.table(raw, key, ("backoff", "max_backoff", "rejected_backoff"))
+        default = _DEFAULT_FETCH_RETRY
+        return FetchRetry(
+            backoff=self.positive(table, key, "backoff", default.backoff),
+            max_backoff=self.positive(table, key, "max_backoff", default.max_backoff),
+            rejected_backoff=self.positive(
+                table, key, "rejected_backoff", default.rejected_backoff
+            ),
         )
 
     def rate(self, raw: Any, key: str) -> RateConfig:
@@ -419,6 +452,10 @@ class _Checker:
                 "token_rate",
                 "params",
                 "ca_file",
+                "default_lifetime",
+                "refresh_at",
+                "retry",
+                "timeout",
             ),
         )
         kind = self.choice(table, key, "type", AUTH_TYPES, None)
@@ -447,6 +484,13 @@ class _Checker:
         )
         params = self.params(table.get("params", {}), f"{key}.params")
         ca_file = self.file(table, key, "ca_file")
+        default_lifetime = self.positive(table, key, "default_lifetime", 300.0)
+        refresh_at = self.positive(table, key, "refresh_at", 0.8)
+        if refresh_at >= 1:
+            self.fail(f"{key}.refresh_at", f"must be a fraction below 1, got {refresh_at!r}")
+            refresh_at = 0.8
+        retry = self.fetch_retry(table.get("retry", {}), f"{key}.retry")
+        timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout", _DEFAULT_TOKEN_TIMEOUT)
         if kind is None or token_url is None:
             return None
         for field_name, applies in (
@@ -478,6 +522,10 @@ class _Checker:
             token_rate=token_rate,
             params=params,
             ca_file=ca_file,
+            default_lifetime=default_lifetime,
+            refresh_at=refresh_at,
+            retry=retry,
+            timeout=timeout,
         )
 
     def params(self, raw: Any, key: str) -> dict[str, str]:

@@ -6,6 +6,7 @@
         ├── BadRequestError       400 bad_request
         ├── NoRouteError          404 no_route
         ├── UpstreamUnreachableError  502 upstream_unreachable
+        ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
         └── UpstreamTimeoutError  504 upstream_timeout
 
 Upstream responses, errors included, are never turned into these: they pass through.
@@ -15,6 +16,7 @@ Messages are written for the client and never hold a header value, token or secr
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -35,9 +37,10 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 class BadRequestError(ProxyError):
@@ -55,6 +58,21 @@ class UpstreamUnreachableError(ProxyError):
     code = "upstream_unreachable"
 
 
+class TokenUnavailableError(ProxyError):
+    """No token that the issuer still accepts, and none can be fetched right now."""
+
+    status = 503
+    code = "token_unavailable"
+
+    def __init__(self, auth: str, reason: str, retry_in: float) -> None:
+        super().__init__(
+            f"no valid token for auth {auth!r} (last token endpoint outcome: {reason})",
+            retry_after=retry_in,
+        )
+        self.auth = auth
+        self.reason = reason
+
+
 class UpstreamTimeoutError(ProxyError):
     status = 504
     code = "upstream_timeout"
@@ -63,9 +81,9 @@ class UpstreamTimeoutError(ProxyError):
 def error_response(error: ProxyError, request_id: str) -> web.Response:
     """The JSON body and X-Proxy-Error header every proxy-made error carries."""
     body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    headers = {"X-Proxy-Error": error.code, "X-Request-ID": request_id}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return web.Response(
-        status=error.status,
-        text=body,
-        content_type="application/json",
-        headers={"X-Proxy-Error": error.code, "X-Request-ID": request_id},
+        status=error.status, text=body, content_type="application/json", headers=headers
     )

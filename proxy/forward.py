@@ -14,8 +14,11 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, istr
 from yarl import URL
 
+from .auth.base import TokenProvider
 from .config import RouteConfig
 from .errors import (
     ProxyError,
@@ -37,11 +40,17 @@ log = structlog.get_logger("proxy.forward")
 class Target:
     """What a route needs per request, decided once at start-up."""
 
-    __slots__ = ("route", "session", "strip_authorization", "timeout")
+    __slots__ = ("provider", "route", "session", "strip_authorization", "timeout")
 
-    def __init__(self, route: RouteConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        route: RouteConfig,
+        session: aiohttp.ClientSession,
+        provider: TokenProvider | None = None,
+    ) -> None:
         self.route = route
         self.session = session
+        self.provider = provider
         # A route with auth injects its own token: the client's credential must not leak
         # to the vendor, nor be mistaken for ours.
         self.strip_authorization = route.auth is not None
@@ -90,9 +99,39 @@ class Forwarder:
             scheme=request.scheme,
             request_id=request_id,
         )
-        body = request.content if request.body_exists else None
+        provider = target.provider
+        token = None
+        if provider is not None:
+            token = await provider.token()
+            headers[AUTHORIZATION] = "Bearer " + token
+        body, replayable = await _request_body(request, buffer=provider is not None)
+        upstream_response = await self._send(request, target, url, headers, body, request_id)
+        if upstream_response.status == 401 and provider is not None and token is not None:
+            # The issuer's token was refused (revoked, rotated, clock skew): renew it, and
+            # replay once when we hold the body; a second 401 is the upstream's answer.
+            provider.invalidate(token)
+            if replayable:
+                upstream_response.release()
+                token = await provider.token()
+                headers[AUTHORIZATION] = "Bearer " + token
+                upstream_response = await self._send(
+                    request, target, url, headers, body, request_id
+                )
+        async with upstream_response:
+            return await self._stream_back(request, upstream_response, target, request_id)
+
+    async def _send(
+        self,
+        request: web.Request,
+        target: Target,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | StreamReader | None,
+        request_id: str,
+    ) -> aiohttp.ClientResponse:
+        upstream = target.route.upstream
         try:
-            upstream_response = await target.session.request(
+            return await target.session.request(
                 request.method,
                 url,
                 headers=headers,
@@ -118,8 +157,6 @@ class Forwarder:
                 error=type(exc).__name__,
             )
             raise UpstreamUnreachableError("could not reach the upstream") from exc
-        async with upstream_response:
-            return await self._stream_back(request, upstream_response, target, request_id)
 
     async def _stream_back(
         self,
@@ -153,8 +190,27 @@ class Forwarder:
         return response
 
 
+async def _request_body(
+    request: web.Request, *, buffer: bool
+) -> tuple[bytes | StreamReader | None, bool]:
+    """The body to send upstream, and whether it can be sent again.
+
+    Small bodies of known length are read into memory when a replay may be needed (401 with
+    a token); everything else streams once: a consumed stream would replay as an empty body.
+    """
+    if not request.body_exists:
+        return None, True
+    length = request.content_length
+    if buffer and length is not None and length <= MAX_REPLAY_BODY:
+        return await request.read(), True
+    return request.content, False
+
+
 class _ClientAborted(asyncio.CancelledError):
     """Ends a handler whose connection we aborted; aiohttp treats it as a client gone away."""
 
 
+# Bodies up to this size are buffered on routes with auth so a 401 can be replayed exactly.
+MAX_REPLAY_BODY: Final = 1024 * 1024
+AUTHORIZATION: Final = istr("Authorization")
 SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")

@@ -7,7 +7,9 @@ dropped both ways together with every header a Connection field names. Sets are 
 from __future__ import annotations
 
 import re
+import time
 import uuid
+from email.utils import parsedate_to_datetime
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -91,3 +93,20 @@ def request_id_from(headers: CIMultiDictProxy[str]) -> str:
     if given is not None and _REQUEST_ID_OK.fullmatch(given):
         return given
     return uuid.uuid4().hex
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), None if absent
+    or unreadable. A date in the past means 0."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -68,6 +68,10 @@ async def _upstream_handler(request: web.Request) -> web.StreamResponse:
         up.seen.append(Seen(request.method, request.raw_path, _raw_headers(request), b""))
         return web.json_response({"received": total})
     body = await request.read()
+    if path == "/oauth/token":  # a minimal token endpoint, not recorded as an API call
+        return web.json_response(
+            {"access_token": "upstream-test-token", "expires_in": 3600, "token_type": "Bearer"}
+        )
     up.seen.append(Seen(request.method, request.raw_path, _raw_headers(request), body))
     if path.endswith("/gzip"):
         return web.Response(

@@ -65,16 +65,25 @@ async def test_serve_logs_startup_forwards_and_stops_on_sigterm(
     """serve logs one start-up line (address, routes), forwards, and exits cleanly."""
     config = tmp_path / "routes.toml"
     config.write_text(
-        f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}/base"\nauth = "a"\n'
+        f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}/base"\n'
+        f'[[routes]]\nprefix = "/w"\nupstream = "{upstream.url}"\nauth = "a"\n'
         '[auth.a]\ntype = "client_credentials"\ntoken_url = "http://127.0.0.1:1/t"\n'
         'client_id = "id"\nclient_secret = "${SECRET}"\n'
     )
     proxy = await start_proxy(config, env={"SECRET": "do-not-print-me"})
     try:
-        assert proxy.startup["routes"] == [f"/v -> {upstream.url}/base (auth=a)"]
-        async with aiohttp.ClientSession() as client, client.get(f"{proxy.url}/v/x?y=1") as r:
-            assert r.status == 200
-        assert upstream.last.raw_path == "/base/x?y=1"
+        assert proxy.startup["routes"] == [
+            f"/v -> {upstream.url}/base (no auth)",
+            f"/w -> {upstream.url} (auth=a)",
+        ]
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{proxy.url}/v/x?y=1") as r:
+                assert r.status == 200
+            assert upstream.last.raw_path == "/base/x?y=1"
+            async with client.get(f"{proxy.url}/w/x") as r:
+                assert r.status == 503
+                assert r.headers["X-Proxy-Error"] == "token_unavailable"
+        assert len(upstream.seen) == 1
     finally:
         code = await proxy.stop()
     assert code == 0

@@ -1,0 +1,81 @@
+"""What the token schemes and the token manager agree on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A token endpoint's answer, lifetimes counted from when the request was sent."""
+
+    access_token: str
+    lifetime: float
+    refresh_token: str | None = None
+    refresh_lifetime: float | None = None  # None: unknown, use until the issuer refuses it
+    grant_type: str = ""  # the grant that produced it, for logs ("refresh_token", ...)
+
+
+class TokenEndpointError(Exception):
+    """A token request failed.
+
+    ``rejected`` means the issuer refused our credentials or request (invalid_client,
+    invalid_grant, 401/403): asking again soon cannot help and may lock the account.
+    Otherwise the failure is transient (connection, timeout, 5xx, 429) and is retried with
+    backoff, no sooner than ``retry_after`` when the issuer gave one. ``reason`` is a short
+    code safe to log and show (the OAuth2 error code, ``http_503``, ``timeout`` ...); nothing
+    here ever holds a secret or a token.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+        description: str | None = None,
+    ) -> None:
+        super().__init__(reason if description is None else f"{reason}: {description}")
+        self.reason = reason
+        self.rejected = rejected
+        self.status = status
+        self.retry_after = retry_after
+        self.description = description
+
+
+class TokenScheme(Protocol):
+    """One vendor's token exchange: a single request, no retries, no caching."""
+
+    async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
+        """Obtain a token; with ``refresh_token``, try that grant first where supported."""
+        ...
+
+
+class TokenProvider(Protocol):
+    """Hands out a bearer token the issuer still accepts. The forwarding code's only view
+    of credentials, so that a shared cache (Redis, say) can replace the local one."""
+
+    name: str
+
+    async def token(self) -> str:
+        """A valid token, fetching one (single flight) when none is; raises
+        TokenUnavailableError when none can be had now."""
+        ...
+
+    def invalidate(self, rejected: str) -> None:
+        """The upstream refused ``rejected``: stop using it, so the next token() fetches a
+        new one (once, however many requests saw the refusal)."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True while a token is held that may still be sent."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """State for /-/ready and /-/status: expiry, last outcome; never the token."""
+        ...

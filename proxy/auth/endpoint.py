@@ -1,0 +1,82 @@
+"""One POST to a token endpoint, its failures sorted into transient and rejected."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import aiohttp
+
+from ..headers import retry_after_seconds
+from .base import TokenEndpointError
+
+# An OAuth2 error that asks us to come back later rather than saying we are wrong.
+_TRANSIENT_CODES: Final = frozenset({"temporarily_unavailable", "slow_down"})
+_MAX_DESCRIPTION: Final = 200
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    limits: aiohttp.ClientTimeout,
+    form: dict[str, str] | None = None,
+    json_body: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """POST and return the JSON object of a 2xx answer; raise TokenEndpointError otherwise."""
+    try:
+        # Never follow a redirect: it would carry our credentials to wherever it points.
+        async with session.post(
+            url,
+            data=form,
+            json=json_body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=limits,
+        ) as response:
+            raw = await response.read()
+            status = response.status
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    except TimeoutError as exc:
+        raise TokenEndpointError("timeout", rejected=False) from exc
+    except aiohttp.ClientError as exc:
+        raise TokenEndpointError(
+            "connection_error", rejected=False, description=type(exc).__name__
+        ) from exc
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    if 200 <= status < 300:
+        if not isinstance(body, dict):
+            raise TokenEndpointError(
+                "invalid_response",
+                rejected=True,
+                status=status,
+                description="answer is not a JSON object",
+            )
+        return body
+    raise _classify(status, body, retry_after)
+
+
+def _classify(status: int, body: Any, retry_after: float | None) -> TokenEndpointError:
+    reason = f"http_{status}"
+    description = None
+    if isinstance(body, dict):
+        # OAuth2 {"error": "invalid_client", "error_description": ...};
+        # Travelyzer {"statusCode": 401, "error": "Unauthorized", "message": ...}.
+        code = body.get("error")
+        if isinstance(code, str) and code:
+            reason = code.strip().lower().replace(" ", "_")[:64]
+        text = body.get("error_description", body.get("message"))
+        if isinstance(text, str):
+            description = text[:_MAX_DESCRIPTION]
+    transient = status >= 500 or status in (408, 429) or reason in _TRANSIENT_CODES
+    return TokenEndpointError(
+        reason,
+        rejected=not transient,
+        status=status,
+        retry_after=retry_after,
+        description=description,
+    )

@@ -1,0 +1,310 @@
+"""The token manager: one cached token per auth table, never stale, fetched as rarely as
+the tokens allow.
+
+- Requests read the cached token without awaiting anything while it is usable.
+- A background task renews it once ``refresh_at`` of its lifetime has passed, so requests
+  keep using the still-valid token meanwhile; the last ``margin`` seconds of a token are
+  never used (clock skew, time on the wire).
+- Single flight: however many requests find no usable token, one fetch runs and they all
+  await it (shielded: a client that hangs up does not cancel it for the others).
+- Failures back off: transient ones exponentially with jitter (no sooner than the issuer's
+  Retry-After), rejected credentials much longer (a circuit breaker: wrong credentials
+  must not hammer the vendor or lock the account). While backing off, requests fail fast.
+- A refresh token is presented by one fetch only and the newest one is kept; when the
+  issuer refuses it, the primary grant takes over in the same fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiohttp
+import structlog
+
+from ..config import AuthConfig
+from ..errors import TokenUnavailableError
+from .base import Grant, TokenEndpointError, TokenScheme
+from .oauth2 import OAuth2Scheme
+from .travelyzer import TravelyzerScheme
+from .window import SlidingWindow
+
+log = structlog.get_logger("proxy.auth")
+
+# Skew margin: a tenth of the lifetime, at most 30 s (a 300 s token stops being sent 30 s
+# before it expires, a 24 h token 30 s before, a 5 s test token 0.5 s before).
+_MARGIN_SHARE: Final = 0.1
+_MAX_MARGIN: Final = 30.0
+_MIN_LIFETIME: Final = 1.0
+# Of a burst of upstream 401s, only those at least this far apart replace the token: a
+# token the upstream refuses right after it was fetched must not cause a fetch per request.
+_REPLACE_INTERVAL: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    value: str
+    obtained_at: float  # monotonic clock, when the token request was sent
+    expires_at: float
+    refresh_at: float
+    usable_until: float
+
+
+def build_scheme(auth: AuthConfig) -> TokenScheme:
+    if auth.type == "travelyzer":
+        return TravelyzerScheme(auth)
+    return OAuth2Scheme(auth)
+
+
+class TokenManager:
+    """A TokenProvider over one auth table's token endpoint."""
+
+    __slots__ = (
+        "_auth",
+        "_clock",
+        "_failures",
+        "_inflight",
+        "_last_fetch",
+        "_last_outcome",
+        "_last_replace",
+        "_random",
+        "_refresh_token",
+        "_refresh_until",
+        "_rejections",
+        "_retry_at",
+        "_scheme",
+        "_session",
+        "_task",
+        "_token",
+        "_wake",
+        "_window",
+        "name",
+    )
+
+    def __init__(
+        self,
+        auth: AuthConfig,
+        session: aiohttp.ClientSession,
+        scheme: TokenScheme | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.name = auth.name
+        self._auth = auth
+        self._session = session
+        self._scheme = scheme or build_scheme(auth)
+        self._clock = clock
+        self._random = jitter
+        rate = auth.token_rate
+        self._window = None if rate is None else SlidingWindow(int(rate.rate), rate.per)
+        self._token: Token | None = None
+        self._refresh_token: str | None = None
+        self._refresh_until: float | None = None
+        self._inflight: asyncio.Task[Token] | None = None
+        self._retry_at = 0.0
+        self._failures = 0
+        self._rejections = 0
+        self._last_replace = float("-inf")
+        self._last_outcome: str | None = None
+        self._last_fetch: float | None = None  # wall clock, for status
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # -- the request path --------------------------------------------------------------
+
+    async def token(self) -> str:
+        token = self._token
+        if token is not None and self._clock() < token.usable_until:
+            return token.value
+        return (await self._fetch_shared()).value
+
+    def invalidate(self, rejected: str) -> None:
+        token = self._token
+        if token is None or token.value != rejected:
+            return  # already replaced after an earlier refusal of the same token
+        now = self._clock()
+        if now - self._last_replace < _REPLACE_INTERVAL:
+            log.warning("fresh_token_refused_upstream", auth=self.name)
+            return
+        self._last_replace = now
+        self._token = None
+        log.info("token_refused_upstream", auth=self.name, age_s=round(now - token.obtained_at, 3))
+
+    @property
+    def ready(self) -> bool:
+        token = self._token
+        return token is not None and self._clock() < token.usable_until
+
+    def status(self) -> dict[str, Any]:
+        token = self._token
+        now = self._clock()
+        usable = token is not None and now < token.usable_until
+        return {
+            "type": self._auth.type,
+            "ready": usable,
+            "expires_in_s": round(token.expires_at - now, 1) if token is not None else None,
+            "last_fetch": (
+                datetime.fromtimestamp(self._last_fetch, UTC).isoformat(timespec="seconds")
+                if self._last_fetch is not None
+                else None
+            ),
+            "last_outcome": self._last_outcome,
+            "consecutive_failures": self._failures + self._rejections,
+            "retry_in_s": round(self._retry_at - now, 1) if self._retry_at > now else None,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fetch now and keep the token fresh in the background until close()."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        for task in (self._task, self._inflight):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TokenUnavailableError):
+                    await task
+
+    async def _run(self) -> None:
+        while True:
+            token = self._token
+            due = max(token.refresh_at if token is not None else 0.0, self._retry_at)
+            delay = due - self._clock()
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            # A failure is recorded and logged by _failed, and _retry_at has moved on.
+            with contextlib.suppress(TokenUnavailableError):
+                await self._fetch_shared()
+
+    # -- fetching ----------------------------------------------------------------------
+
+    async def _fetch_shared(self) -> Token:
+        task = self._inflight
+        if task is None:
+            if self._clock() < self._retry_at:
+                raise self._unavailable()
+            task = asyncio.get_running_loop().create_task(self._fetch())
+            task.add_done_callback(self._fetch_done)
+            self._inflight = task
+        return await asyncio.shield(task)
+
+    def _fetch_done(self, task: asyncio.Task[Token]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved here, so no waiter left means no warning
+
+    async def _fetch(self) -> Token:
+        refresh = self._refresh_token
+        if self._refresh_until is not None and self._clock() >= self._refresh_until:
+            refresh = None
+        if refresh is not None:
+            # Presented once: whatever happens next, this refresh token is spent.
+            self._refresh_token = None
+            try:
+                return await self._exchange(refresh)
+            except TokenEndpointError as exc:
+                if exc.reason != "invalid_grant":
+                    self._refresh_token = refresh if not exc.rejected else None
+                    raise self._failed(exc) from exc
+                log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
+        try:
+            return await self._exchange(None)
+        except TokenEndpointError as exc:
+            raise self._failed(exc) from exc
+
+    async def _exchange(self, refresh: str | None) -> Token:
+        now = self._clock()
+        if self._window is not None:
+            wait = self._window.wait_time(now)
+            if wait > 0:
+                raise TokenEndpointError(
+                    "token_rate",
+                    rejected=False,
+                    retry_after=wait,
+                    description="token_rate cap reached",
+                )
+            self._window.record(now)
+        grant = await self._scheme.fetch(self._session, refresh)
+        if grant.lifetime < _MIN_LIFETIME:
+            raise TokenEndpointError(
+                "expired_on_arrival", rejected=False, description=f"lifetime {grant.lifetime:.1f}s"
+            )
+        return self._install(grant, now)
+
+    def _install(self, grant: Grant, sent: float) -> Token:
+        lifetime = grant.lifetime
+        margin = min(lifetime * _MARGIN_SHARE, _MAX_MARGIN)
+        token = Token(
+            value=grant.access_token,
+            obtained_at=sent,
+            expires_at=sent + lifetime,
+            refresh_at=sent + min(lifetime * self._auth.refresh_at, lifetime - 2 * margin),
+            usable_until=sent + lifetime - margin,
+        )
+        if grant.refresh_token is not None:
+            self._refresh_token = grant.refresh_token  # rotation: the newest always wins
+            self._refresh_until = (
+                None
+                if grant.refresh_lifetime is None
+                else sent + grant.refresh_lifetime - min(grant.refresh_lifetime * 0.1, 30.0)
+            )
+        self._token = token
+        self._failures = self._rejections = 0
+        self._retry_at = 0.0
+        self._last_outcome = "ok"
+        self._last_fetch = time.time()
+        log.info(
+            "token_fetched",
+            auth=self.name,
+            grant=grant.grant_type,
+            lifetime_s=round(lifetime, 1),
+            duration_ms=round((self._clock() - sent) * 1000, 1),
+        )
+        self._wake.set()
+        return token
+
+    def _failed(self, exc: TokenEndpointError) -> TokenUnavailableError:
+        retry = self._auth.retry
+        if exc.rejected:
+            self._rejections += 1
+            delay = retry.rejected_backoff * 2 ** min(self._rejections - 1, 4)
+        else:
+            self._failures += 1
+            cap = min(retry.max_backoff, retry.backoff * 2 ** min(self._failures - 1, 30))
+            delay = cap / 2 + self._random() * cap / 2  # "equal jitter": spread, never ~0
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        self._retry_at = self._clock() + delay
+        self._last_outcome = exc.reason
+        self._last_fetch = time.time()
+        event = log.error if exc.rejected else log.warning
+        event(
+            "token_fetch_failed",
+            auth=self.name,
+            reason=exc.reason,
+            status=exc.status,
+            description=exc.description,
+            rejected=exc.rejected,
+            retry_in_s=round(delay, 2),
+            has_token=self.ready,
+        )
+        self._wake.set()
+        return self._unavailable()
+
+    def _unavailable(self) -> TokenUnavailableError:
+        retry_in = max(0.0, self._retry_at - self._clock())
+        return TokenUnavailableError(self.name, self._last_outcome or "no_token", retry_in)

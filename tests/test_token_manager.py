@@ -1,0 +1,273 @@
+"""TokenManager rules, driven by a scripted token scheme and a hand-moved clock (no sleeps).
+
+End-to-end behaviour against the vendor sandbox over real sockets is in test_credentials.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from proxy import config
+from proxy.auth import Grant, TokenEndpointError, TokenManager
+from proxy.errors import TokenUnavailableError
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class ScriptedScheme:
+    """Answers fetches from a script; records which refresh token each fetch presented."""
+
+    script: list[Grant | TokenEndpointError] = field(default_factory=list)
+    presented: list[str | None] = field(default_factory=list)
+    gate: asyncio.Event | None = None
+    counter: int = 0
+
+    async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
+        self.presented.append(refresh_token)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.script:
+            outcome = self.script.pop(0)
+        else:
+            self.counter += 1
+            outcome = Grant(f"auto-{self.counter}", 300.0)
+        if isinstance(outcome, TokenEndpointError):
+            raise outcome
+        return outcome
+
+
+def auth_table(extra: str = "") -> config.AuthConfig:
+    cfg = config.loads(
+        '[[routes]]\nprefix = "/a"\nupstream = "http://h"\nauth = "t"\n'
+        '[auth.t]\ntype = "password"\ntoken_url = "http://idp/token"\nclient_id = "c"\n'
+        f'username = "u"\npassword = "p"\n{extra}',
+        {},
+    )
+    return cfg.auth["t"]
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:  # never used: the scripted scheme sends nothing
+        yield s
+
+
+def manager(
+    session: aiohttp.ClientSession, scheme: ScriptedScheme, clock: Clock, extra: str = ""
+) -> TokenManager:
+    return TokenManager(auth_table(extra), session, scheme, clock=clock, jitter=lambda: 1.0)
+
+
+def transient(reason: str = "http_503", retry_after: float | None = None) -> TokenEndpointError:
+    return TokenEndpointError(reason, rejected=False, status=503, retry_after=retry_after)
+
+
+async def test_cold_burst_causes_one_fetch(session: aiohttp.ClientSession) -> None:
+    """200 concurrent requests on an empty cache share a single token request."""
+    gate = asyncio.Event()
+    scheme = ScriptedScheme([Grant("only", 300.0)], gate=gate)
+    tokens = manager(session, scheme, Clock())
+    waiters = [asyncio.create_task(tokens.token()) for _ in range(200)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*waiters)) == {"only"}
+    assert len(scheme.presented) == 1
+
+
+async def test_failed_fetch_wakes_every_waiter_then_fails_fast(
+    session: aiohttp.ClientSession,
+) -> None:
+    """One failure reaches all waiters; until the backoff ends, no new request is sent."""
+    gate = asyncio.Event()
+    clock = Clock()
+    scheme = ScriptedScheme([transient()], gate=gate)
+    tokens = manager(session, scheme, clock)
+    waiters = [asyncio.create_task(tokens.token()) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(r, TokenUnavailableError) for r in results)
+    assert len(scheme.presented) == 1
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "http_503"
+    assert info.value.retry_after == pytest.approx(0.5)
+    assert len(scheme.presented) == 1
+    clock.now += 0.6
+    assert await tokens.token() == "auto-1"
+    assert len(scheme.presented) == 2
+
+
+async def test_token_is_never_used_in_its_last_tenth(session: aiohttp.ClientSession) -> None:
+    """A 300 s token is served until 270 s; after that a new one is fetched first."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("first", 300.0), Grant("second", 300.0)])
+    tokens = manager(session, scheme, clock)
+    assert await tokens.token() == "first"
+    clock.now += 269.9
+    assert await tokens.token() == "first"
+    clock.now += 0.2
+    assert await tokens.token() == "second"
+
+
+async def test_expired_token_is_not_served_during_an_outage(
+    session: aiohttp.ClientSession,
+) -> None:
+    """While the issuer is down a valid token keeps serving; past its margin, never."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("old", 10.0)] + [transient()] * 50)
+    tokens = manager(session, scheme, clock)
+    assert await tokens.token() == "old"
+    clock.now += 8.5  # past refresh point, before the margin
+    assert await tokens.token() == "old"
+    clock.now += 0.6  # inside the last second
+    with pytest.raises(TokenUnavailableError):
+        await tokens.token()
+    assert not tokens.ready
+
+
+async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Delays double from `backoff` to `max_backoff`; a longer Retry-After wins."""
+    clock = Clock()
+    scheme = ScriptedScheme([transient()] * 6 + [transient("http_429", retry_after=42.0)])
+    tokens = manager(session, scheme, clock, "retry = { backoff = 1, max_backoff = 8 }\n")
+    delays = []
+    for _ in range(7):
+        with pytest.raises(TokenUnavailableError) as info:
+            await tokens.token()
+        assert info.value.retry_after is not None
+        delays.append(info.value.retry_after)
+        clock.now += info.value.retry_after
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 42.0]
+
+
+async def test_rejected_credentials_open_a_long_breaker(session: aiohttp.ClientSession) -> None:
+    """invalid_client is asked again only after rejected_backoff, doubling up to 16x."""
+    clock = Clock()
+    bad = TokenEndpointError("invalid_client", rejected=True, status=401)
+    scheme = ScriptedScheme([bad] * 7)
+    tokens = manager(session, scheme, clock, "retry = { rejected_backoff = 60 }\n")
+    delays = []
+    for _ in range(6):
+        with pytest.raises(TokenUnavailableError) as info:
+            await tokens.token()
+        assert info.value.reason == "invalid_client"
+        assert info.value.retry_after is not None
+        delays.append(info.value.retry_after)
+        for _ in range(5):  # requests in the meantime send nothing
+            with pytest.raises(TokenUnavailableError):
+                await tokens.token()
+        clock.now += info.value.retry_after
+    assert delays == [60.0, 120.0, 240.0, 480.0, 960.0, 960.0]
+    assert len(scheme.presented) == 6
+    assert tokens.status()["last_outcome"] == "invalid_client"
+
+
+async def test_refresh_tokens_rotate_and_are_presented_once(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Each renewal presents the newest refresh token, and each refresh token only once."""
+    clock = Clock()
+    scheme = ScriptedScheme(
+        [
+            Grant("a1", 300.0, "r1", 1800.0, "password"),
+            Grant("a2", 300.0, "r2", 1800.0, "refresh_token"),
+            Grant("a3", 300.0, "r3", 1800.0, "refresh_token"),
+        ]
+    )
+    tokens = manager(session, scheme, clock)
+    for expected in ("a1", "a2", "a3"):
+        assert await tokens.token() == expected
+        clock.now += 280
+    assert scheme.presented == [None, "r1", "r2"]
+
+
+async def test_refused_refresh_token_falls_back_to_the_password_grant(
+    session: aiohttp.ClientSession,
+) -> None:
+    """invalid_grant on the refresh grant is followed, in the same fetch, by the password grant."""
+    clock = Clock()
+    refused = TokenEndpointError("invalid_grant", rejected=True, status=400)
+    scheme = ScriptedScheme(
+        [Grant("a1", 300.0, "r1", 1800.0), refused, Grant("a2", 300.0, "r2", 1800.0)]
+    )
+    tokens = manager(session, scheme, clock)
+    assert await tokens.token() == "a1"
+    clock.now += 280
+    assert await tokens.token() == "a2"
+    assert scheme.presented == [None, "r1", None]
+
+
+async def test_expired_refresh_token_is_not_presented(session: aiohttp.ClientSession) -> None:
+    """Past refresh_expires_in, the primary grant is used directly."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 200.0), Grant("a2", 300.0)])
+    tokens = manager(session, scheme, clock)
+    await tokens.token()
+    clock.now += 280
+    assert await tokens.token() == "a2"
+    assert scheme.presented == [None, None]
+
+
+async def test_burst_of_401s_for_one_token_causes_one_fetch(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Many requests reporting the same refused token lead to a single new token."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("bad", 300.0), Grant("good", 300.0)])
+    tokens = manager(session, scheme, clock)
+    refused = await tokens.token()
+    clock.now += 5
+    for _ in range(50):
+        tokens.invalidate(refused)
+    results = await asyncio.gather(*(tokens.token() for _ in range(50)))
+    assert set(results) == {"good"}
+    assert len(scheme.presented) == 2
+    tokens.invalidate(refused)  # a late report about the old token changes nothing
+    assert await tokens.token() == "good"
+    assert len(scheme.presented) == 2
+
+
+async def test_token_rate_is_never_exceeded(session: aiohttp.ClientSession) -> None:
+    """With token_rate 2 per 60 s a third request within the minute is not sent."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("a", 2.0), Grant("b", 2.0), Grant("c", 2.0)])
+    tokens = manager(session, scheme, clock, "token_rate = { rate = 2, per = 60 }\n")
+    assert await tokens.token() == "a"
+    clock.now += 5
+    assert await tokens.token() == "b"
+    clock.now += 5
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "token_rate"
+    assert info.value.retry_after == pytest.approx(50.0)
+    assert len(scheme.presented) == 2
+    clock.now += 50
+    assert await tokens.token() == "c"
+
+
+async def test_status_never_holds_the_token(session: aiohttp.ClientSession) -> None:
+    """status() reports expiry and outcome, not the token or refresh token."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("secret-access", 300.0, "secret-refresh", 1800.0)])
+    tokens = manager(session, scheme, clock)
+    await tokens.token()
+    status = tokens.status()
+    assert status["ready"] is True
+    assert status["expires_in_s"] == 300.0
+    assert status["last_outcome"] == "ok"
+    assert "secret" not in repr(status)

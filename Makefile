@@ -4,13 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint check clean
+.PHONY: demo test run lint check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
+
+# The proxy in front of the built-in vendor sandbox: no credentials needed.
+demo: $(STAMP)
+	$(BIN)/python -m proxy demo
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import structlog
 
 from . import config as config_module
+from . import sandbox
 from .app import build_app, start
 from .config import Config
+from .demo import run_demo
 from .errors import ConfigError
 from .observe import logs
 
@@ -37,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and print the routes")
     check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
+
+    sandbox_cmd = commands.add_parser("sandbox", help="simulate the three vendor APIs")
+    sandbox.add_arguments(sandbox_cmd)
+
+    demo = commands.add_parser("demo", help="the proxy in front of the sandbox, one process")
+    demo.add_argument("--config", default="demo/routes.toml")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (0: any)")
+    demo.add_argument("--sandbox-port", type=int, default=9000, help="sandbox port (0: any)")
+    demo.add_argument("--log-level", default="info", choices=logs.LEVELS)
+    demo.add_argument("--log-format", default="console", choices=("json", "console"))
     return parser
 
 
@@ -85,10 +98,20 @@ async def _serve(config: Config, host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sandbox":
+        asyncio.run(sandbox.serve(args))
+        return 0
     path = _config_path(args.config)
     if args.command == "check":
         return _check(path)
     logs.configure(args.log_level, args.log_format)
+    if args.command == "demo":
+        try:
+            asyncio.run(run_demo(path, args.host, args.port, args.sandbox_port))
+        except ConfigError as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return 0
     try:
         config = config_module.load(path)
     except ConfigError as exc:

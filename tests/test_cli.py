@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +109,34 @@ async def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2
     assert b"routes[0].prefix: must start with '/', got 'v'" in err
+
+
+async def test_sandbox_command_serves_until_sigterm() -> None:
+    """`python -m proxy sandbox --port 0` announces its address, serves, and exits cleanly."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "sandbox",
+        "--port",
+        "0",
+        "--token-lifetime",
+        "travis=5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 20)
+    started = json.loads(line)
+    assert started["event"] == "sandbox_started"
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{started['address']}/-/sandbox/health") as r:
+                assert r.status == 200
+            async with client.get(f"{started['address']}/-/sandbox/control") as r:
+                assert (await r.json())["token_lifetime"]["travis"] == 5
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0

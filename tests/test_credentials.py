@@ -1,0 +1,317 @@
+"""Credentials end to end: a real proxy in front of the vendor sandbox, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.sandbox import SandboxSettings, build_sandbox_app
+
+from .conftest import ProxyFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = (ROOT / "demo" / "routes.toml").read_text()
+
+
+class Sandbox:
+    def __init__(self, url: str, client: aiohttp.ClientSession) -> None:
+        self.url = url
+        self._client = client
+
+    async def control(self, **knobs: Any) -> dict[str, Any]:
+        async with self._client.post(f"{self.url}/-/sandbox/control", json=knobs) as r:
+            assert r.status == 200, await r.text()
+            result: dict[str, Any] = await r.json()
+            return result
+
+    async def log(self, vendor: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        async with self._client.get(f"{self.url}/-/sandbox/log") as r:
+            entries: list[dict[str, Any]] = (await r.json())["entries"]
+        return [
+            e
+            for e in entries
+            if (vendor is None or e["vendor"] == vendor) and (kind is None or e["kind"] == kind)
+        ]
+
+
+@pytest.fixture
+async def sandbox(aiohttp_server) -> AsyncIterator[Sandbox]:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(build_sandbox_app(SandboxSettings()), host="127.0.0.1")
+    async with aiohttp.ClientSession() as client:
+        yield Sandbox(f"http://127.0.0.1:{server.port}", client)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+StartProxy = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def vendor_proxy(sandbox: Sandbox, make_proxy: ProxyFactory) -> StartProxy:
+    """The demo config pointed at this test's sandbox, with extra lines per auth table."""
+
+    async def start(replace: dict[str, str] | None = None, **extra: str) -> str:
+        text = DEMO_CONFIG
+        for old, new in (replace or {}).items():
+            assert old in text
+            text = text.replace(old, new)
+        for name, lines in extra.items():
+            text = text.replace(f"[auth.{name}]\n", f"[auth.{name}]\n{lines}\n")
+        return await make_proxy(text, {"SANDBOX_URL": sandbox.url})
+
+    return start
+
+
+async def wait_ready(client: aiohttp.ClientSession, proxy: str, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            async with client.get(f"{proxy}/-/ready") as r:
+                if r.status == 200:
+                    return
+            await asyncio.sleep(0.05)
+
+
+CALLS = {
+    "travtus": ("POST", "/travtus/messages/", {"to": "+15550100", "body": "hi"}),
+    "travis": ("GET", "/travis/api/v1/road-events", None),
+    "travelyzer": ("GET", "/travelyzer/v1/geocoding/forward?query=Berlin", None),
+}
+
+
+async def call(
+    client: aiohttp.ClientSession, proxy: str, vendor: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
+    method, path, body = CALLS[vendor]
+    async with client.request(method, f"{proxy}{path}", json=body, headers=headers) as r:
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+EXPECTED_FIELDS = {
+    "travtus": {
+        "grant_type": "client_credentials",
+        "client_id": "sandbox-travtus-client",
+        "client_secret": "sandbox-travtus-secret",
+    },
+    "travis": {
+        "grant_type": "password",
+        "client_id": "travis-portal",
+        "client_secret": "sandbox-travis-secret",
+        "username": "driver@example.com",
+        "password": "sandbox-travis-password",
+        "scope": "openid",
+    },
+    "travelyzer": {
+        "apiKey": "sandbox-travelyzer-key",
+        "apiSecret": "sandbox-travelyzer-secret",
+        "expiresIn": "24h",
+    },
+}
+
+
+@pytest.mark.parametrize("vendor", sorted(CALLS))
+async def test_each_scheme_sends_exactly_the_documented_fields(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession, vendor: str
+) -> None:
+    """Token requests carry the vendor's documented fields and encoding, nothing else."""
+    proxy = await vendor_proxy()
+    status, _ = await call(client, proxy, vendor, {"Authorization": "Bearer client-own"})
+    assert status in (200, 201)
+    [token_request] = await sandbox.log(vendor, "token")
+    assert token_request["fields"] == EXPECTED_FIELDS[vendor]
+    expected_type = (
+        "application/json" if vendor == "travelyzer" else ("application/x-www-form-urlencoded")
+    )
+    assert token_request["content_type"].startswith(expected_type)
+    assert token_request["basic_auth"] is None
+    [api_request] = await sandbox.log(vendor, "api")
+    auth_headers = [v for k, v in api_request["headers"] if k.lower() == "authorization"]
+    assert len(auth_headers) == 1
+    assert auth_headers[0].startswith("Bearer ey")  # the issuer's JWT, not the client's
+    assert api_request["token_expired"] is False
+
+
+async def test_basic_client_auth_and_extra_params(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """client_auth = "basic" moves id and secret to HTTP Basic; params ride along."""
+    proxy = await vendor_proxy(
+        travtus='client_auth = "basic"\nparams = { audience = "messages", resource = "r1" }'
+    )
+    status, _ = await call(client, proxy, "travtus")
+    assert status == 201
+    [token_request] = await sandbox.log("travtus", "token")
+    assert token_request["basic_auth"] == ["sandbox-travtus-client", "sandbox-travtus-secret"]
+    assert token_request["fields"] == {
+        "grant_type": "client_credentials",
+        "audience": "messages",
+        "resource": "r1",
+    }
+
+
+async def test_cold_burst_makes_one_token_request_per_auth(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """200 concurrent requests on a cold proxy cause exactly one token request per vendor."""
+    await sandbox.control(
+        latency={"travtus_token": 0.3, "travis_token": 0.3, "travelyzer_token": 0.3}
+    )
+    proxy = await vendor_proxy()
+    vendors = sorted(CALLS) * 67
+    results = await asyncio.gather(*(call(client, proxy, v) for v in vendors[:200]))
+    assert {status for status, _ in results} <= {200, 201}
+    for vendor in CALLS:
+        assert len(await sandbox.log(vendor, "token")) == 1
+
+
+async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """Tokens of 2-3 s are renewed before they expire: no client error, no stale token seen."""
+    await sandbox.control(token_lifetime={"travtus": 2, "travis": 3, "travelyzer": 2})
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    statuses = []
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        batch = await asyncio.gather(*(call(client, proxy, v) for v in CALLS))
+        statuses.extend(status for status, _ in batch)
+        await asyncio.sleep(0.05)
+    assert set(statuses) <= {200, 201}
+    api = await sandbox.log(kind="api")
+    assert len(api) >= 60
+    assert [e for e in api if e["status"] == 401 or e["token_expired"]] == []
+    assert min(e["token_remaining"] for e in api) > 0
+    for vendor in CALLS:
+        fetches = await sandbox.log(vendor, "token")
+        assert 3 <= len(fetches) <= 8, (vendor, len(fetches))
+    grants = [e["grant_type"] for e in await sandbox.log("travis", "token")]
+    assert grants[0] == "password"
+    assert set(grants[1:]) == {"refresh_token"}
+
+
+async def test_refused_refresh_token_falls_back_to_password(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """After the IdP refuses the refresh token (invalid_grant), the password grant renews."""
+    await sandbox.control(token_lifetime={"travis": 2})
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    await sandbox.control(revoke_refresh=True)
+    async with asyncio.timeout(10):
+        while len(await sandbox.log("travis", "token")) < 3:
+            await asyncio.sleep(0.1)
+    fetches = await sandbox.log("travis", "token")
+    assert [(e["grant_type"], e["status"]) for e in fetches[:3]] == [
+        ("password", 200),
+        ("refresh_token", 400),
+        ("password", 200),
+    ]
+    status, _ = await call(client, proxy, "travis")
+    assert status == 200
+
+
+async def test_upstream_401_refetches_and_replays_once(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """A revoked token is replaced and the request replayed with the same body."""
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    await sandbox.control(revoke=["travtus"])
+    status, _ = await call(client, proxy, "travtus")
+    assert status == 201
+    api = await sandbox.log("travtus", "api")
+    assert [e["status"] for e in api] == [401, 201]
+    assert len(await sandbox.log("travtus", "token")) == 2
+
+
+async def test_second_401_passes_through(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """When the fresh token is refused too, the client gets the upstream's 401."""
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    await sandbox.control(inject=[{"target": "travis_api", "status": 401, "count": 2}])
+    status, headers = await call(client, proxy, "travis")
+    assert status == 401
+    assert "X-Proxy-Error" not in headers
+    assert [e["status"] for e in await sandbox.log("travis", "api")] == [401, 401]
+
+
+async def test_token_endpoint_down_fails_fast_and_recovers(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """With the issuer down: quick 503 token_unavailable, few token attempts, then recovery."""
+    await sandbox.control(inject=[{"target": "travelyzer_token", "status": 503, "count": -1}])
+    proxy = await vendor_proxy(travelyzer="retry = { backoff = 0.2, max_backoff = 0.8 }")
+    started = time.monotonic()
+    for _ in range(20):
+        status, headers = await call(client, proxy, "travelyzer")
+        assert status == 503
+        assert headers["X-Proxy-Error"] == "token_unavailable"
+        assert "Retry-After" in headers
+    async with client.get(f"{proxy}/-/ready") as r:
+        assert r.status == 503
+        assert (await r.json())["failing"] == ["travelyzer"]
+    await asyncio.sleep(1.5)
+    elapsed = time.monotonic() - started
+    attempts = len(await sandbox.log("travelyzer", "token"))
+    # Backoff from 0.2 s doubling to 0.8 s (at least half of each): far fewer than the
+    # 20 requests, and no more than the schedule allows in the elapsed time.
+    assert 2 <= attempts <= 2 + elapsed / 0.1
+    assert await sandbox.log("travelyzer", "api") == []
+    await sandbox.control(clear_inject=True)
+    await wait_ready(client, proxy, timeout=5)
+    status, _ = await call(client, proxy, "travelyzer")
+    assert status == 200
+
+
+async def test_wrong_credentials_are_reported_and_not_hammered(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """invalid_client shows in /-/ready and the 503, and is not retried within the breaker."""
+    proxy = await vendor_proxy(
+        travis="retry = { rejected_backoff = 30 }",
+        replace={'client_secret = "sandbox-travis-secret"': 'client_secret = "wrong"'},
+    )
+    async with asyncio.timeout(5):
+        while not await sandbox.log("travis", "token"):
+            await asyncio.sleep(0.05)
+    for _ in range(10):
+        status, headers = await call(client, proxy, "travis")
+        assert status == 503
+        assert headers["X-Proxy-Error"] == "token_unavailable"
+        assert int(headers["Retry-After"]) >= 25
+    async with client.get(f"{proxy}/-/ready") as r:
+        assert r.status == 503
+        ready = await r.json()
+    assert ready["failing"] == ["travis"]
+    assert ready["auth"]["travis"]["last_outcome"] == "invalid_client"
+    assert ready["auth"]["travtus"]["ready"] is True
+    assert "wrong" not in repr(ready)
+    assert len(await sandbox.log("travis", "token")) == 1
+
+
+async def test_token_rate_caps_our_token_requests(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """However often tokens are refused, token requests stay within token_rate."""
+    proxy = await vendor_proxy(
+        replace={"token_rate = { rate = 100, per = 60 }": "token_rate = { rate = 3, per = 60 }"}
+    )
+    await wait_ready(client, proxy)
+    for _ in range(8):
+        await sandbox.control(revoke=["travelyzer"])
+        await call(client, proxy, "travelyzer")
+        await asyncio.sleep(1.05)  # past the 1 s guard against 401 storms
+    assert len(await sandbox.log("travelyzer", "token")) == 3

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from proxy.sandbox import SandboxSettings, build_sandbox_app
 
@@ -280,13 +281,20 @@ async def test_wrong_credentials_are_reported_and_not_hammered(
     sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:
     """invalid_client shows in /-/ready and the 503, and is not retried within the breaker."""
-    proxy = await vendor_proxy(
-        travis="retry = { rejected_backoff = 30 }",
-        replace={'client_secret = "sandbox-travis-secret"': 'client_secret = "wrong"'},
-    )
-    async with asyncio.timeout(5):
-        while not await sandbox.log("travis", "token"):
-            await asyncio.sleep(0.05)
+    with capture_logs() as events:
+        proxy = await vendor_proxy(
+            travis="retry = { rejected_backoff = 30 }",
+            replace={'client_secret = "sandbox-travis-secret"': 'client_secret = "wrong"'},
+        )
+        async with asyncio.timeout(5):
+            while not await sandbox.log("travis", "token"):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+    failures = [e for e in events if e["event"] == "token_fetch_failed"]
+    assert [(e["auth"], e["reason"], e["status"], e["log_level"]) for e in failures] == [
+        ("travis", "invalid_client", 401, "error")
+    ]
+    assert "wrong" not in repr(events)
     for _ in range(10):
         status, headers = await call(client, proxy, "travis")
         assert status == 503

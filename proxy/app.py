@@ -11,11 +11,14 @@ from aiohttp import web
 
 from .auth import TokenManager
 from .config import AuthConfig, Config, RouteConfig
-from .forward import SKIP_AUTO_HEADERS, Forwarder, Target
+from .forward import SKIP_AUTO_HEADERS, Forwarder
+from .limits import RateLimit
 from .routing import RouteTable
+from .upstream import Target
 
 FORWARDER: Final = web.AppKey("forwarder", Forwarder)
 TOKENS: Final = web.AppKey("tokens", dict[str, TokenManager])
+TARGETS: Final = web.AppKey("targets", dict[str, Target])
 
 # Server settings every way of serving the app must use (CLI, tests, workers):
 # - access_log=None: aiohttp's stdlib access log halves throughput; we log ourselves.
@@ -71,6 +74,23 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _status(request: web.Request) -> web.Response:
+    """Routes with their limits and pauses, and each auth's token state (never a token)."""
+    routes = {
+        prefix: {
+            "upstream": target.route.upstream.url,
+            "auth": target.route.auth,
+            "cooldown": target.cooldown.status(),
+            "limits": {limit.name: limit.status() for limit in target.limits},
+            "in_flight": target.budget.active,
+            "retrying": target.budget.retrying,
+        }
+        for prefix, target in request.app[TARGETS].items()
+    }
+    auth = {name: m.status() for name, m in sorted(request.app[TOKENS].items())}
+    return web.json_response({"routes": routes, "auth": auth})
+
+
 async def _ready(request: web.Request) -> web.Response:
     """200 once every auth table in use holds a valid token, 503 naming those that do not."""
     tokens = request.app[TOKENS]
@@ -94,21 +114,34 @@ def build_app(config: Config) -> web.Application:
         sessions: dict[tuple[str, str, int, str | None], aiohttp.ClientSession] = {}
         tokens: dict[str, TokenManager] = {}
         token_sessions: list[aiohttp.ClientSession] = []
+        # Limits of an auth table are shared by every route that uses it: vendors limit
+        # per client, not per path.
+        auth_limits = {
+            name: RateLimit(f"auth {name}", auth.rate_limit)
+            for name, auth in config.auth.items()
+            if auth.rate_limit is not None
+        }
         targets: dict[str, Target] = {}
         for route in config.routes:
             key = _session_key(route)
             if key not in sessions:
                 sessions[key] = _new_session(route.ca_file)
             provider = None
+            limits: list[RateLimit] = []
+            if route.rate_limit is not None:
+                limits.append(RateLimit(f"route {route.prefix}", route.rate_limit))
             if route.auth is not None:
                 if route.auth not in tokens:
                     auth = config.auth[route.auth]
                     token_sessions.append(_token_session(auth))
                     tokens[route.auth] = TokenManager(auth, token_sessions[-1])
                 provider = tokens[route.auth]
-            targets[route.prefix] = Target(route, sessions[key], provider)
+                if route.auth in auth_limits:
+                    limits.append(auth_limits[route.auth])
+            targets[route.prefix] = Target(route, sessions[key], provider, tuple(limits))
         app[FORWARDER] = Forwarder(table, targets)
         app[TOKENS] = tokens
+        app[TARGETS] = targets
         for manager in tokens.values():
             manager.start()  # fetch now, so /-/ready turns green before the first request
         try:
@@ -128,6 +161,7 @@ def build_app(config: Config) -> web.Application:
 
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/ready", _ready)
+    app.router.add_get("/-/status", _status)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 

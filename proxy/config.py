@@ -84,12 +84,41 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """``rate`` requests per ``per`` seconds sustained, bursts of up to ``burst``."""
+
+    rate: float
+    per: float = 1.0
+    burst: float = 0.0  # 0: same as rate
+    max_wait: float = 5.0  # longest a request waits in line before it gets 429
+
+    @property
+    def capacity(self) -> float:
+        return self.burst or self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """How upstream throttling answers (429, optionally 503) are retried."""
+
+    attempts: int = 4  # total attempts, the first included; 1 disables retries
+    backoff: float = 0.25
+    max_backoff: float = 8.0
+    max_wait: float = 30.0  # from the request's arrival; a longer delay ends the retries
+    max_body: int = 1024 * 1024  # bodies up to this size are buffered so they can be replayed
+    on: tuple[int, ...] = (429,)
+    budget: float = 0.2  # retries in flight at most this share of requests in flight
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     prefix: str
     upstream: Upstream
     auth: str | None = None
     timeout: Timeout = field(default_factory=Timeout)
     ca_file: str | None = None
+    rate_limit: RateLimitConfig | None = None
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +155,8 @@ class AuthConfig:
     ca_file: str | None = None
     default_lifetime: float = 300.0
     refresh_at: float = 0.8
-    retry: FetchRetry = field(default_factory=FetchRetry)
+    fetch_retry: FetchRetry = field(default_factory=FetchRetry)
+    rate_limit: RateLimitConfig | None = None
     timeout: Timeout = field(default_factory=lambda: Timeout(connect=10.0, read=30.0))
 
 
@@ -146,6 +176,8 @@ class Config:
 _DEFAULT_TIMEOUT: Final = Timeout()
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
 _DEFAULT_FETCH_RETRY: Final = FetchRetry()
+_DEFAULT_RETRY: Final = RetryConfig()
+RETRYABLE_STATUSES: Final = (429, 503)
 _DEFAULT_SERVER: Final = ServerConfig()
 
 
@@ -232,6 +264,14 @@ class _Checker:
             return default
         if value <= 0:
             self.fail(path, f"must be greater than 0, got {value!r}")
+            return default
+        return float(value)
+
+    def non_negative(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
+        path = _join(key, name)
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.fail(path, f"must be a number of at least 0, got {value!r}")
             return default
         return float(value)
 
@@ -330,12 +370,18 @@ class _Checker:
         return ServerConfig(host=host, port=port)
 
     def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
-        table = self.table(raw, key, ("prefix", "upstream", "auth", "timeout", "ca_file"))
+        table = self.table(
+            raw,
+            key,
+            ("prefix", "upstream", "auth", "timeout", "ca_file", "rate_limit", "retry"),
+        )
         prefix = self.string(table, key, "prefix", required=True)
         upstream_text = self.string(table, key, "upstream", required=True)
         auth = self.string(table, key, "auth")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout")
         ca_file = self.file(table, key, "ca_file")
+        rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
+        retry = self.retry(table.get("retry", {}), f"{key}.retry")
         if prefix is not None:
             prefix = self.prefix(prefix, f"{key}.prefix")
         upstream = None
@@ -347,7 +393,62 @@ class _Checker:
         if prefix is None or upstream is None:
             return None
         return RouteConfig(
-            prefix=prefix, upstream=upstream, auth=auth, timeout=timeout, ca_file=ca_file
+            prefix=prefix,
+            upstream=upstream,
+            auth=auth,
+            timeout=timeout,
+            ca_file=ca_file,
+            rate_limit=rate_limit,
+            retry=retry,
+        )
+
+    def rate_limit(self, raw: Any, key: str) -> RateLimitConfig | None:
+        if raw is None:
+            return None
+        table = self.table(raw, key, ("rate", "per", "burst", "max_wait"))
+        if "rate" not in table:
+            self.fail(f"{key}.rate", "is required")
+        rate = self.positive(table, key, "rate", 1.0)
+        burst = self.positive(table, key, "burst", rate)
+        if burst < 1:
+            self.fail(f"{key}.burst", f"must be at least 1, got {burst!r}")
+            burst = rate
+        return RateLimitConfig(
+            rate=rate,
+            per=self.positive(table, key, "per", 1.0),
+            burst=burst,
+            max_wait=self.non_negative(table, key, "max_wait", 5.0),
+        )
+
+    def retry(self, raw: Any, key: str) -> RetryConfig:
+        names = ("attempts", "backoff", "max_backoff", "max_wait", "max_body", "on", "budget")
+        table = self.table(raw, key, names)
+        default = _DEFAULT_RETRY
+        attempts = table.get("attempts", default.attempts)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            self.fail(f"{key}.attempts", f"must be a whole number of at least 1, got {attempts!r}")
+            attempts = default.attempts
+        max_body = table.get("max_body", default.max_body)
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
+            self.fail(f"{key}.max_body", f"must be a whole number of bytes, got {max_body!r}")
+            max_body = default.max_body
+        on = table.get("on", list(default.on))
+        if not isinstance(on, list) or not on or any(s not in RETRYABLE_STATUSES for s in on):
+            allowed = ", ".join(map(str, RETRYABLE_STATUSES))
+            self.fail(f"{key}.on", f"must be a list of statuses from {allowed}, got {on!r}")
+            on = list(default.on)
+        budget = self.positive(table, key, "budget", default.budget)
+        if budget > 1:
+            self.fail(f"{key}.budget", f"must be a share between 0 and 1, got {table['budget']!r}")
+            budget = default.budget
+        return RetryConfig(
+            attempts=attempts,
+            backoff=self.positive(table, key, "backoff", default.backoff),
+            max_backoff=self.positive(table, key, "max_backoff", default.max_backoff),
+            max_wait=self.non_negative(table, key, "max_wait", default.max_wait),
+            max_body=max_body,
+            on=tuple(sorted(set(on))),
+            budget=budget,
         )
 
     def prefix(self, value: str, key: str) -> str | None:
@@ -454,7 +555,8 @@ class _Checker:
                 "ca_file",
                 "default_lifetime",
                 "refresh_at",
-                "retry",
+                "fetch_retry",
+                "rate_limit",
                 "timeout",
             ),
         )
@@ -489,7 +591,8 @@ class _Checker:
         if refresh_at >= 1:
             self.fail(f"{key}.refresh_at", f"must be a fraction below 1, got {refresh_at!r}")
             refresh_at = 0.8
-        retry = self.fetch_retry(table.get("retry", {}), f"{key}.retry")
+        fetch_retry = self.fetch_retry(table.get("fetch_retry", {}), f"{key}.fetch_retry")
+        rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout", _DEFAULT_TOKEN_TIMEOUT)
         if kind is None or token_url is None:
             return None
@@ -524,7 +627,8 @@ class _Checker:
             ca_file=ca_file,
             default_lifetime=default_lifetime,
             refresh_at=refresh_at,
-            retry=retry,
+            fetch_retry=fetch_retry,
+            rate_limit=rate_limit,
             timeout=timeout,
         )
 

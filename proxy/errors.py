@@ -5,6 +5,7 @@
     └── ProxyError                a request the proxy answers itself (JSON + X-Proxy-Error)
         ├── BadRequestError       400 bad_request
         ├── NoRouteError          404 no_route
+        ├── RateLimitedError      429 rate_limited (our own limit, or the route is paused)
         ├── UpstreamUnreachableError  502 upstream_unreachable
         ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
         └── UpstreamTimeoutError  504 upstream_timeout
@@ -51,6 +52,18 @@ class BadRequestError(ProxyError):
 class NoRouteError(ProxyError):
     status = 404
     code = "no_route"
+
+
+class RateLimitedError(ProxyError):
+    """The request would wait too long for a rate-limit slot or a route's pause to end; it
+    was never sent upstream."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, limit: str, retry_in: float) -> None:
+        super().__init__(f"rate limit reached ({limit}); retry later", retry_after=retry_in)
+        self.limit = limit
 
 
 class UpstreamUnreachableError(ProxyError):

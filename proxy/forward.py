@@ -1,8 +1,9 @@
-"""The catch-all handler: route -> upstream URL -> headers -> send -> stream back.
+"""The catch-all handler: route -> upstream URL -> headers -> exchange -> stream back.
 
-Bodies stream in both directions with backpressure; nothing is buffered whole. The upstream
-leg never follows redirects, never decompresses, keeps no cookies and adds no headers of its
-own, so what the upstream sends is what the client gets (minus hop-by-hop headers).
+Bodies stream in both directions with backpressure; nothing is buffered whole (small bodies
+are held only where a retry or 401 replay may need them again). The upstream leg never
+follows redirects, never decompresses, keeps no cookies and adds no headers of its own, so
+what the upstream sends is what the client gets (minus hop-by-hop headers).
 """
 
 from __future__ import annotations
@@ -18,14 +19,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from .auth.base import TokenProvider
-from .config import RouteConfig
-from .errors import (
-    ProxyError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
-    error_response,
-)
+from .errors import ProxyError, error_response
 from .headers import (
     X_REQUEST_ID,
     client_response_headers,
@@ -33,31 +27,9 @@ from .headers import (
     upstream_request_headers,
 )
 from .routing import RouteTable
+from .upstream import RETRY_AFTER, Target, exchange, retry_after_header
 
 log = structlog.get_logger("proxy.forward")
-
-
-class Target:
-    """What a route needs per request, decided once at start-up."""
-
-    __slots__ = ("provider", "route", "session", "strip_authorization", "timeout")
-
-    def __init__(
-        self,
-        route: RouteConfig,
-        session: aiohttp.ClientSession,
-        provider: TokenProvider | None = None,
-    ) -> None:
-        self.route = route
-        self.session = session
-        self.provider = provider
-        # A route with auth injects its own token: the client's credential must not leak
-        # to the vendor, nor be mistaken for ours.
-        self.strip_authorization = route.auth is not None
-        # total=None: a long download must not be cut; sock_read bounds each silence instead.
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeout.connect, sock_read=route.timeout.read
-        )
 
 
 class Forwarder:
@@ -99,74 +71,26 @@ class Forwarder:
             scheme=request.scheme,
             request_id=request_id,
         )
-        provider = target.provider
-        token = None
-        if provider is not None:
-            token = await provider.token()
-            headers[AUTHORIZATION] = "Bearer " + token
-        body, replayable = await _request_body(request, buffer=provider is not None)
-        upstream_response = await self._send(request, target, url, headers, body, request_id)
-        if upstream_response.status == 401 and provider is not None and token is not None:
-            # The issuer's token was refused (revoked, rotated, clock skew): renew it, and
-            # replay once when we hold the body; a second 401 is the upstream's answer.
-            provider.invalidate(token)
-            if replayable:
-                upstream_response.release()
-                token = await provider.token()
-                headers[AUTHORIZATION] = "Bearer " + token
-                upstream_response = await self._send(
-                    request, target, url, headers, body, request_id
-                )
-        async with upstream_response:
-            return await self._stream_back(request, upstream_response, target, request_id)
-
-    async def _send(
-        self,
-        request: web.Request,
-        target: Target,
-        url: URL,
-        headers: CIMultiDict[str],
-        body: bytes | StreamReader | None,
-        request_id: str,
-    ) -> aiohttp.ClientResponse:
-        upstream = target.route.upstream
-        try:
-            return await target.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=target.timeout,
+        body, replayable = await _request_body(request, target.replay_limit)
+        result = await exchange(target, request.method, url, headers, body, replayable, request_id)
+        async with result.response as upstream_response:
+            response_headers = client_response_headers(upstream_response.headers)
+            response_headers[X_REQUEST_ID] = request_id
+            response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
+            if result.retry_after is not None and RETRY_AFTER not in response_headers:
+                response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
+            return await self._stream_back(
+                request, upstream_response, response_headers, target, request_id
             )
-        except TimeoutError as exc:
-            log.warning(
-                "upstream_timeout",
-                route=target.route.prefix,
-                upstream=upstream.url,
-                request_id=request_id,
-                phase="headers",
-            )
-            raise UpstreamTimeoutError("upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            log.warning(
-                "upstream_unreachable",
-                route=target.route.prefix,
-                upstream=upstream.url,
-                request_id=request_id,
-                error=type(exc).__name__,
-            )
-            raise UpstreamUnreachableError("could not reach the upstream") from exc
 
     async def _stream_back(
         self,
         request: web.Request,
         upstream_response: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
         target: Target,
         request_id: str,
     ) -> web.StreamResponse:
-        headers = client_response_headers(upstream_response.headers)
-        headers[X_REQUEST_ID] = request_id
         # No reason phrase is copied: the upstream's is untrusted text; aiohttp picks the
         # standard one for the status.
         response = web.StreamResponse(status=upstream_response.status, headers=headers)
@@ -191,18 +115,19 @@ class Forwarder:
 
 
 async def _request_body(
-    request: web.Request, *, buffer: bool
+    request: web.Request, replay_limit: int
 ) -> tuple[bytes | StreamReader | None, bool]:
     """The body to send upstream, and whether it can be sent again.
 
-    Small bodies of known length are read into memory when a replay may be needed (401 with
-    a token); everything else streams once: a consumed stream would replay as an empty body.
+    Bodies of known length up to ``replay_limit`` are read into memory so a retry or 401
+    replay sends them again exactly; anything else streams once, because a consumed stream
+    would replay as an empty body (and the upstream would answer 200 to it).
     """
     if not request.body_exists:
         return None, True
     length = request.content_length
-    if buffer and length is not None and length <= MAX_REPLAY_BODY:
-        return await request.read(), True
+    if length is not None and length <= replay_limit:
+        return await request.content.readexactly(length), True
     return request.content, False
 
 
@@ -210,7 +135,5 @@ class _ClientAborted(asyncio.CancelledError):
     """Ends a handler whose connection we aborted; aiohttp treats it as a client gone away."""
 
 
-# Bodies up to this size are buffered on routes with auth so a 401 can be replayed exactly.
-MAX_REPLAY_BODY: Final = 1024 * 1024
-AUTHORIZATION: Final = istr("Authorization")
+X_PROXY_ATTEMPTS: Final = istr("X-Proxy-Attempts")
 SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")

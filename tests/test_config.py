@@ -59,6 +59,19 @@ def test_secrets_never_show_in_repr() -> None:
     assert cfg.auth["travtus"].client_secret.reveal() == "tt-secret-value"
 
 
+def test_rate_limit_and_retry_tables() -> None:
+    """Rate limits default burst to rate; retry defaults follow the README."""
+    cfg = config.loads(
+        ROUTE + "rate_limit = { rate = 10000, burst = 5000 }\nretry = { on = [503, 429] }\n", {}
+    )
+    route = cfg.routes[0]
+    assert route.rate_limit == config.RateLimitConfig(rate=10000, per=1.0, burst=5000, max_wait=5.0)
+    assert route.retry == config.RetryConfig(on=(429, 503))
+    plain = config.loads(ROUTE + "rate_limit = { rate = 50, per = 2 }\n", {}).routes[0]
+    assert plain.rate_limit is not None
+    assert plain.rate_limit.capacity == 50
+
+
 def test_defaults() -> None:
     """Omitted keys take the documented defaults."""
     cfg = config.loads(ROUTE, {})
@@ -68,6 +81,10 @@ def test_defaults() -> None:
     assert route.timeout == config.Timeout(connect=10.0, read=60.0)
     assert route.upstream.base_path == ""
     assert route.ca_file is None
+    assert route.rate_limit is None
+    assert route.retry == config.RetryConfig(
+        attempts=4, backoff=0.25, max_backoff=8.0, max_wait=30.0, max_body=1048576, on=(429,)
+    )
 
 
 def test_env_references_and_defaults() -> None:
@@ -171,7 +188,33 @@ def test_upstream_parts() -> None:
         ),
         (
             ROUTE + "retries = 1\n",
-            "routes[0].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file)",
+            "routes[0].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
+            "rate_limit, retry)",
+        ),
+        (ROUTE + "rate_limit = { per = 1 }\n", "routes[0].rate_limit.rate: is required"),
+        (
+            ROUTE + "rate_limit = { rate = 10, burst = 0.5 }\n",
+            "routes[0].rate_limit.burst: must be at least 1, got 0.5",
+        ),
+        (
+            ROUTE + "rate_limit = { rate = 10, max_wait = -1 }\n",
+            "routes[0].rate_limit.max_wait: must be a number of at least 0, got -1",
+        ),
+        (
+            ROUTE + "retry = { attempts = 0 }\n",
+            "routes[0].retry.attempts: must be a whole number of at least 1, got 0",
+        ),
+        (
+            ROUTE + "retry = { on = [500] }\n",
+            "routes[0].retry.on: must be a list of statuses from 429, 503, got [500]",
+        ),
+        (
+            ROUTE + "retry = { budget = 2 }\n",
+            "routes[0].retry.budget: must be a share between 0 and 1, got 2",
+        ),
+        (
+            ROUTE + "retry = { max_body = 1.5 }\n",
+            "routes[0].retry.max_body: must be a whole number of bytes, got 1.5",
         ),
         (
             ROUTE + 'ca_file = "/nonexistent/ca.pem"\n',

@@ -254,7 +254,7 @@ async def test_token_endpoint_down_fails_fast_and_recovers(
 ) -> None:
     """With the issuer down: quick 503 token_unavailable, few token attempts, then recovery."""
     await sandbox.control(inject=[{"target": "travelyzer_token", "status": 503, "count": -1}])
-    proxy = await vendor_proxy(travelyzer="retry = { backoff = 0.2, max_backoff = 0.8 }")
+    proxy = await vendor_proxy(travelyzer="fetch_retry = { backoff = 0.2, max_backoff = 0.8 }")
     started = time.monotonic()
     for _ in range(20):
         status, headers = await call(client, proxy, "travelyzer")
@@ -283,7 +283,7 @@ async def test_wrong_credentials_are_reported_and_not_hammered(
     """invalid_client shows in /-/ready and the 503, and is not retried within the breaker."""
     with capture_logs() as events:
         proxy = await vendor_proxy(
-            travis="retry = { rejected_backoff = 30 }",
+            travis="fetch_retry = { rejected_backoff = 30 }",
             replace={'client_secret = "sandbox-travis-secret"': 'client_secret = "wrong"'},
         )
         async with asyncio.timeout(5):

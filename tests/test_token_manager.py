@@ -144,7 +144,7 @@ async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after(
     """Delays double from `backoff` to `max_backoff`; a longer Retry-After wins."""
     clock = Clock()
     scheme = ScriptedScheme([transient()] * 6 + [transient("http_429", retry_after=42.0)])
-    tokens = manager(session, scheme, clock, "retry = { backoff = 1, max_backoff = 8 }\n")
+    tokens = manager(session, scheme, clock, "fetch_retry = { backoff = 1, max_backoff = 8 }\n")
     delays = []
     for _ in range(7):
         with pytest.raises(TokenUnavailableError) as info:
@@ -160,7 +160,7 @@ async def test_rejected_credentials_open_a_long_breaker(session: aiohttp.ClientS
     clock = Clock()
     bad = TokenEndpointError("invalid_client", rejected=True, status=401)
     scheme = ScriptedScheme([bad] * 7)
-    tokens = manager(session, scheme, clock, "retry = { rejected_backoff = 60 }\n")
+    tokens = manager(session, scheme, clock, "fetch_retry = { rejected_backoff = 60 }\n")
     delays = []
     for _ in range(6):
         with pytest.raises(TokenUnavailableError) as info:

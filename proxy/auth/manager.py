@@ -278,7 +278,7 @@ class TokenManager:
         return token
 
     def _failed(self, exc: TokenEndpointError) -> TokenUnavailableError:
-        retry = self._auth.retry
+        retry = self._auth.fetch_retry
         if exc.rejected:
             self._rejections += 1
             delay = retry.rejected_backoff * 2 ** min(self._rejections - 1, 4)

@@ -1,0 +1,216 @@
+"""One request's exchange with its upstream: every attempt takes a rate-limit slot, waits
+out a route pause, carries a fresh token, and is retried when the upstream throttles.
+
+    admit (pause, limits) -> token -> send -> 401? renew + replay once
+                                          -> 429/503? wait (Retry-After or backoff) + retry
+                                          -> RateLimit says exhausted? pause the route
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, istr
+from yarl import URL
+
+from .auth.base import TokenProvider
+from .config import RouteConfig
+from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
+from .limits import RateLimit
+from .retry import Cooldown, RetryBudget, exhausted_for, retry_delay
+
+log = structlog.get_logger("proxy.upstream")
+
+AUTHORIZATION = istr("Authorization")
+RETRY_AFTER = istr("Retry-After")
+
+
+class Target:
+    """What a route needs per request, decided once at start-up."""
+
+    __slots__ = (
+        "budget",
+        "cooldown",
+        "limits",
+        "provider",
+        "replay_limit",
+        "retry",
+        "route",
+        "session",
+        "strip_authorization",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        route: RouteConfig,
+        session: aiohttp.ClientSession,
+        provider: TokenProvider | None = None,
+        limits: tuple[RateLimit, ...] = (),
+    ) -> None:
+        self.route = route
+        self.session = session
+        self.provider = provider
+        self.limits = limits
+        self.retry = route.retry
+        self.cooldown = Cooldown(route.prefix)
+        self.budget = RetryBudget(route.retry.budget)
+        # A route with auth injects its own token: the client's credential must not leak
+        # to the vendor, nor be mistaken for ours.
+        self.strip_authorization = route.auth is not None
+        # Bodies are buffered only when a second attempt is possible: 429 retries, or a
+        # 401 replay with a fresh token.
+        replays = route.retry.attempts > 1 or provider is not None
+        self.replay_limit = route.retry.max_body if replays else -1
+        # total=None: a long download must not be cut; sock_read bounds each silence instead.
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=route.timeout.connect, sock_read=route.timeout.read
+        )
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The final upstream response and what it took to get it."""
+
+    response: aiohttp.ClientResponse
+    attempts: int
+    limiter_wait: float
+    retry_after: float | None = None  # to add when passing on a throttling answer without one
+
+
+async def exchange(
+    target: Target,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: bytes | StreamReader | None,
+    replayable: bool,
+    request_id: str,
+) -> Exchange:
+    """Send the request until the upstream gives an answer worth passing on."""
+    arrival = time.monotonic()
+    retry = target.retry
+    provider = target.provider
+    budget = target.budget
+    budget.active += 1
+    retrying = replayed_401 = False
+    attempt = 0
+    waited = 0.0
+    try:
+        while True:
+            attempt += 1
+            waited += await _admit(target, arrival, first=attempt == 1)
+            token = None
+            if provider is not None:
+                token = await provider.token()
+                headers[AUTHORIZATION] = "Bearer " + token
+            response = await _send(target, method, url, headers, body, request_id)
+            status = response.status
+            if status == 401 and provider is not None and token is not None and not replayed_401:
+                # The token was refused (revoked, rotated, skew): renew it, and replay
+                # once if we hold the body; a second 401 is the upstream's answer.
+                provider.invalidate(token)
+                if replayable:
+                    replayed_401 = True
+                    response.release()
+                    continue
+            elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
+                delay, hinted = retry_delay(retry, attempt, response.headers)
+                if hinted:
+                    target.cooldown.pause(delay, f"upstream_{status}")
+                can_retry = (
+                    replayable
+                    and attempt < retry.attempts
+                    and time.monotonic() + delay <= arrival + retry.max_wait
+                    and (retrying or budget.allows_retry())
+                )
+                if not can_retry:
+                    # Without the upstream's own Retry-After, tell the client the wait we
+                    # would have waited.
+                    return Exchange(response, attempt, waited, None if hinted else delay)
+                if not retrying:
+                    retrying = True
+                    budget.retrying += 1
+                response.release()
+                log.info(
+                    "upstream_throttled",
+                    route=target.route.prefix,
+                    status=status,
+                    attempt=attempt,
+                    delay_s=round(delay, 3),
+                    request_id=request_id,
+                )
+                if not hinted:
+                    await asyncio.sleep(delay)  # a hinted delay is waited out in _admit
+                continue
+            else:
+                pause = exhausted_for(response.headers)
+                if pause:
+                    target.cooldown.pause(pause, "ratelimit_exhausted")
+            return Exchange(response, attempt, waited)
+    finally:
+        budget.active -= 1
+        if retrying:
+            budget.retrying -= 1
+
+
+async def _admit(target: Target, arrival: float, *, first: bool) -> float:
+    """Wait out a route pause and take a slot from every limit; return seconds waited."""
+    started = time.monotonic()
+    deadline = None if first else arrival + target.retry.max_wait
+    paused = target.cooldown.remaining()
+    if paused > 0:
+        if started + paused > arrival + target.retry.max_wait:
+            raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
+        await asyncio.sleep(paused)
+    for limit in target.limits:
+        await limit.acquire(deadline)
+    return time.monotonic() - started
+
+
+async def _send(
+    target: Target,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: bytes | StreamReader | None,
+    request_id: str,
+) -> aiohttp.ClientResponse:
+    upstream = target.route.upstream
+    try:
+        return await target.session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=target.timeout,
+        )
+    except TimeoutError as exc:
+        log.warning(
+            "upstream_timeout",
+            route=target.route.prefix,
+            upstream=upstream.url,
+            request_id=request_id,
+            phase="headers",
+        )
+        raise UpstreamTimeoutError("upstream did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        log.warning(
+            "upstream_unreachable",
+            route=target.route.prefix,
+            upstream=upstream.url,
+            request_id=request_id,
+            error=type(exc).__name__,
+        )
+        raise UpstreamUnreachableError("could not reach the upstream") from exc
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))

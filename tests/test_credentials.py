@@ -323,3 +323,21 @@ async def test_token_rate_caps_our_token_requests(
         await call(client, proxy, "travelyzer")
         await asyncio.sleep(1.05)  # past the 1 s guard against 401 storms
     assert len(await sandbox.log("travelyzer", "token")) == 3
+
+
+async def test_sandbox_429s_are_retried_after_retry_after(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """The vendor's 429 with Retry-After is waited out and retried; the client sees success."""
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    await sandbox.control(
+        inject=[{"target": "travtus_api", "status": 429, "count": 2, "retry_after": 1}]
+    )
+    status, headers = await call(client, proxy, "travtus")
+    assert status == 201
+    assert headers["X-Proxy-Attempts"] == "3"
+    api = await sandbox.log("travtus", "api")
+    assert [e["status"] for e in api] == [429, 429, 201]
+    assert api[1]["time"] - api[0]["time"] >= 1.0
+    assert api[2]["time"] - api[1]["time"] >= 1.0

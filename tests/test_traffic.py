@@ -1,0 +1,376 @@
+"""Rate limits and 429 retries through a real proxy, against upstreams that record arrivals."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from .conftest import ProxyFactory
+
+Answer = tuple[int, dict[str, str]]
+
+
+@dataclass
+class Scripted:
+    """An upstream that answers from a script (then 200) and records what arrived when."""
+
+    port: int = 0
+    script: list[Answer] = field(default_factory=list)
+    always: Answer | None = None
+    arrivals: list[tuple[float, str, bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def times(self, path: str | None = None) -> list[float]:
+        return [t for t, p, _ in self.arrivals if path is None or p == path]
+
+
+SCRIPTED = web.AppKey("scripted", Scripted)
+
+
+async def _scripted_handler(request: web.Request) -> web.Response:
+    up = request.app[SCRIPTED]
+    body = await request.read()
+    if request.path == "/token":  # a token endpoint for routes with auth; not recorded
+        return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 600})
+    up.arrivals.append((time.monotonic(), request.path, body))
+    status, headers = up.script.pop(0) if up.script else (up.always or (200, {}))
+    return web.json_response({"status": status}, status=status, headers=headers)
+
+
+@pytest.fixture
+async def scripted(aiohttp_server) -> Scripted:  # type: ignore[no-untyped-def]
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _scripted_handler)
+    holder = Scripted()
+    app[SCRIPTED] = holder
+    server = await aiohttp_server(app, host="127.0.0.1")
+    holder.port = server.port
+    return holder
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def route(up: Scripted, extra: str = "", prefix: str = "/api") -> str:
+    return f'[[routes]]\nprefix = "{prefix}"\nupstream = "{up.url}"\n{extra}\n'
+
+
+async def get(client: aiohttp.ClientSession, url: str, **kwargs: object) -> aiohttp.ClientResponse:
+    async with client.get(url, **kwargs) as response:  # type: ignore[arg-type]
+        await response.read()
+        return response
+
+
+THROTTLED = (429, {"Retry-After": "1"})
+
+
+async def test_retry_after_seconds_is_honoured(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A 429 with Retry-After: 1 is retried no sooner than a second later, and succeeds."""
+    scripted.script = [THROTTLED]
+    proxy = await make_proxy(route(scripted))
+    response = await get(client, f"{proxy}/api/x")
+    assert response.status == 200
+    assert response.headers["X-Proxy-Attempts"] == "2"
+    first, second = scripted.times()
+    assert second - first >= 1.0
+
+
+async def test_retry_after_http_date_is_honoured(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Retry-After as an HTTP-date is waited out too."""
+    scripted.script = [(429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)})]
+    proxy = await make_proxy(route(scripted))
+    response = await get(client, f"{proxy}/api/x")
+    assert response.status == 200
+    first, second = scripted.times()
+    assert second - first >= 1.0  # the date has one-second resolution
+
+
+async def test_backoff_when_no_retry_after(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Without Retry-After, retries back off from `backoff` upwards."""
+    scripted.script = [(429, {}), (429, {})]
+    proxy = await make_proxy(route(scripted, "retry = { backoff = 0.2, max_backoff = 0.4 }"))
+    response = await get(client, f"{proxy}/api/x")
+    assert response.status == 200
+    assert response.headers["X-Proxy-Attempts"] == "3"
+    times = scripted.times()
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(times))
+
+
+async def test_attempts_exhausted_pass_the_last_429_on(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """After `attempts` tries the client gets the upstream's last 429, with a Retry-After."""
+    scripted.always = (429, {})
+    proxy = await make_proxy(route(scripted, "retry = { attempts = 3, backoff = 0.05 }"))
+    response = await get(client, f"{proxy}/api/x")
+    assert response.status == 429
+    assert "X-Proxy-Error" not in response.headers  # the upstream's answer, not ours
+    assert response.headers["X-Proxy-Attempts"] == "3"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert len(scripted.arrivals) == 3
+
+
+async def test_max_wait_cuts_retries_short(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A Retry-After beyond max_wait ends the retries at once, the upstream's header kept."""
+    scripted.always = (429, {"Retry-After": "10"})
+    proxy = await make_proxy(route(scripted, "retry = { max_wait = 2 }"))
+    started = time.monotonic()
+    response = await get(client, f"{proxy}/api/x")
+    assert time.monotonic() - started < 1.5
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "10"
+    assert response.headers["X-Proxy-Attempts"] == "1"
+
+
+async def test_post_body_is_replayed_identically(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """The retried POST carries exactly the body of the first attempt."""
+    scripted.script = [(429, {"Retry-After": "0"})]
+    proxy = await make_proxy(route(scripted))
+    payload = bytes(range(256)) * 100
+    async with client.post(f"{proxy}/api/x", data=payload) as response:
+        assert response.status == 200
+    assert [body for _, _, body in scripted.arrivals] == [payload, payload]
+
+
+async def test_large_or_chunked_bodies_are_not_retried(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A body over max_body, or of unknown length, streams once: its 429 goes to the client."""
+    scripted.always = (429, {"Retry-After": "0"})
+    proxy = await make_proxy(route(scripted, "retry = { max_body = 10 }"))
+    async with client.post(f"{proxy}/api/x", data=b"x" * 11) as response:
+        assert response.status == 429
+        assert response.headers["X-Proxy-Attempts"] == "1"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with client.post(f"{proxy}/api/x", data=chunks()) as response:
+        assert response.status == 429
+    assert [body for _, _, body in scripted.arrivals] == [b"x" * 11, b"abc"]
+
+
+async def test_route_pause_holds_back_a_concurrent_request(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """After a 429 with Retry-After, another request on the route waits for the pause too."""
+    scripted.script = [(429, {"Retry-After": "1"})]
+    proxy = await make_proxy(route(scripted))
+    first = asyncio.create_task(get(client, f"{proxy}/api/first"))
+    async with asyncio.timeout(5):
+        while not scripted.arrivals:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    second = await get(client, f"{proxy}/api/second")
+    assert second.status == 200
+    assert (await first).status == 200
+    throttled_at = scripted.times("/first")[0]
+    assert scripted.times("/second")[0] - throttled_at >= 1.0
+    async with client.get(f"{proxy}/-/status") as r:
+        status = await r.json()
+    assert status["routes"]["/api"]["cooldown"]["paused_total_s"] >= 1.0
+
+
+async def test_paused_route_answers_429_when_the_pause_outlasts_max_wait(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A request that cannot wait out the pause gets our 429 at once; the upstream is spared."""
+    scripted.script = [(429, {"Retry-After": "20"})]
+    proxy = await make_proxy(route(scripted, "retry = { max_wait = 5 }"))
+    assert (await get(client, f"{proxy}/api/first")).status == 429
+    response = await get(client, f"{proxy}/api/second")
+    assert response.status == 429
+    assert response.headers["X-Proxy-Error"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) >= 18
+    assert len(scripted.arrivals) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"RateLimit-Remaining": "0", "RateLimit-Reset": "1"},
+        {"RateLimit": "limit=10, remaining=0, reset=1"},
+        {"RateLimit": '"default";r=0;t=1', "RateLimit-Policy": '"default";q=10;w=1'},
+    ],
+)
+async def test_ratelimit_headers_pause_before_the_429(
+    scripted: Scripted,
+    make_proxy: ProxyFactory,
+    client: aiohttp.ClientSession,
+    headers: dict[str, str],
+) -> None:
+    """An answer saying nothing remains delays the next request until the quota resets."""
+    scripted.script = [(200, headers)]
+    proxy = await make_proxy(route(scripted))
+    assert (await get(client, f"{proxy}/api/a")).status == 200
+    assert (await get(client, f"{proxy}/api/b")).status == 200
+    first, second = scripted.times()
+    assert second - first >= 0.9
+
+
+async def test_503_is_retried_only_when_configured_and_with_retry_after(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """`on = [429, 503]` retries a 503 that carries Retry-After; a bare 503 passes through."""
+    proxy = await make_proxy(
+        route(scripted, "retry = { on = [429, 503] }") + route(scripted, prefix="/default")
+    )
+    scripted.script = [(503, {"Retry-After": "0"})]
+    assert (await get(client, f"{proxy}/api/a")).status == 200
+    scripted.script = [(503, {})]
+    assert (await get(client, f"{proxy}/api/b")).status == 503
+    scripted.script = [(503, {"Retry-After": "0"})]
+    assert (await get(client, f"{proxy}/default/c")).status == 503
+    assert len(scripted.arrivals) == 4  # /a twice, /b and /c once
+
+
+async def test_retry_budget_limits_a_429_storm(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """When everything is throttled, retries add a bounded share, not attempts x requests."""
+    scripted.always = (429, {})
+    proxy = await make_proxy(
+        route(scripted, "retry = { attempts = 4, backoff = 0.1, max_backoff = 0.1, budget = 0.2 }")
+    )
+    responses = await asyncio.gather(*(get(client, f"{proxy}/api/{i}") for i in range(20)))
+    assert {r.status for r in responses} == {429}
+    attempts = sum(int(r.headers["X-Proxy-Attempts"]) for r in responses)
+    assert attempts == len(scripted.arrivals)
+    # At most max(3, 20 x 0.2) = 4 requests may be retrying, each 3 more times.
+    assert len(scripted.arrivals) <= 20 + 4 * 3
+
+
+async def test_client_leaving_cancels_its_pending_retry(
+    scripted: Scripted, make_proxy: ProxyFactory
+) -> None:
+    """A client that hangs up during the retry wait causes no further upstream attempt."""
+    scripted.always = (429, {"Retry-After": "1"})
+    proxy = await make_proxy(route(scripted))
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/x HTTP/1.1\r\nHost: p\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while not scripted.arrivals:
+            await asyncio.sleep(0.01)
+    writer.close()
+    await asyncio.sleep(1.5)
+    assert len(scripted.arrivals) == 1
+
+
+async def test_rate_limit_windows_hold_at_the_upstream(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Under saturation no window of t seconds sees more than burst + rate*t arrivals, and
+    the achieved rate is close to the configured one."""
+    rate, burst, total = 200.0, 20, 400
+    proxy = await make_proxy(
+        route(scripted, f"rate_limit = {{ rate = {rate}, burst = {burst}, max_wait = 10 }}")
+    )
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(connector=connector) as many:
+        # Warm the proxy's upstream pool as a running gateway's is, then let the bucket
+        # drain: a burst sent over brand-new connections arrives late and makes the
+        # requests after it look closer together than the limiter let them go.
+        await asyncio.gather(*(get(many, f"{proxy}/api/warm") for _ in range(burst)))
+        await asyncio.sleep(2 * burst / rate)
+        scripted.arrivals.clear()
+        responses = await asyncio.gather(*(get(many, f"{proxy}/api/{i}") for i in range(total)))
+    assert {r.status for r in responses} == {200}
+    times = sorted(scripted.times())
+    # Arrival times carry the loop's and the network's jitter on top of the limiter's
+    # spacing: allow two requests' worth of it (10 ms at this rate).
+    slack = 2
+    for window in (0.05, 0.1, 0.5, 1.0):
+        most = max(
+            sum(1 for t in times[i:] if t - start <= window) for i, start in enumerate(times)
+        )
+        assert most <= burst + rate * window + slack, (window, most)
+    steady = (total - burst) / (times[-1] - times[0])
+    assert steady <= rate * 1.02
+    assert steady >= rate * 0.8  # loose: this suite runs on a shared 2-core machine
+
+
+async def test_rate_limited_requests_never_reach_the_upstream(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Past max_wait (0: at once) the client gets our 429 with Retry-After; nothing is sent."""
+    proxy = await make_proxy(route(scripted, "rate_limit = { rate = 1, per = 10, max_wait = 0 }"))
+    assert (await get(client, f"{proxy}/api/1")).status == 200
+    response = await get(client, f"{proxy}/api/2")
+    assert response.status == 429
+    assert response.headers["X-Proxy-Error"] == "rate_limited"
+    assert int(response.headers["Retry-After"]) >= 5
+    assert len(scripted.arrivals) == 1
+
+
+async def test_limit_waits_are_first_come_first_served(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Requests waiting for a slot reach the upstream in the order they arrived."""
+    proxy = await make_proxy(route(scripted, "rate_limit = { rate = 20, burst = 1 }"))
+    tasks = []
+    for i in range(10):
+        tasks.append(asyncio.create_task(get(client, f"{proxy}/api/{i}")))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    assert [p for _, p, _ in scripted.arrivals] == [f"/{i}" for i in range(10)]
+
+
+async def test_client_leaving_gives_up_its_place_in_line(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A request whose client hangs up while it waits for a slot is never sent."""
+    proxy = await make_proxy(route(scripted, "rate_limit = { rate = 1, per = 2, max_wait = 5 }"))
+    assert (await get(client, f"{proxy}/api/first")).status == 200
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/gone HTTP/1.1\r\nHost: p\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    assert (await get(client, f"{proxy}/api/next")).status == 200
+    assert [p for _, p, _ in scripted.arrivals] == ["/first", "/next"]
+
+
+async def test_auth_table_limit_is_shared_by_its_routes(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Two routes of one auth table draw on one limit, as the vendor counts per client."""
+    config = (
+        route(scripted, 'auth = "v"', "/one")
+        + route(scripted, 'auth = "v"', "/two")
+        + f'[auth.v]\ntype = "client_credentials"\ntoken_url = "{scripted.url}/token"\n'
+        'client_id = "i"\nclient_secret = "s"\n'
+        "rate_limit = { rate = 1, per = 10, max_wait = 0 }\n"
+    )
+    proxy = await make_proxy(config)
+    assert (await get(client, f"{proxy}/one/a")).status == 200
+    response = await get(client, f"{proxy}/two/b")
+    assert response.status == 429
+    assert response.headers["X-Proxy-Error"] == "rate_limited"
+    assert [p for _, p, _ in scripted.arrivals] == ["/a"]

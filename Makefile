@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test run lint check clean
+.PHONY: demo test bench run lint check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks (not part of make test): results in bench/results/latest.{json,md}.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 run: $(STAMP)
 	$(BIN)/python -m proxy serve --config routes.toml

@@ -7,15 +7,19 @@ any window of ``t`` seconds, which is the guarantee we promise upstreams.
 
 aiolimiter orders its waiters by amount, then arrival, and lets a newcomer take capacity
 ahead of a woken waiter; users waiting in line expect first come, first served. So waiters
-queue on an asyncio.Lock (FIFO since Python 3.11) and only its holder waits inside the
-limiter. A request whose place in line means a wait beyond ``max_wait`` is told at once
-(429 with Retry-After) instead of after waiting for nothing.
+queue here, and one dispatcher task takes slots from the limiter on their behalf and hands
+them out in order: while capacity lasts, ``acquire()`` returns without suspending, so a
+whole run of waiters is released in one go (a lock handed from waiter to waiter costs a
+task switch per slot and fell 7% short at 10,000/s). A request whose place in line means a
+wait beyond ``max_wait`` is told at once (429 with Retry-After) instead of after waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -27,7 +31,7 @@ from .errors import RateLimitedError
 class RateLimit:
     """One limit, shared by every request that passes it (a route, or an auth table)."""
 
-    __slots__ = ("_config", "_limiter", "_line", "_rate", "_waiting", "name", "rejected")
+    __slots__ = ("_config", "_dispatcher", "_limiter", "_line", "_rate", "name", "rejected")
 
     def __init__(self, name: str, config: RateLimitConfig) -> None:
         self.name = name
@@ -35,8 +39,8 @@ class RateLimit:
         capacity = config.capacity
         self._limiter = AsyncLimiter(capacity, capacity * config.per / config.rate)
         self._rate = config.rate / config.per
-        self._line = asyncio.Lock()
-        self._waiting = 0
+        self._line: deque[asyncio.Future[None]] = deque()
+        self._dispatcher: asyncio.Task[None] | None = None
         self.rejected = 0
 
     async def acquire(self, deadline: float | None = None) -> float:
@@ -46,7 +50,8 @@ class RateLimit:
         (a time.monotonic() value), before anything is sent upstream.
         """
         limiter = self._limiter
-        if self._waiting == 0 and limiter.has_capacity():
+        line = self._line
+        if not line and limiter.has_capacity():
             await limiter.acquire()  # capacity is there: returns without suspending
             return 0.0
         budget = self._config.max_wait
@@ -54,18 +59,49 @@ class RateLimit:
         if deadline is not None:
             budget = min(budget, deadline - now)
         # In a full bucket a slot frees every 1/rate seconds: everyone ahead, then us.
-        expected = (self._waiting + 1) / self._rate
+        expected = (len(line) + 1) / self._rate
         if expected > budget:
             raise self._reject(expected)
-        self._waiting += 1
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line.append(ticket)
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
         try:
-            async with asyncio.timeout(budget), self._line:
-                await limiter.acquire()
+            async with asyncio.timeout(budget):
+                await ticket
         except TimeoutError:
-            raise self._reject((self._waiting + 1) / self._rate) from None
+            raise self._reject((len(line) + 1) / self._rate) from None
         finally:
-            self._waiting -= 1
+            # A ticket given up (timeout, or the client left) is skipped by the dispatcher.
+            ticket.cancel()
         return time.monotonic() - now
+
+    async def _dispatch(self) -> None:
+        line = self._line
+        try:
+            while line:
+                if line[0].done():
+                    line.popleft()
+                    continue
+                await self._limiter.acquire()
+                # The head may have given up while we waited; its slot then goes to the next.
+                while line and line[0].done():
+                    line.popleft()
+                if line:
+                    line.popleft().set_result(None)
+        finally:
+            self._dispatcher = None
+
+    async def close(self) -> None:
+        """Stop the dispatcher (shutdown); waiters still in line are cancelled."""
+        task = self._dispatcher
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for ticket in self._line:
+            ticket.cancel()
+        self._line.clear()
 
     def _reject(self, retry_after: float) -> RateLimitedError:
         self.rejected += 1
@@ -78,7 +114,7 @@ class RateLimit:
             "per": config.per,
             "burst": config.capacity,
             "max_wait": config.max_wait,
-            "waiting": self._waiting,
-            "has_capacity": self._waiting == 0 and self._limiter.has_capacity(),
+            "waiting": sum(1 for ticket in self._line if not ticket.done()),
+            "has_capacity": not self._line and self._limiter.has_capacity(),
             "rejected": self.rejected,
         }

@@ -1,0 +1,1 @@
+"""`make bench`: measurements that tests must not make (speed, rates), in one table."""

@@ -78,6 +78,7 @@ def _check(path: str) -> int:
 async def _serve(config: Config, host: str, port: int) -> None:
     log = structlog.get_logger("proxy")
     runner, addresses = await start(build_app(config), host, port)
+    # (start() cleans up after itself when the address cannot be bound.)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
-    asyncio.run(_serve(config, host, port))
+    try:
+        asyncio.run(_serve(config, host, port))
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

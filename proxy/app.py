@@ -47,8 +47,10 @@ def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
 
 
 def _new_session(ca_file: str | None) -> aiohttp.ClientSession:
+    # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
+    # 5 s): reusing one the upstream is closing would fail a POST with a 502.
     connector = aiohttp.TCPConnector(
-        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=30
+        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=4
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -173,5 +175,9 @@ async def start(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **RUNNER_KWARGS)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     return runner, [(str(a[0]), int(a[1])) for a in runner.addresses]

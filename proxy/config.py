@@ -507,6 +507,27 @@ class _Checker:
             base_path=parts.path.rstrip("/"),
         )
 
+    def token_url(self, value: str, key: str) -> str | None:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port that is not a number 0-65535
+        except ValueError:
+            self.fail(key, "invalid URL (bad port?)")
+            return None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # The value itself is not echoed: a mistyped URL may hold credentials.
+            found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+            self.fail(key, f"must be an http:// or https:// URL with a host ({found})")
+            return None
+        if parts.username is not None or parts.password is not None or parts.query:
+            # Credentials belong in their own keys, where they are kept secret.
+            self.fail(key, "must not carry user:password@ or a query string")
+            return None
+        if any(c.isspace() for c in value):
+            self.fail(key, "must not contain white space")
+            return None
+        return value
+
     def timeout(self, raw: Any, key: str, default: Timeout = _DEFAULT_TIMEOUT) -> Timeout:
         table = self.table(raw, key, ("connect", "read"))
         return Timeout(
@@ -527,11 +548,15 @@ class _Checker:
 
     def rate(self, raw: Any, key: str) -> RateConfig:
         table = self.table(raw, key, ("rate", "per"))
-        if "rate" not in table:
+        rate = table.get("rate")
+        if rate is None:
             self.fail(f"{key}.rate", "is required")
-        return RateConfig(
-            rate=self.positive(table, key, "rate", 1.0), per=self.positive(table, key, "per", 1.0)
-        )
+            rate = 1
+        elif isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            # A count of requests per window: "at most 0.5 per minute" has no meaning.
+            self.fail(f"{key}.rate", f"must be a whole number of at least 1, got {rate!r}")
+            rate = 1
+        return RateConfig(rate=rate, per=self.positive(table, key, "per", 1.0))
 
     def auth(self, name: str, raw: Any) -> AuthConfig | None:
         key = f"auth.{name}"
@@ -563,11 +588,7 @@ class _Checker:
         kind = self.choice(table, key, "type", AUTH_TYPES, None)
         token_url = self.string(table, key, "token_url", required=True)
         if token_url is not None:
-            parts = urlsplit(token_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                self.fail(
-                    f"{key}.token_url", f"must be an http:// or https:// URL, got {token_url!r}"
-                )
+            token_url = self.token_url(token_url, f"{key}.token_url")
         oauth = kind in ("client_credentials", "password")
         client_id = self.string(table, key, "client_id", required=oauth)
         # Keycloak public clients have no secret; Cognito app clients always do.

@@ -9,6 +9,9 @@ what the upstream sends is what the client gets (minus hop-by-hop headers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Mapping
 from typing import Final
 
@@ -107,8 +110,7 @@ class Forwarder:
                 request_id=request_id,
                 error=type(exc).__name__,
             )
-            if request.transport is not None:
-                request.transport.abort()
+            _reset(request)
             raise _ClientAborted from exc
         await response.write_eof()
         return response
@@ -129,6 +131,19 @@ async def _request_body(
     if length is not None and length <= replay_limit:
         return await request.content.readexactly(length), True
     return request.content, False
+
+
+def _reset(request: web.Request) -> None:
+    """Abort the client connection with a TCP reset, not a FIN: for a close-delimited body
+    (HTTP/1.0) a FIN would be a clean end, and the cut body would look complete."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class _ClientAborted(asyncio.CancelledError):

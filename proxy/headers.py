@@ -14,8 +14,10 @@ from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
+# Lower-case names, compared with name.lower(): an istr in a frozenset does NOT match
+# case-insensitively, and only aiohttp's C parser canonicalises the case of known names.
 HOP_BY_HOP: Final[frozenset[str]] = frozenset(
-    istr(h)
+    h.lower()
     for h in (
         "Connection",
         "Keep-Alive",
@@ -32,9 +34,17 @@ HOP_BY_HOP: Final[frozenset[str]] = frozenset(
 # Besides hop-by-hop: Host is derived from the upstream URL so that it matches SNI; Expect
 # was already answered by our server; forwarding headers are ours to set, never the client's.
 _REQUEST_DROP: Final[frozenset[str]] = HOP_BY_HOP | {
-    istr(h) for h in ("Host", "Expect", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host")
+    h.lower()
+    for h in (
+        "Host",
+        "Expect",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+    )
 }
-_REQUEST_DROP_WITH_AUTH: Final = _REQUEST_DROP | {istr("Authorization")}
+_REQUEST_DROP_WITH_AUTH: Final = _REQUEST_DROP | {"authorization"}
 
 X_REQUEST_ID: Final = istr("X-Request-ID")
 _REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
@@ -42,7 +52,7 @@ _REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 
 def _connection_listed(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(
-        istr(token.strip())
+        token.strip().lower()
         for value in headers.getall("Connection", ())
         for token in value.split(",")
         if token.strip()
@@ -64,7 +74,7 @@ def upstream_request_headers(
         # Names listed in Connection go too, except ones we set ourselves afterwards.
         drop = drop | _connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in headers.items() if name not in drop
+        (name, value) for name, value in headers.items() if name.lower() not in drop
     )
     if peer:
         out["X-Forwarded-For"] = peer
@@ -80,7 +90,7 @@ def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     drop: frozenset[str] = HOP_BY_HOP
     if "Connection" in headers:
         drop = HOP_BY_HOP | _connection_listed(headers)
-    return CIMultiDict((name, value) for name, value in headers.items() if name not in drop)
+    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in drop)
 
 
 def request_id_from(headers: CIMultiDictProxy[str]) -> str:

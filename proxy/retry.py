@@ -25,6 +25,9 @@ log = structlog.get_logger("proxy.retry")
 # Retries always allowed in flight, whatever the budget share (as Envoy's
 # min_retry_concurrency): a quiet route must still be able to retry at all.
 MIN_RETRY_CONCURRENCY: Final = 3
+# The longest pause an upstream can impose on a route: a Retry-After of a year is a bug
+# on its side and must not take the route down until a restart.
+MAX_PAUSE: Final = 600.0
 # A reset this large is a unix timestamp, not delta-seconds (both are seen in the wild).
 _EPOCH_THRESHOLD: Final = 1_000_000_000
 # RateLimit field: draft-ietf-httpapi-ratelimit-headers up to -06 ("remaining=0, reset=5")
@@ -87,6 +90,7 @@ class Cooldown:
         self.paused_seconds = 0.0  # total, for metrics and status
 
     def pause(self, seconds: float, reason: str) -> None:
+        seconds = min(seconds, MAX_PAUSE)
         now = time.monotonic()
         until = now + seconds
         if until <= self.until:

@@ -42,6 +42,8 @@ class RouteTable:
         if not raw_target.startswith("/") or raw_target.startswith("//"):
             # Absolute-form (http://host/...), authority-form and "*" never reach an upstream.
             raise BadRequestError("request target must be a path starting with a single '/'")
+        if "#" in raw_target:
+            raise BadRequestError("request target must not carry a #fragment")
         path, _, query = raw_target.partition("?")
         if _has_dot_segment(path):
             raise BadRequestError("path must not contain '.' or '..' segments")
@@ -50,6 +52,10 @@ class RouteTable:
         route = self._match(path)
         rest = path[len(route.prefix) :] if route.prefix != "/" else path
         upstream_path = route.upstream.base_path + rest
+        if upstream_path.startswith("//"):
+            # /prefix//evil.example/x on an upstream without base path would be a
+            # network-path reference to whatever parses it as a URL.
+            raise BadRequestError("path must not start with '//' once the prefix is removed")
         return route, upstream_path or "/", query
 
     def _match(self, path: str) -> RouteConfig:

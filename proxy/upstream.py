@@ -69,8 +69,12 @@ class Target:
         replays = route.retry.attempts > 1 or provider is not None
         self.replay_limit = route.retry.max_body if replays else -1
         # total=None: a long download must not be cut; sock_read bounds each silence instead.
+        # connect also bounds the wait for a free pooled connection.
         self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=route.timeout.connect, sock_read=route.timeout.read
+            total=None,
+            connect=route.timeout.connect,
+            sock_connect=route.timeout.connect,
+            sock_read=route.timeout.read,
         )
 
 

@@ -122,6 +122,19 @@ async def _upstream_handler(request: web.Request) -> web.StreamResponse:
             size -= len(block)
         await resp.write_eof()
         return resp
+    if path.endswith("/hop-lower"):
+        resp = web.Response(text="ok")
+        resp.headers.add("proxy-connection", "keep-alive")
+        resp.headers.add("connection", "x-lower-hop")
+        resp.headers.add("x-lower-hop", "1")
+        return resp
+    if path.endswith("/broken-chunked"):
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await resp.prepare(request)
+        await resp.write(b"partial")
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
     if path.endswith("/broken"):
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         resp.content_length = 1000

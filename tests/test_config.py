@@ -286,9 +286,29 @@ def test_unknown_auth_type() -> None:
         ),
         (
             'type = "travelyzer"\ntoken_url = "t"\napi_key = "k"\napi_secret = "s"\n',
-            "auth.p.token_url: must be an http:// or https:// URL, got 't'",
+            "auth.p.token_url: must be an http:// or https:// URL with a host (no scheme)",
         ),
         ('type = "travelyzer"\napi_key = "k"\napi_secret = "s"\n', "auth.p.token_url: is required"),
+        (
+            'type = "travelyzer"\ntoken_url = "https://u:pw@idp/t"\napi_key = "k"\n'
+            'api_secret = "s"\n',
+            "auth.p.token_url: must not carry user:password@ or a query string",
+        ),
+        (
+            'type = "travelyzer"\ntoken_url = "https://idp/t?client_secret=x"\napi_key = "k"\n'
+            'api_secret = "s"\n',
+            "auth.p.token_url: must not carry user:password@ or a query string",
+        ),
+        (
+            'type = "travelyzer"\ntoken_url = "https://idp:99999/t"\napi_key = "k"\n'
+            'api_secret = "s"\n',
+            "auth.p.token_url: invalid URL (bad port?)",
+        ),
+        (
+            'type = "travelyzer"\ntoken_url = "https://idp/t"\napi_key = "k"\napi_secret = "s"\n'
+            "token_rate = { rate = 0.5, per = 60 }\n",
+            "auth.p.token_rate.rate: must be a whole number of at least 1, got 0.5",
+        ),
     ],
 )
 def test_scheme_specific_fields(table: str, expected: str) -> None:

@@ -370,3 +370,49 @@ async def test_any_method_is_forwarded(upstream: Upstream, make_proxy: ProxyFact
             async with client.request(method, URL(f"{proxy}/travtus/m")) as r:
                 assert r.status == 200
             assert upstream.last.method == method
+
+
+async def test_hop_by_hop_names_match_in_any_case(
+    upstream: Upstream, make_proxy: ProxyFactory
+) -> None:
+    """Lower-case hop-by-hop names (and names a lower-case Connection lists) are dropped too."""
+    proxy = await make_proxy(routes(upstream))
+    response = await raw_http(
+        proxy,
+        raw_get(
+            "/travtus/hop-lower",
+            "proxy-connection: keep-alive\r\nconnection: x-client-hop\r\nx-client-hop: 1\r\n"
+            "forwarded: for=6.6.6.6\r\n",
+        ),
+    )
+    seen = upstream.last
+    for name in ("Proxy-Connection", "X-Client-Hop", "Forwarded"):
+        assert seen.header(name) is None, name
+    assert response.status == 200
+    for name in ("Proxy-Connection", "X-Lower-Hop"):
+        assert response.header(name) is None, name
+
+
+@pytest.mark.parametrize("target", ["/travtus//evil.example/x", "/travtus/x#frag"])
+async def test_network_path_and_fragment_targets_are_refused(
+    upstream: Upstream, make_proxy: ProxyFactory, target: str
+) -> None:
+    """With no base path, '//host' would reach the upstream as a network-path reference."""
+    proxy = await make_proxy(routes(upstream, ""))
+    response = await raw_http(proxy, raw_get(target))
+    assert response.status == 400
+    assert upstream.seen == []
+
+
+async def test_cut_body_resets_an_http10_client(
+    upstream: Upstream, make_proxy: ProxyFactory
+) -> None:
+    """A close-delimited body cut by the upstream ends in a reset, not a clean end of file."""
+    proxy = await make_proxy(routes(upstream))
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /travtus/broken-chunked HTTP/1.0\r\nHost: p\r\n\r\n")
+    await writer.drain()
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(-1), 5)
+    writer.close()

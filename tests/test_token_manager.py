@@ -33,11 +33,15 @@ class ScriptedScheme:
     presented: list[str | None] = field(default_factory=list)
     gate: asyncio.Event | None = None
     counter: int = 0
+    clock: Clock | None = None
+    takes: float = 0.0  # seconds each fetch "takes" on the clock
 
     async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
         self.presented.append(refresh_token)
         if self.gate is not None:
             await self.gate.wait()
+        if self.clock is not None:
+            self.clock.now += self.takes
         if self.script:
             outcome = self.script.pop(0)
         else:
@@ -271,3 +275,107 @@ async def test_status_never_holds_the_token(session: aiohttp.ClientSession) -> N
     assert status["expires_in_s"] == 300.0
     assert status["last_outcome"] == "ok"
     assert "secret" not in repr(status)
+
+
+async def test_a_token_outlived_by_its_fetch_is_not_handed_out(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A 2 s token whose request took 1.9 s is past its margin: it is refused, not used."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("slow", 2.0)], clock=clock, takes=1.9)
+    tokens = manager(session, scheme, clock)
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "expired_on_arrival"
+    assert not tokens.ready
+
+
+@pytest.mark.parametrize("lifetime", [float("nan"), float("inf"), 0.5])
+async def test_unusable_lifetimes_are_failures(
+    session: aiohttp.ClientSession, lifetime: float
+) -> None:
+    """NaN, infinite or sub-second lifetimes are failures with backoff, never installed."""
+    clock = Clock()
+    tokens = manager(session, ScriptedScheme([Grant("odd", lifetime)]), clock)
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "expired_on_arrival"
+    assert info.value.retry_after is not None
+    assert info.value.retry_after > 0
+
+
+async def test_a_crashing_scheme_is_a_transient_failure(session: aiohttp.ClientSession) -> None:
+    """An unexpected exception backs off like any failure and does not escape as a crash."""
+
+    class Crashing(ScriptedScheme):
+        async def fetch(self, session: aiohttp.ClientSession, refresh: str | None) -> Grant:
+            self.presented.append(refresh)
+            raise RecursionError("deeply nested JSON")
+
+    clock = Clock()
+    scheme = Crashing()
+    tokens = manager(session, scheme, clock)
+    for _ in range(3):
+        with pytest.raises(TokenUnavailableError) as info:
+            await tokens.token()
+    assert info.value.reason == "internal_error"
+    assert len(scheme.presented) == 1
+
+
+async def test_refresh_token_kept_when_the_issuer_does_not_rotate(
+    session: aiohttp.ClientSession,
+) -> None:
+    """An answer to the refresh grant without a new refresh token keeps the old one."""
+    clock = Clock()
+    scheme = ScriptedScheme(
+        [Grant("a1", 300.0, "r1", 1800.0), Grant("a2", 300.0), Grant("a3", 300.0)]
+    )
+    tokens = manager(session, scheme, clock)
+    for _ in range(3):
+        await tokens.token()
+        clock.now += 280
+    assert scheme.presented == [None, "r1", "r1"]
+
+
+async def test_refresh_token_is_not_presented_again_after_it_was_sent(
+    session: aiohttp.ClientSession,
+) -> None:
+    """A refresh request that failed after sending (it may have rotated) is not repeated."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 1800.0), transient("timeout")])
+    tokens = manager(session, scheme, clock)
+    await tokens.token()
+    clock.now += 280
+    with pytest.raises(TokenUnavailableError):
+        await tokens.token()
+    clock.now += 1
+    await tokens.token()
+    assert scheme.presented == [None, "r1", None]
+
+
+async def test_issuer_retry_after_is_capped(session: aiohttp.ClientSession) -> None:
+    """A Retry-After of a year is obeyed for 15 minutes at most."""
+    clock = Clock()
+    tokens = manager(
+        session, ScriptedScheme([transient("http_429", retry_after=31_536_000.0)]), clock
+    )
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.retry_after == pytest.approx(900.0)
+
+
+async def test_invalidation_renews_in_the_background(session: aiohttp.ClientSession) -> None:
+    """After a refused token, a new one is fetched without waiting for a request."""
+    scheme = ScriptedScheme([Grant("first", 300.0), Grant("second", 300.0)])
+    tokens = TokenManager(auth_table(), session, scheme)
+    tokens.start()
+    try:
+        async with asyncio.timeout(5):
+            while not tokens.ready:
+                await asyncio.sleep(0.01)
+            tokens.invalidate("first")
+            while len(scheme.presented) < 2 or not tokens.ready:
+                await asyncio.sleep(0.01)
+        assert await tokens.token() == "second"
+    finally:
+        await tokens.close()

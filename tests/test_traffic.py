@@ -374,3 +374,15 @@ async def test_auth_table_limit_is_shared_by_its_routes(
     assert response.status == 429
     assert response.headers["X-Proxy-Error"] == "rate_limited"
     assert [p for _, p, _ in scripted.arrivals] == ["/a"]
+
+
+async def test_absurd_retry_after_pauses_the_route_for_ten_minutes_at_most(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A Retry-After of a year is passed to the client, but pauses the route 600 s at most."""
+    scripted.script = [(429, {"Retry-After": "31536000"})]
+    proxy = await make_proxy(route(scripted))
+    assert (await get(client, f"{proxy}/api/x")).status == 429
+    async with client.get(f"{proxy}/-/status") as r:
+        cooldown = (await r.json())["routes"]["/api"]["cooldown"]
+    assert 590 <= cooldown["remaining_s"] <= 600

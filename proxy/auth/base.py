@@ -38,6 +38,7 @@ class TokenEndpointError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         description: str | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(reason if description is None else f"{reason}: {description}")
         self.reason = reason
@@ -45,6 +46,7 @@ class TokenEndpointError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.description = description
+        self.sent = sent  # False only when the request provably never reached the issuer
 
 
 class TokenScheme(Protocol):

@@ -13,6 +13,7 @@ from .base import TokenEndpointError
 # An OAuth2 error that asks us to come back later rather than saying we are wrong.
 _TRANSIENT_CODES: Final = frozenset({"temporarily_unavailable", "slow_down"})
 _MAX_DESCRIPTION: Final = 200
+MAX_ANSWER: Final = 1024 * 1024
 
 
 async def post(
@@ -35,11 +36,15 @@ async def post(
             allow_redirects=False,
             timeout=limits,
         ) as response:
-            raw = await response.read()
+            raw = await _read_bounded(response)
             status = response.status
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     except TimeoutError as exc:
         raise TokenEndpointError("timeout", rejected=False) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise TokenEndpointError(
+            "connection_error", rejected=False, description=type(exc).__name__, sent=False
+        ) from exc
     except aiohttp.ClientError as exc:
         raise TokenEndpointError(
             "connection_error", rejected=False, description=type(exc).__name__
@@ -58,6 +63,23 @@ async def post(
             )
         return body
     raise _classify(status, body, retry_after)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, refused past MAX_ANSWER: a token answer is a few KB."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise TokenEndpointError(
+                "invalid_response",
+                rejected=True,
+                status=response.status,
+                description="answer too large",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _classify(status: int, body: Any, retry_after: float | None) -> TokenEndpointError:

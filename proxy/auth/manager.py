@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ _MIN_LIFETIME: Final = 1.0
 # Of a burst of upstream 401s, only those at least this far apart replace the token: a
 # token the upstream refuses right after it was fetched must not cause a fetch per request.
 _REPLACE_INTERVAL: Final = 1.0
+# The longest an issuer's Retry-After is obeyed for.
+MAX_RETRY_AFTER: Final = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class TokenManager:
         "_rejections",
         "_retry_at",
         "_scheme",
+        "_secrets",
         "_session",
         "_task",
         "_token",
@@ -116,6 +120,11 @@ class TokenManager:
         self._last_fetch: float | None = None  # wall clock, for status
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._secrets = tuple(
+            secret.reveal()
+            for secret in (auth.client_secret, auth.password, auth.api_key, auth.api_secret)
+            if secret is not None
+        )
 
     # -- the request path --------------------------------------------------------------
 
@@ -135,6 +144,7 @@ class TokenManager:
             return
         self._last_replace = now
         self._token = None
+        self._wake.set()  # renew now, not at the old refresh point: /-/ready depends on it
         log.info("token_refused_upstream", auth=self.name, age_s=round(now - token.obtained_at, 3))
 
     @property
@@ -211,20 +221,29 @@ class TokenManager:
         refresh = self._refresh_token
         if self._refresh_until is not None and self._clock() >= self._refresh_until:
             refresh = None
-        if refresh is not None:
-            # Presented once: whatever happens next, this refresh token is spent.
-            self._refresh_token = None
-            try:
-                return await self._exchange(refresh)
-            except TokenEndpointError as exc:
-                if exc.reason != "invalid_grant":
-                    self._refresh_token = refresh if not exc.rejected else None
-                    raise self._failed(exc) from exc
-                log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
         try:
+            if refresh is not None:
+                # Presented once: unless it provably never left us, it is spent now.
+                self._refresh_token = None
+                try:
+                    return await self._exchange(refresh)
+                except TokenEndpointError as exc:
+                    if exc.reason != "invalid_grant":
+                        if not exc.sent:
+                            self._refresh_token = refresh
+                        raise
+                    log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
             return await self._exchange(None)
         except TokenEndpointError as exc:
             raise self._failed(exc) from exc
+        except Exception as exc:
+            # A bug or an answer nothing anticipated must not end the background refresh
+            # or disable the backoff: it is a transient failure like any other.
+            log.exception("token_fetch_crashed", auth=self.name)
+            failure = TokenEndpointError(
+                "internal_error", rejected=False, description=type(exc).__name__
+            )
+            raise self._failed(failure) from exc
 
     async def _exchange(self, refresh: str | None) -> Token:
         now = self._clock()
@@ -236,14 +255,25 @@ class TokenManager:
                     rejected=False,
                     retry_after=wait,
                     description="token_rate cap reached",
+                    sent=False,
                 )
             self._window.record(now)
         grant = await self._scheme.fetch(self._session, refresh)
-        if grant.lifetime < _MIN_LIFETIME:
+        if not math.isfinite(grant.lifetime) or grant.lifetime < _MIN_LIFETIME:
             raise TokenEndpointError(
-                "expired_on_arrival", rejected=False, description=f"lifetime {grant.lifetime:.1f}s"
+                "expired_on_arrival", rejected=False, description=f"lifetime {grant.lifetime}"
             )
-        return self._install(grant, now)
+        if refresh is not None and grant.refresh_token is None:
+            # Issuers that do not rotate (RFC 6749 6) keep the refresh token valid.
+            self._refresh_token = refresh
+        token = self._install(grant, now)
+        if self._clock() >= token.usable_until:
+            # The fetch itself took the token's usable life: never hand it out.
+            self._token = None
+            raise TokenEndpointError(
+                "expired_on_arrival", rejected=False, description="fetch outlasted the token"
+            )
+        return token
 
     def _install(self, grant: Grant, sent: float) -> Token:
         lifetime = grant.lifetime
@@ -257,10 +287,11 @@ class TokenManager:
         )
         if grant.refresh_token is not None:
             self._refresh_token = grant.refresh_token  # rotation: the newest always wins
+            refresh_life = grant.refresh_lifetime
             self._refresh_until = (
                 None
-                if grant.refresh_lifetime is None
-                else sent + grant.refresh_lifetime - min(grant.refresh_lifetime * 0.1, 30.0)
+                if refresh_life is None or not math.isfinite(refresh_life)
+                else sent + refresh_life - min(refresh_life * 0.1, 30.0)
             )
         self._token = token
         self._failures = self._rejections = 0
@@ -287,7 +318,8 @@ class TokenManager:
             cap = min(retry.max_backoff, retry.backoff * 2 ** min(self._failures - 1, 30))
             delay = cap / 2 + self._random() * cap / 2  # "equal jitter": spread, never ~0
         if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+            # Honoured, but not for a year: an absurd Retry-After must not end the service.
+            delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
         self._retry_at = self._clock() + delay
         self._last_outcome = exc.reason
         self._last_fetch = time.time()
@@ -297,13 +329,22 @@ class TokenManager:
             auth=self.name,
             reason=exc.reason,
             status=exc.status,
-            description=exc.description,
+            description=self._scrub(exc.description),
             rejected=exc.rejected,
             retry_in_s=round(delay, 2),
             has_token=self.ready,
         )
         self._wake.set()
         return self._unavailable()
+
+    def _scrub(self, text: str | None) -> str | None:
+        """The issuer's own error text, minus any credential it may echo back."""
+        if text is None:
+            return None
+        for secret in (*self._secrets, self._refresh_token):
+            if secret and secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def _unavailable(self) -> TokenUnavailableError:
         retry_in = max(0.0, self._retry_at - self._clock())

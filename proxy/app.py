@@ -153,6 +153,8 @@ def build_app(config: Config) -> web.Application:
             # closing earlier would cut streams that are still running.
             for manager in tokens.values():
                 await manager.close()
+            for limit in {limit for target in targets.values() for limit in target.limits}:
+                await limit.close()
             for session in [*sessions.values(), *token_sessions]:
                 await session.close()
 

@@ -116,9 +116,13 @@ def test_upstream_parts() -> None:
         ("[server]\nport = 99999\n", "server.port: must be an integer from 0 to 65535, got 99999"),
         ('[server]\nport = "80"\n', "server.port: must be an integer from 0 to 65535, got '80'"),
         ("[server]\nhost = 1\n", "server.host: must be a string, got an integer"),
-        ("[server]\nbind = 1\n", "server.bind: unknown key (allowed: host, port)"),
+        (
+            "[server]\nbind = 1\n",
+            "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
+            "admin_access, shutdown_grace, workers)",
+        ),
         ("routes = 3\n", "routes: must be an array of tables ([[routes]]), got an integer"),
-        ("[other]\n", "other: unknown key (allowed: server, routes, auth)"),
+        ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients)"),
         ('[[routes]]\nupstream = "http://h"\n', "routes[0].prefix: is required"),
         ('[[routes]]\nprefix = "/a"\n', "routes[0].upstream: is required"),
         (

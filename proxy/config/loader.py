@@ -1,11 +1,4 @@
-"""routes.toml -> frozen dataclasses.
-
-Loading happens once, at start-up: ``${VAR}`` references are resolved from the environment,
-every table is checked, and *all* problems are reported together in one :class:`ConfigError`
-whose lines name the dotted key (``routes[1].upstream``), the bad value and what is allowed.
-Secret values are wrapped in :class:`Secret` so that no repr, log line or error message can
-show them.
-"""
+"""Loading routes.toml: resolve ${VAR} references, check every key, report every problem."""
 
 from __future__ import annotations
 
@@ -13,165 +6,35 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .checks import Checks, _type_name
+from .model import (
+    AUTH_TYPES,
+    CLIENT_AUTH_MODES,
+    TRAVELYZER_EXPIRES_IN,
+    AuthConfig,
+    ClientConfig,
+    Config,
+    FetchRetry,
+    RateConfig,
+    RateLimitConfig,
+    RetryConfig,
+    RouteConfig,
+    Secret,
+    ServerConfig,
+    Timeout,
+    Upstream,
+)
 
-_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # A prefix is one or more path segments of unreserved/sub-delim characters; "." and ".."
 # segments are refused separately so a prefix can never climb out of itself.
 _PREFIX_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@.-]+")
-
-AUTH_TYPES: Final = ("client_credentials", "password", "travelyzer")
-CLIENT_AUTH_MODES: Final = ("post", "basic")
-# The values Travelyzer documents for expiresIn; anything else is refused by the vendor.
-TRAVELYZER_EXPIRES_IN: Final = ("30m", "1h", "24h", "7d", "30d")
-
-
-class Secret:
-    """A credential from the config; its repr and str never show the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    @staticmethod
-    def required(secret: Secret | None, key: str) -> str:
-        """The value of a secret that validation made mandatory for this auth type."""
-        if secret is None:
-            raise ValueError(f"{key} is required")
-        return secret._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-@dataclass(frozen=True, slots=True)
-class Timeout:
-    connect: float = 10.0
-    read: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """An upstream origin plus an optional base path (percent-encoded, no trailing slash)."""
-
-    scheme: str
-    host: str  # as URL.build wants it: IPv6 literals keep their brackets
-    port: int
-    base_path: str
-
-    @property
-    def url(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{self.host}{port}{self.base_path}"
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitConfig:
-    """``rate`` requests per ``per`` seconds sustained, bursts of up to ``burst``."""
-
-    rate: float
-    per: float = 1.0
-    burst: float = 0.0  # 0: same as rate
-    max_wait: float = 5.0  # longest a request waits in line before it gets 429
-
-    @property
-    def capacity(self) -> float:
-        return self.burst or self.rate
-
-
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
-    """How upstream throttling answers (429, optionally 503) are retried."""
-
-    attempts: int = 4  # total attempts, the first included; 1 disables retries
-    backoff: float = 0.25
-    max_backoff: float = 8.0
-    max_wait: float = 30.0  # from the request's arrival; a longer delay ends the retries
-    max_body: int = 1024 * 1024  # bodies up to this size are buffered so they can be replayed
-    on: tuple[int, ...] = (429,)
-    budget: float = 0.2  # retries in flight at most this share of requests in flight
-
-
-@dataclass(frozen=True, slots=True)
-class RouteConfig:
-    prefix: str
-    upstream: Upstream
-    auth: str | None = None
-    timeout: Timeout = field(default_factory=Timeout)
-    ca_file: str | None = None
-    rate_limit: RateLimitConfig | None = None
-    retry: RetryConfig = field(default_factory=RetryConfig)
-
-
-@dataclass(frozen=True, slots=True)
-class RateConfig:
-    rate: float
-    per: float
-
-
-@dataclass(frozen=True, slots=True)
-class FetchRetry:
-    """How often a failing token endpoint is asked again."""
-
-    backoff: float = 0.5  # first delay after a transient failure (connection, 5xx, 429)
-    max_backoff: float = 30.0  # cap of the exponential backoff
-    rejected_backoff: float = 60.0  # credentials refused: wait this, doubling up to 16x
-
-
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
-    name: str
-    type: str
-    token_url: str
-    client_id: str | None = None
-    client_secret: Secret | None = None
-    client_auth: str = "post"
-    scope: str | None = None
-    username: str | None = None
-    password: Secret | None = None
-    api_key: Secret | None = None
-    api_secret: Secret | None = None
-    expires_in: str = "24h"
-    token_rate: RateConfig | None = None
-    params: Mapping[str, str] = field(default_factory=dict)
-    ca_file: str | None = None
-    default_lifetime: float = 300.0
-    refresh_at: float = 0.8
-    fetch_retry: FetchRetry = field(default_factory=FetchRetry)
-    rate_limit: RateLimitConfig | None = None
-    timeout: Timeout = field(default_factory=lambda: Timeout(connect=10.0, read=30.0))
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    server: ServerConfig
-    routes: tuple[RouteConfig, ...]
-    auth: Mapping[str, AuthConfig]
-
 
 _DEFAULT_TIMEOUT: Final = Timeout()
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
@@ -203,131 +66,13 @@ def loads(text: str, env: Mapping[str, str] | None = None, base_dir: Path | None
     return config
 
 
-class _Checker:
+class _Checker(Checks):
     """Walks the raw TOML once, collecting problems instead of stopping at the first."""
-
-    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
-        self.env = env
-        self.base_dir = base_dir
-        self.problems: list[str] = []
-
-    def fail(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
-
-    # -- primitives ---------------------------------------------------------------------
-
-    def table(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            self.fail(key, f"must be a table, got {_type_name(raw)}")
-            return {}
-        for name in raw:
-            if name not in allowed:
-                self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
-        return raw
-
-    def string(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        *,
-        required: bool = False,
-        secret: bool = False,
-    ) -> str | None:
-        path = _join(key, name)
-        if name not in table:
-            if required:
-                self.fail(path, "is required")
-            return None
-        value = table[name]
-        if not isinstance(value, str):
-            self.fail(path, f"must be a string, got {_type_name(value)}")
-            return None
-        resolved = self.interpolate(value, path)
-        if resolved is not None and required and not resolved:
-            shown = "" if secret else f" (after resolving {value!r})"
-            self.fail(path, f"must not be empty{shown}")
-            return None
-        return resolved
-
-    def secret(
-        self, table: dict[str, Any], key: str, name: str, *, required: bool = False
-    ) -> Secret | None:
-        value = self.string(table, key, name, required=required, secret=True)
-        return None if value is None else Secret(value)
-
-    def positive(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
-        path = _join(key, name)
-        value = table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(path, f"must be a number, got {_type_name(value)}")
-            return default
-        if value <= 0:
-            self.fail(path, f"must be greater than 0, got {value!r}")
-            return default
-        return float(value)
-
-    def non_negative(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
-        path = _join(key, name)
-        value = table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.fail(path, f"must be a number of at least 0, got {value!r}")
-            return default
-        return float(value)
-
-    def choice(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        allowed: tuple[str, ...],
-        default: str | None,
-    ) -> str | None:
-        value = self.string(table, key, name, required=default is None)
-        if value is None:
-            return default
-        if value not in allowed:
-            self.fail(_join(key, name), f"must be one of {', '.join(allowed)}, got {value!r}")
-            return default
-        return value
-
-    def interpolate(self, value: str, key: str) -> str | None:
-        missing: list[str] = []
-
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        resolved = _ENV_REF.sub(replace, value)
-        for name in missing:
-            self.fail(
-                key,
-                f"environment variable {name} is not set "
-                f"(write ${{{name}:-default}} to make it optional)",
-            )
-        return None if missing else resolved
-
-    def file(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        value = self.string(table, key, name)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.base_dir / path
-        if not path.is_file():
-            self.fail(_join(key, name), f"file not found: {value!r}")
-            return None
-        return str(path)
 
     # -- tables ---------------------------------------------------------------------------
 
     def config(self, raw: dict[str, Any]) -> Config:
-        self.table(raw, "", ("server", "routes", "auth"))
+        self.table(raw, "", ("server", "routes", "auth", "clients"))
         server = self.server(raw.get("server", {}))
         auth_raw = raw.get("auth", {})
         auth: dict[str, AuthConfig] = {}
@@ -358,16 +103,109 @@ class _Checker:
                 continue
             seen[route.prefix] = index
             routes.append(route)
-        return Config(server=server, routes=tuple(routes), auth=auth)
+        clients_raw = raw.get("clients", {})
+        clients: dict[str, ClientConfig] = {}
+        names = tuple(clients_raw) if isinstance(clients_raw, dict) else ()
+        for name, table in self.table(clients_raw, "clients", names).items():
+            client = self.client(name, table, set(seen), auth)
+            if client is not None:
+                clients[name] = client
+        keys: dict[Secret, str] = {}
+        for name, client in clients.items():
+            if client.key in keys:
+                self.fail(f"clients.{name}.key", f"same key as clients.{keys[client.key]}")
+            keys[client.key] = name
+        admin = server.admin_access
+        if admin.startswith("client:") and admin.removeprefix("client:") not in clients:
+            self.fail("server.admin_access", f"no [clients.{admin.removeprefix('client:')}]")
+        return Config(server=server, routes=tuple(routes), auth=auth, clients=clients)
+
+    def client(
+        self, name: str, raw: Any, prefixes: set[str], auth: Mapping[str, AuthConfig]
+    ) -> ClientConfig | None:
+        key = f"clients.{name}"
+        table = self.table(raw, key, ("key", "routes", "rate_limit", "auth"))
+        secret = self.secret(table, key, "key", required=True)
+        routes: tuple[str, ...] | None = None
+        if "routes" in table:
+            listed = table["routes"]
+            if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+                self.fail(f"{key}.routes", "must be a list of route prefixes")
+            else:
+                unknown = [p for p in listed if p not in prefixes]
+                if unknown:
+                    self.fail(f"{key}.routes", f"no such route prefix: {', '.join(unknown)}")
+                routes = tuple(listed)
+        rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
+        overrides: dict[str, str] = {}
+        raw_auth = table.get("auth", {})
+        for prefix in self.table(
+            raw_auth, f"{key}.auth", tuple(raw_auth) if isinstance(raw_auth, dict) else ()
+        ):
+            path = f"{key}.auth.{prefix!r}"
+            value = raw_auth[prefix]
+            if prefix not in prefixes:
+                self.fail(path, "no such route prefix")
+            elif not isinstance(value, str) or value not in auth:
+                self.fail(path, f"no [auth.{value}] table")
+            else:
+                overrides[prefix] = value
+        if secret is None:
+            return None
+        if len(secret.reveal()) < 16:
+            self.fail(f"{key}.key", "must be at least 16 characters (use a random token)")
+        return ClientConfig(
+            name=name, key=secret, routes=routes, rate_limit=rate_limit, auth=overrides
+        )
 
     def server(self, raw: Any) -> ServerConfig:
-        table = self.table(raw, "server", ("host", "port"))
-        host = self.string(table, "server", "host") or _DEFAULT_SERVER.host
-        port = table.get("port", _DEFAULT_SERVER.port)
+        names = (
+            "host",
+            "port",
+            "allow",
+            "client_key_header",
+            "admin_access",
+            "shutdown_grace",
+            "workers",
+        )
+        table = self.table(raw, "server", names)
+        default = _DEFAULT_SERVER
+        host = self.string(table, "server", "host") or default.host
+        port = table.get("port", default.port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             self.fail("server.port", f"must be an integer from 0 to 65535, got {port!r}")
-            port = _DEFAULT_SERVER.port
-        return ServerConfig(host=host, port=port)
+            port = default.port
+        allow: list[IPv4Network | IPv6Network] = []
+        listed = table.get("allow", [])
+        if not isinstance(listed, list):
+            self.fail("server.allow", "must be a list of CIDR networks")
+            listed = []
+        for index, cidr in enumerate(listed):
+            try:
+                allow.append(ip_network(cidr, strict=False))
+            except (TypeError, ValueError):
+                self.fail(f"server.allow[{index}]", f"not a CIDR network: {cidr!r}")
+        header = self.string(table, "server", "client_key_header") or default.client_key_header
+        if not _HEADER_NAME.fullmatch(header):
+            self.fail("server.client_key_header", f"not a header name: {header!r}")
+        admin = self.string(table, "server", "admin_access") or default.admin_access
+        if admin not in ("any", "loopback") and not admin.startswith("client:"):
+            self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
+        workers = table.get("workers", default.workers)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            self.fail("server.workers", f"must be a whole number of at least 1, got {workers!r}")
+            workers = default.workers
+        return ServerConfig(
+            host=host,
+            port=port,
+            allow=tuple(allow),
+            client_key_header=header,
+            admin_access=admin,
+            shutdown_grace=self.non_negative(
+                table, "server", "shutdown_grace", default.shutdown_grace
+            ),
+            workers=workers,
+        )
 
     def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
         table = self.table(
@@ -661,18 +499,3 @@ class _Checker:
             if value is not None:
                 out[name] = value
         return out
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-
-def _type_name(value: Any) -> str:
-    return {
-        dict: "a table",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-    }.get(type(value), type(value).__name__)

@@ -1,0 +1,46 @@
+"""routes.toml -> frozen dataclasses.
+
+Loading happens once, at start-up (and on reload): ``${VAR}`` references are resolved from
+the environment, every table is checked, and *all* problems are reported together in one
+ConfigError whose lines name the dotted key (``routes[1].upstream``), the bad value and what
+is allowed.
+"""
+
+from .loader import load, loads
+from .model import (
+    AUTH_TYPES,
+    CLIENT_AUTH_MODES,
+    TRAVELYZER_EXPIRES_IN,
+    AuthConfig,
+    ClientConfig,
+    Config,
+    FetchRetry,
+    RateConfig,
+    RateLimitConfig,
+    RetryConfig,
+    RouteConfig,
+    Secret,
+    ServerConfig,
+    Timeout,
+    Upstream,
+)
+
+__all__ = [
+    "AUTH_TYPES",
+    "CLIENT_AUTH_MODES",
+    "TRAVELYZER_EXPIRES_IN",
+    "AuthConfig",
+    "ClientConfig",
+    "Config",
+    "FetchRetry",
+    "RateConfig",
+    "RateLimitConfig",
+    "RetryConfig",
+    "RouteConfig",
+    "Secret",
+    "ServerConfig",
+    "Timeout",
+    "Upstream",
+    "load",
+    "loads",
+]

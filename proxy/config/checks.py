@@ -1,0 +1,150 @@
+"""The checks every table is built from: each reads one key, resolves ${VAR} references,
+and records a problem (naming the dotted key) instead of raising."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from .model import Secret
+
+_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Checks:
+    """Primitive checks over raw TOML values; problems are collected, not raised."""
+
+    def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
+        self.env = env
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    # -- primitives ---------------------------------------------------------------------
+
+    def table(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.fail(key, f"must be a table, got {_type_name(raw)}")
+            return {}
+        for name in raw:
+            if name not in allowed:
+                self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
+        return raw
+
+    def string(
+        self,
+        table: dict[str, Any],
+        key: str,
+        name: str,
+        *,
+        required: bool = False,
+        secret: bool = False,
+    ) -> str | None:
+        path = _join(key, name)
+        if name not in table:
+            if required:
+                self.fail(path, "is required")
+            return None
+        value = table[name]
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, got {_type_name(value)}")
+            return None
+        resolved = self.interpolate(value, path)
+        if resolved is not None and required and not resolved:
+            shown = "" if secret else f" (after resolving {value!r})"
+            self.fail(path, f"must not be empty{shown}")
+            return None
+        return resolved
+
+    def secret(
+        self, table: dict[str, Any], key: str, name: str, *, required: bool = False
+    ) -> Secret | None:
+        value = self.string(table, key, name, required=required, secret=True)
+        return None if value is None else Secret(value)
+
+    def positive(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
+        path = _join(key, name)
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(path, f"must be a number, got {_type_name(value)}")
+            return default
+        if value <= 0:
+            self.fail(path, f"must be greater than 0, got {value!r}")
+            return default
+        return float(value)
+
+    def non_negative(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
+        path = _join(key, name)
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.fail(path, f"must be a number of at least 0, got {value!r}")
+            return default
+        return float(value)
+
+    def choice(
+        self,
+        table: dict[str, Any],
+        key: str,
+        name: str,
+        allowed: tuple[str, ...],
+        default: str | None,
+    ) -> str | None:
+        value = self.string(table, key, name, required=default is None)
+        if value is None:
+            return default
+        if value not in allowed:
+            self.fail(_join(key, name), f"must be one of {', '.join(allowed)}, got {value!r}")
+            return default
+        return value
+
+    def interpolate(self, value: str, key: str) -> str | None:
+        missing: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        resolved = _ENV_REF.sub(replace, value)
+        for name in missing:
+            self.fail(
+                key,
+                f"environment variable {name} is not set "
+                f"(write ${{{name}:-default}} to make it optional)",
+            )
+        return None if missing else resolved
+
+    def file(self, table: dict[str, Any], key: str, name: str) -> str | None:
+        value = self.string(table, key, name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if not path.is_file():
+            self.fail(_join(key, name), f"file not found: {value!r}")
+            return None
+        return str(path)
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _type_name(value: Any) -> str:
+    return {
+        dict: "a table",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

@@ -1,24 +1,22 @@
-"""build_app(): the aiohttp application, its upstream sessions and how it is served."""
+"""build_app(): the aiohttp application, its lifecycle, the /-/ endpoints and reloads."""
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
-import aiohttp
+import structlog
 from aiohttp import web
 
-from .auth import TokenManager
-from .config import AuthConfig, Config, RouteConfig
-from .forward import SKIP_AUTO_HEADERS, Forwarder
-from .limits import RateLimit
-from .routing import RouteTable
-from .upstream import Target
+from .config import Config
+from .errors import ForbiddenError, NoRouteError, ProxyError, error_response
+from .headers import request_id_from
+from .observe.metrics import Metrics
+from .runtime import Runtime
 
-FORWARDER: Final = web.AppKey("forwarder", Forwarder)
-TOKENS: Final = web.AppKey("tokens", dict[str, TokenManager])
-TARGETS: Final = web.AppKey("targets", dict[str, Target])
+log = structlog.get_logger("proxy.app")
 
 # Server settings every way of serving the app must use (CLI, tests, workers):
 # - access_log=None: aiohttp's stdlib access log halves throughput; we log ourselves.
@@ -31,71 +29,71 @@ RUNNER_KWARGS: Final[dict[str, Any]] = {
     "auto_decompress": False,
 }
 
-# Enough pooled connections for thousands of requests a second per upstream.
-POOL_LIMIT: Final = 1024
+
+class ProxyState:
+    """The running Runtime (swapped on reload) and what outlives reloads."""
+
+    __slots__ = ("_retiring", "metrics", "on_secrets", "runtime")
+
+    def __init__(self, config: Config) -> None:
+        self.metrics = Metrics()
+        self.runtime = Runtime(config, self.metrics)
+        self._retiring: set[asyncio.Task[None]] = set()
+        # Told every credential of each config loaded, for the log redactor.
+        self.on_secrets: Callable[[list[str]], None] | None = None
+        self._watch()
+
+    def _watch(self) -> None:
+        runtime = self.runtime
+        self.metrics.watch(runtime.token_expiry, runtime.pauses)
+        if self.on_secrets is not None:
+            self.on_secrets(runtime.secrets())
+
+    def reload(self, config: Config) -> None:
+        """Serve new requests from ``config``; retire the old Runtime once it is idle."""
+        old = self.runtime
+        if (config.server.host, config.server.port, config.server.workers) != (
+            old.config.server.host,
+            old.config.server.port,
+            old.config.server.workers,
+        ):
+            log.warning(
+                "config_reload_keeps_listener",
+                reason="host, port and workers change only on restart",
+            )
+        self.runtime = Runtime(config, self.metrics, previous=old)
+        self.runtime.start()
+        self._watch()
+        task = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        kept = sorted(n for n, m in self.runtime.tokens.items() if old.tokens.get(n) is m)
+        log.info("config_reloaded", routes=[r.prefix for r in config.routes], kept_tokens=kept)
+
+    async def _retire(self, old: Runtime) -> None:
+        # Requests in flight finish on the config they started with.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(old.config.server.shutdown_grace):
+                await old.idle.wait()
+        await old.close()
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            await task
+        await self.runtime.close()
 
 
-def _session_key(route: RouteConfig) -> tuple[str, str, int, str | None]:
-    up = route.upstream
-    return (up.scheme, up.host, up.port, route.ca_file)
+STATE: Final = web.AppKey("state", ProxyState)
+Admin = Callable[[web.Request, ProxyState], Awaitable[web.Response]]
 
 
-def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
-    if ca_file is None:
-        return True  # verification on, system trust store
-    return ssl.create_default_context(cafile=ca_file)
-
-
-def _new_session(ca_file: str | None) -> aiohttp.ClientSession:
-    # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
-    # 5 s): reusing one the upstream is closing would fail a POST with a 502.
-    connector = aiohttp.TCPConnector(
-        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=4
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
-
-
-def _token_session(auth: AuthConfig) -> aiohttp.ClientSession:
-    """Token endpoints get sessions of their own: no proxy stage ever wraps a token request,
-    and no cookie set by an identity provider is kept."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=8, ssl=_tls(auth.ca_file)),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-    )
-
-
-async def _health(request: web.Request) -> web.Response:
+async def _health(request: web.Request, state: ProxyState) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def _status(request: web.Request) -> web.Response:
-    """Routes with their limits and pauses, and each auth's token state (never a token)."""
-    routes = {
-        prefix: {
-            "upstream": target.route.upstream.url,
-            "auth": target.route.auth,
-            "cooldown": target.cooldown.status(),
-            "limits": {limit.name: limit.status() for limit in target.limits},
-            "in_flight": target.budget.active,
-            "retrying": target.budget.retrying,
-        }
-        for prefix, target in request.app[TARGETS].items()
-    }
-    auth = {name: m.status() for name, m in sorted(request.app[TOKENS].items())}
-    return web.json_response({"routes": routes, "auth": auth})
-
-
-async def _ready(request: web.Request) -> web.Response:
+async def _ready(request: web.Request, state: ProxyState) -> web.Response:
     """200 once every auth table in use holds a valid token, 503 naming those that do not."""
-    tokens = request.app[TOKENS]
+    tokens = state.runtime.tokens
     failing = sorted(name for name, manager in tokens.items() if not manager.ready)
     body = {
         "status": "not_ready" if failing else "ready",
@@ -105,78 +103,112 @@ async def _ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if failing else 200)
 
 
-def build_app(config: Config) -> web.Application:
-    """The proxy as an aiohttp app; sessions open on startup and close on cleanup."""
-    app = web.Application()
-    table = RouteTable(config.routes)
-
-    async def upstream_sessions(app: web.Application) -> AsyncIterator[None]:
-        # One session per upstream origin (and trust store), shared by routes that use it:
-        # connection reuse and the DNS cache work per session.
-        sessions: dict[tuple[str, str, int, str | None], aiohttp.ClientSession] = {}
-        tokens: dict[str, TokenManager] = {}
-        token_sessions: list[aiohttp.ClientSession] = []
-        # Limits of an auth table are shared by every route that uses it: vendors limit
-        # per client, not per path.
-        auth_limits = {
-            name: RateLimit(f"auth {name}", auth.rate_limit)
-            for name, auth in config.auth.items()
-            if auth.rate_limit is not None
+async def _status(request: web.Request, state: ProxyState) -> web.Response:
+    """Routes with their limits and pauses, and each auth's token state (never a token)."""
+    runtime = state.runtime
+    routes = {
+        prefix: {
+            "upstream": target.route.upstream.url,
+            "auth": target.route.auth,
+            "cooldown": target.cooldown.status(),
+            "limits": {limit.name: limit.status() for limit in target.limits},
+            "in_flight": target.budget.active,
+            "retrying": target.budget.retrying,
         }
-        targets: dict[str, Target] = {}
-        for route in config.routes:
-            key = _session_key(route)
-            if key not in sessions:
-                sessions[key] = _new_session(route.ca_file)
-            provider = None
-            limits: list[RateLimit] = []
-            if route.rate_limit is not None:
-                limits.append(RateLimit(f"route {route.prefix}", route.rate_limit))
-            if route.auth is not None:
-                if route.auth not in tokens:
-                    auth = config.auth[route.auth]
-                    token_sessions.append(_token_session(auth))
-                    tokens[route.auth] = TokenManager(auth, token_sessions[-1])
-                provider = tokens[route.auth]
-                if route.auth in auth_limits:
-                    limits.append(auth_limits[route.auth])
-            targets[route.prefix] = Target(route, sessions[key], provider, tuple(limits))
-        app[FORWARDER] = Forwarder(table, targets)
-        app[TOKENS] = tokens
-        app[TARGETS] = targets
-        for manager in tokens.values():
-            manager.start()  # fetch now, so /-/ready turns green before the first request
+        for prefix, target in runtime.targets.items()
+    }
+    auth = {name: m.status() for name, m in sorted(runtime.tokens.items())}
+    return web.json_response(
+        {"routes": routes, "auth": auth, "clients": sorted(runtime.config.clients)}
+    )
+
+
+async def _metrics(request: web.Request, state: ProxyState) -> web.Response:
+    return web.Response(
+        body=state.metrics.exposition(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
+    # path: (handler, restricted by server.admin_access)
+    "/-/health": (_health, False),
+    "/-/ready": (_ready, False),
+    "/-/status": (_status, True),
+    "/-/metrics": (_metrics, True),
+}
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    runtime = state.runtime  # read once: this request finishes on this config
+    request_id = request_id_from(request.headers)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    if not runtime.access.peer_allowed(request.remote):
+        # Before anything else: not even the route table is consulted.
+        log.warning("source_refused", remote=request.remote)
+        return error_response(ForbiddenError("source address not allowed"), request_id)
+    path = request.raw_path
+    if path.startswith("/-/"):
+        return await _admin(request, state, runtime, path, request_id)
+    runtime.enter()
+    try:
+        return await runtime.forwarder.handle(request, request_id)
+    finally:
+        runtime.leave()
+
+
+async def _admin(
+    request: web.Request, state: ProxyState, runtime: Runtime, path: str, request_id: str
+) -> web.StreamResponse:
+    entry = ADMIN.get(path.partition("?")[0])
+    if entry is None or request.method not in ("GET", "HEAD"):
+        error: ProxyError = NoRouteError(f"no route for {path.partition('?')[0]!r}")
+        return error_response(error, request_id)
+    handler, restricted = entry
+    if restricted and not runtime.access.admin_allowed(request.remote, request.headers):
+        error = ForbiddenError("this endpoint is restricted (server.admin_access)")
+        return error_response(error, request_id)
+    return await handler(request, state)
+
+
+def build_app(
+    config: Config, on_secrets: Callable[[list[str]], None] | None = None
+) -> web.Application:
+    """The proxy as an aiohttp app; upstream sessions and token managers open on startup
+    and close on cleanup (after in-flight requests had their grace period)."""
+    app = web.Application()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        state = ProxyState(config)
+        state.on_secrets = on_secrets
+        state._watch()
+        app[STATE] = state
+        state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
         try:
             yield
         finally:
-            # Closed in cleanup, after in-flight requests had their shutdown grace period:
-            # closing earlier would cut streams that are still running.
-            for manager in tokens.values():
-                await manager.close()
-            for limit in {limit for target in targets.values() for limit in target.limits}:
-                await limit.close()
-            for session in [*sessions.values(), *token_sessions]:
-                await session.close()
+            await state.close()
 
-    app.cleanup_ctx.append(upstream_sessions)
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        return await request.app[FORWARDER].handle(request)
-
-    app.router.add_get("/-/health", _health)
-    app.router.add_get("/-/ready", _ready)
-    app.router.add_get("/-/status", _status)
-    app.router.add_route("*", "/{tail:.*}", forward)
+    app.cleanup_ctx.append(lifecycle)
+    # One catch-all: the raw target decides, not aiohttp's decoded-path router.
+    app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app
 
 
 async def start(
-    app: web.Application, host: str, port: int, *, shutdown_timeout: float = 30.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 30.0,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound."""
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **RUNNER_KWARGS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError:

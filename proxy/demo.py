@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from . import config as config_module
-from .app import TOKENS, build_app, start
+from .app import STATE, build_app, start
 from .sandbox import build_sandbox_app
 
 READY_TIMEOUT = 10.0
@@ -46,7 +46,7 @@ async def run_demo(config_path: str, host: str, proxy_port: int, sandbox_port: i
     proxy_host, port = addresses[0]
     proxy_url = f"http://{proxy_host}:{port}"
     # Ask for the three tokens first, so the first curl line already works.
-    tokens = app[TOKENS]
+    tokens = app[STATE].runtime.tokens
     async with asyncio.timeout(READY_TIMEOUT):
         results = await asyncio.gather(
             *(m.token() for m in tokens.values()), return_exceptions=True

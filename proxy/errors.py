@@ -4,6 +4,8 @@
     ├── ConfigError               start-up: routes.toml is invalid (every problem listed)
     └── ProxyError                a request the proxy answers itself (JSON + X-Proxy-Error)
         ├── BadRequestError       400 bad_request
+        ├── UnauthorizedError     401 unauthorized (clients are configured; no valid key)
+        ├── ForbiddenError        403 forbidden (source address, or a route the key may not use)
         ├── NoRouteError          404 no_route
         ├── RateLimitedError      429 rate_limited (our own limit, or the route is paused)
         ├── UpstreamUnreachableError  502 upstream_unreachable
@@ -47,6 +49,16 @@ class ProxyError(Exception):
 class BadRequestError(ProxyError):
     status = 400
     code = "bad_request"
+
+
+class UnauthorizedError(ProxyError):
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ProxyError):
+    status = 403
+    code = "forbidden"
 
 
 class NoRouteError(ProxyError):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -22,39 +23,116 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from .errors import ProxyError, error_response
-from .headers import (
-    X_REQUEST_ID,
-    client_response_headers,
-    request_id_from,
-    upstream_request_headers,
-)
+from .access import Access, Client
+from .errors import ProxyError, RateLimitedError, error_response
+from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers
+from .observe.metrics import Metrics
 from .routing import RouteTable
-from .upstream import RETRY_AFTER, Target, exchange, retry_after_header
+from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
 
 log = structlog.get_logger("proxy.forward")
+
+
+class Stats:
+    """What one request cost, for its access-log line and metrics."""
+
+    __slots__ = ("bytes_out", "client", "exchange", "route", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.route: str | None = None
+        self.client: str | None = None
+        self.exchange: Exchange | None = None
+        self.bytes_out = 0
 
 
 class Forwarder:
     """Forwards every request that is not the proxy's own to its route's upstream."""
 
-    __slots__ = ("_table", "_targets")
+    __slots__ = ("_access", "_headers", "_metrics", "_table", "_targets")
 
-    def __init__(self, table: RouteTable, targets: Mapping[str, Target]) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        targets: Mapping[str, Target],
+        access: Access,
+        headers: HeaderPolicy,
+        metrics: Metrics,
+    ) -> None:
         self._table = table
         self._targets = targets
+        self._access = access
+        self._headers = headers
+        self._metrics = metrics
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request_id_from(request.headers)
+    async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        """Check who asks, route, forward; log one access line and count it, whatever
+        happens (a client that hangs up is logged with status 499)."""
+        stats = Stats()
+        status = 499
+        self._metrics.in_flight.inc()
         try:
+            client = self._access.identify(request.headers)
+            stats.client = client.name if client is not None else None
             route, path, query = self._table.resolve(request.raw_path)
+            stats.route = route.prefix
+            Access.check_route(client, route.prefix)
             target = self._targets[route.prefix]
-            return await self._forward(request, target, path, query, request_id)
+            response = await self._forward(request, target, client, path, query, request_id, stats)
+            status = response.status
+            return response
         except ProxyError as error:
+            status = error.status
+            if isinstance(error, RateLimitedError) and stats.route is not None:
+                self._targets[stats.route].metrics.rejections.inc()
             return error_response(error, request_id)
+        finally:
+            self._metrics.in_flight.dec()
+            self._account(request, stats, status)
+
+    def _account(self, request: web.Request, stats: Stats, status: int) -> None:
+        total = time.perf_counter() - stats.started
+        route = stats.route or "none"
+        self._metrics.count_request(route, request.method, status)
+        result = stats.exchange
+        if stats.route is not None:
+            metrics = self._targets[stats.route].metrics
+            metrics.duration.observe(total)
+            if result is not None:
+                metrics.upstream.observe(result.upstream_seconds)
+                metrics.attempts.inc(result.attempts)
+                if result.retries:
+                    metrics.retries.inc(result.retries)
+                metrics.limiter_wait.observe(result.limiter_wait)
+        log.info(
+            "access",
+            remote=request.remote,
+            client=stats.client,
+            method=request.method,
+            # No query string: queries can hold personal data.
+            path=request.raw_path.partition("?")[0],
+            route=stats.route,
+            status=status,
+            upstream_status=result.response.status if result is not None else None,
+            attempts=result.attempts if result is not None else 0,
+            retries_429=result.retries if result is not None else 0,
+            token_refreshes=result.token_renewals if result is not None else 0,
+            limiter_wait_ms=round(result.limiter_wait * 1000, 2) if result is not None else 0,
+            upstream_ms=round(result.upstream_seconds * 1000, 2) if result is not None else None,
+            total_ms=round(total * 1000, 2),
+            bytes_in=request.content.total_bytes,
+            bytes_out=stats.bytes_out,
+        )
 
     async def _forward(
-        self, request: web.Request, target: Target, path: str, query: str, request_id: str
+        self,
+        request: web.Request,
+        target: Target,
+        client: Client | None,
+        path: str,
+        query: str,
+        request_id: str,
+        stats: Stats,
     ) -> web.StreamResponse:
         upstream = target.route.upstream
         # encoded=True: the path and query reach the upstream byte for byte, as received.
@@ -66,7 +144,7 @@ class Forwarder:
             query_string=query,
             encoded=True,
         )
-        headers = upstream_request_headers(
+        headers = self._headers.upstream_request(
             request.headers,
             strip_authorization=target.strip_authorization,
             peer=request.remote,
@@ -74,8 +152,16 @@ class Forwarder:
             scheme=request.scheme,
             request_id=request_id,
         )
+        provider = target.provider
+        limits = target.limits
+        if client is not None:
+            # A client may bring its own identity for this route, and has its own limit.
+            provider = client.providers.get(target.route.prefix, provider)
+            limits = limits + client.limits
         body, replayable = await _request_body(request, target.replay_limit)
-        result = await exchange(target, request.method, url, headers, body, replayable, request_id)
+        result = stats.exchange = await exchange(
+            target, request.method, url, headers, body, replayable, provider, limits
+        )
         async with result.response as upstream_response:
             response_headers = client_response_headers(upstream_response.headers)
             response_headers[X_REQUEST_ID] = request_id
@@ -83,7 +169,7 @@ class Forwarder:
             if result.retry_after is not None and RETRY_AFTER not in response_headers:
                 response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
             return await self._stream_back(
-                request, upstream_response, response_headers, target, request_id
+                request, upstream_response, response_headers, target, stats
             )
 
     async def _stream_back(
@@ -92,7 +178,7 @@ class Forwarder:
         upstream_response: aiohttp.ClientResponse,
         headers: CIMultiDict[str],
         target: Target,
-        request_id: str,
+        stats: Stats,
     ) -> web.StreamResponse:
         # No reason phrase is copied: the upstream's is untrusted text; aiohttp picks the
         # standard one for the status.
@@ -100,15 +186,13 @@ class Forwarder:
         await response.prepare(request)
         try:
             async for chunk in upstream_response.content.iter_any():
+                stats.bytes_out += len(chunk)
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: the only honest signal left is an aborted connection,
             # never a clean end that would make a truncated body look complete.
             log.warning(
-                "upstream_stream_broken",
-                route=target.route.prefix,
-                request_id=request_id,
-                error=type(exc).__name__,
+                "upstream_stream_broken", route=target.route.prefix, error=type(exc).__name__
             )
             _reset(request)
             raise _ClientAborted from exc

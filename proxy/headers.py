@@ -59,30 +59,42 @@ def _connection_listed(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     )
 
 
-def upstream_request_headers(
-    headers: CIMultiDictProxy[str],
-    *,
-    strip_authorization: bool,
-    peer: str | None,
-    host: str | None,
-    scheme: str,
-    request_id: str,
-) -> CIMultiDict[str]:
-    """The client's headers as the upstream should see them (order and repeats kept)."""
-    drop = _REQUEST_DROP_WITH_AUTH if strip_authorization else _REQUEST_DROP
-    if "Connection" in headers:
-        # Names listed in Connection go too, except ones we set ourselves afterwards.
-        drop = drop | _connection_listed(headers)
-    out: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in headers.items() if name.lower() not in drop
-    )
-    if peer:
-        out["X-Forwarded-For"] = peer
-    out["X-Forwarded-Proto"] = scheme
-    if host:
-        out["X-Forwarded-Host"] = host
-    out[X_REQUEST_ID] = request_id
-    return out
+class HeaderPolicy:
+    """The request-side header rules of one config (its client key header is never
+    forwarded: the key opens the proxy, not the vendor)."""
+
+    __slots__ = ("_drop", "_drop_with_auth")
+
+    def __init__(self, client_key_header: str | None = None) -> None:
+        extra = frozenset({client_key_header.lower()}) if client_key_header else frozenset()
+        self._drop = _REQUEST_DROP | extra
+        self._drop_with_auth = _REQUEST_DROP_WITH_AUTH | extra
+
+    def upstream_request(
+        self,
+        headers: CIMultiDictProxy[str],
+        *,
+        strip_authorization: bool,
+        peer: str | None,
+        host: str | None,
+        scheme: str,
+        request_id: str,
+    ) -> CIMultiDict[str]:
+        """The client's headers as the upstream should see them (order and repeats kept)."""
+        drop = self._drop_with_auth if strip_authorization else self._drop
+        if "Connection" in headers:
+            # Names listed in Connection go too, except ones we set ourselves afterwards.
+            drop = drop | _connection_listed(headers)
+        out: CIMultiDict[str] = CIMultiDict(
+            (name, value) for name, value in headers.items() if name.lower() not in drop
+        )
+        if peer:
+            out["X-Forwarded-For"] = peer
+        out["X-Forwarded-Proto"] = scheme
+        if host:
+            out["X-Forwarded-Host"] = host
+        out[X_REQUEST_ID] = request_id
+        return out
 
 
 def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -23,6 +23,7 @@ from .auth.base import TokenProvider
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
+from .observe.metrics import Metrics, RouteMetrics
 from .retry import Cooldown, RetryBudget, exhausted_for, retry_delay
 
 log = structlog.get_logger("proxy.upstream")
@@ -38,6 +39,7 @@ class Target:
         "budget",
         "cooldown",
         "limits",
+        "metrics",
         "provider",
         "replay_limit",
         "retry",
@@ -53,8 +55,10 @@ class Target:
         session: aiohttp.ClientSession,
         provider: TokenProvider | None = None,
         limits: tuple[RateLimit, ...] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.route = route
+        self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
         self.session = session
         self.provider = provider
         self.limits = limits
@@ -83,9 +87,12 @@ class Exchange:
     """The final upstream response and what it took to get it."""
 
     response: aiohttp.ClientResponse
-    attempts: int
-    limiter_wait: float
+    attempts: int = 1
+    limiter_wait: float = 0.0
     retry_after: float | None = None  # to add when passing on a throttling answer without one
+    retries: int = 0  # attempts repeated after a 429 (or 503)
+    token_renewals: int = 0  # replays after a 401 with a fresh token
+    upstream_seconds: float = 0.0  # first attempt sent -> final answer's headers
 
 
 async def exchange(
@@ -95,33 +102,37 @@ async def exchange(
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
     replayable: bool,
-    request_id: str,
+    provider: TokenProvider | None,
+    limits: tuple[RateLimit, ...],
 ) -> Exchange:
     """Send the request until the upstream gives an answer worth passing on."""
     arrival = time.monotonic()
     retry = target.retry
-    provider = target.provider
     budget = target.budget
     budget.active += 1
-    retrying = replayed_401 = False
-    attempt = 0
+    retrying = False
+    attempt = retries = renewals = 0
     waited = 0.0
+    first_sent: float | None = None
     try:
         while True:
             attempt += 1
-            waited += await _admit(target, arrival, first=attempt == 1)
+            waited += await _admit(target, limits, arrival, first=attempt == 1)
             token = None
             if provider is not None:
                 token = await provider.token()
                 headers[AUTHORIZATION] = "Bearer " + token
-            response = await _send(target, method, url, headers, body, request_id)
+            if first_sent is None:
+                first_sent = time.monotonic()
+            response = await _send(target, method, url, headers, body)
             status = response.status
-            if status == 401 and provider is not None and token is not None and not replayed_401:
+            result = Exchange(response, attempt, waited, None, retries, renewals)
+            if status == 401 and provider is not None and token is not None and renewals == 0:
                 # The token was refused (revoked, rotated, skew): renew it, and replay
                 # once if we hold the body; a second 401 is the upstream's answer.
                 provider.invalidate(token)
                 if replayable:
-                    replayed_401 = True
+                    renewals = 1
                     response.release()
                     continue
             elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
@@ -137,10 +148,13 @@ async def exchange(
                 if not can_retry:
                     # Without the upstream's own Retry-After, tell the client the wait we
                     # would have waited.
-                    return Exchange(response, attempt, waited, None if hinted else delay)
+                    result.retry_after = None if hinted else delay
+                    result.upstream_seconds = time.monotonic() - first_sent
+                    return result
                 if not retrying:
                     retrying = True
                     budget.retrying += 1
+                retries += 1
                 response.release()
                 log.info(
                     "upstream_throttled",
@@ -148,7 +162,6 @@ async def exchange(
                     status=status,
                     attempt=attempt,
                     delay_s=round(delay, 3),
-                    request_id=request_id,
                 )
                 if not hinted:
                     await asyncio.sleep(delay)  # a hinted delay is waited out in _admit
@@ -157,14 +170,17 @@ async def exchange(
                 pause = exhausted_for(response.headers)
                 if pause:
                     target.cooldown.pause(pause, "ratelimit_exhausted")
-            return Exchange(response, attempt, waited)
+            result.upstream_seconds = time.monotonic() - first_sent
+            return result
     finally:
         budget.active -= 1
         if retrying:
             budget.retrying -= 1
 
 
-async def _admit(target: Target, arrival: float, *, first: bool) -> float:
+async def _admit(
+    target: Target, limits: tuple[RateLimit, ...], arrival: float, *, first: bool
+) -> float:
     """Wait out a route pause and take a slot from every limit; return seconds waited."""
     started = time.monotonic()
     deadline = None if first else arrival + target.retry.max_wait
@@ -173,7 +189,7 @@ async def _admit(target: Target, arrival: float, *, first: bool) -> float:
         if started + paused > arrival + target.retry.max_wait:
             raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
         await asyncio.sleep(paused)
-    for limit in target.limits:
+    for limit in limits:
         await limit.acquire(deadline)
     return time.monotonic() - started
 
@@ -184,7 +200,6 @@ async def _send(
     url: URL,
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
-    request_id: str,
 ) -> aiohttp.ClientResponse:
     upstream = target.route.upstream
     try:
@@ -198,11 +213,7 @@ async def _send(
         )
     except TimeoutError as exc:
         log.warning(
-            "upstream_timeout",
-            route=target.route.prefix,
-            upstream=upstream.url,
-            request_id=request_id,
-            phase="headers",
+            "upstream_timeout", route=target.route.prefix, upstream=upstream.url, phase="headers"
         )
         raise UpstreamTimeoutError("upstream did not answer in time") from exc
     except aiohttp.ClientError as exc:
@@ -210,7 +221,6 @@ async def _send(
             "upstream_unreachable",
             route=target.route.prefix,
             upstream=upstream.url,
-            request_id=request_id,
             error=type(exc).__name__,
         )
         raise UpstreamUnreachableError("could not reach the upstream") from exc

@@ -81,3 +81,23 @@ class TokenProvider(Protocol):
     def status(self) -> dict[str, Any]:
         """State for /-/ready and /-/status: expiry, last outcome; never the token."""
         ...
+
+
+class TokenObserver(Protocol):
+    """What the token manager reports for metrics; every method must be cheap."""
+
+    def token_fetched(self, auth: str, seconds: float, lead: float | None) -> None:
+        """A fetch succeeded in ``seconds``; ``lead``: seconds the old token had left."""
+        ...
+
+    def token_failed(self, auth: str, reason: str, seconds: float) -> None: ...
+
+    def token_waited(self, auth: str) -> None:
+        """A request waited on a fetch another request had started."""
+        ...
+
+    def token_used(self, auth: str, age: float) -> None: ...
+
+    def token_refused_fresh(self, auth: str) -> None:
+        """The upstream refused a token within a second of its fetch."""
+        ...

@@ -31,7 +31,7 @@ import structlog
 
 from ..config import AuthConfig
 from ..errors import TokenUnavailableError
-from .base import Grant, TokenEndpointError, TokenScheme
+from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
 from .oauth2 import OAuth2Scheme
 from .travelyzer import TravelyzerScheme
 from .window import SlidingWindow
@@ -76,6 +76,7 @@ class TokenManager:
         "_last_fetch",
         "_last_outcome",
         "_last_replace",
+        "_observer",
         "_random",
         "_refresh_token",
         "_refresh_until",
@@ -99,6 +100,7 @@ class TokenManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        observer: TokenObserver | None = None,
     ) -> None:
         self.name = auth.name
         self._auth = auth
@@ -106,6 +108,7 @@ class TokenManager:
         self._scheme = scheme or build_scheme(auth)
         self._clock = clock
         self._random = jitter
+        self._observer = observer
         rate = auth.token_rate
         self._window = None if rate is None else SlidingWindow(int(rate.rate), rate.per)
         self._token: Token | None = None
@@ -130,9 +133,14 @@ class TokenManager:
 
     async def token(self) -> str:
         token = self._token
-        if token is not None and self._clock() < token.usable_until:
-            return token.value
-        return (await self._fetch_shared()).value
+        now = self._clock()
+        if token is None or now >= token.usable_until:
+            if self._inflight is not None and self._observer is not None:
+                self._observer.token_waited(self.name)
+            token = await self._fetch_shared()
+        if self._observer is not None:
+            self._observer.token_used(self.name, now - token.obtained_at)
+        return token.value
 
     def invalidate(self, rejected: str) -> None:
         token = self._token
@@ -141,6 +149,8 @@ class TokenManager:
         now = self._clock()
         if now - self._last_replace < _REPLACE_INTERVAL:
             log.warning("fresh_token_refused_upstream", auth=self.name)
+            if self._observer is not None:
+                self._observer.token_refused_fresh(self.name)
             return
         self._last_replace = now
         self._token = None
@@ -266,7 +276,11 @@ class TokenManager:
         if refresh is not None and grant.refresh_token is None:
             # Issuers that do not rotate (RFC 6749 6) keep the refresh token valid.
             self._refresh_token = refresh
+        previous = self._token
         token = self._install(grant, now)
+        if self._observer is not None:
+            lead = None if previous is None else max(0.0, previous.expires_at - now)
+            self._observer.token_fetched(self.name, self._clock() - now, lead)
         if self._clock() >= token.usable_until:
             # The fetch itself took the token's usable life: never hand it out.
             self._token = None
@@ -323,6 +337,8 @@ class TokenManager:
         self._retry_at = self._clock() + delay
         self._last_outcome = exc.reason
         self._last_fetch = time.time()
+        if self._observer is not None:
+            self._observer.token_failed(self.name, exc.reason, 0.0)
         event = log.error if exc.rejected else log.warning
         event(
             "token_fetch_failed",

@@ -1,0 +1,100 @@
+"""Who may use the proxy: the source allowlist, client keys, and the routes a key opens.
+
+A proxy that injects credentials is an open door if anyone can reach it. Checks run in this
+order, each before anything else happens: source address (403), key (401), route (403).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from ipaddress import ip_address
+from typing import Final
+
+from multidict import CIMultiDictProxy
+
+from .auth.base import TokenProvider
+from .config import ServerConfig
+from .errors import ForbiddenError, UnauthorizedError
+from .limits import RateLimit
+
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
+
+
+class Client:
+    """A known caller: what it may reach, its own limit and its own credentials per route."""
+
+    __slots__ = ("limits", "name", "providers", "routes")
+
+    def __init__(
+        self,
+        name: str,
+        routes: frozenset[str] | None,
+        limit: RateLimit | None,
+        providers: Mapping[str, TokenProvider],
+    ) -> None:
+        self.name = name
+        self.routes = routes
+        self.limits: tuple[RateLimit, ...] = () if limit is None else (limit,)
+        self.providers = providers
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Access:
+    """The access rules of one config, decided at start-up."""
+
+    __slots__ = ("_admin", "_allow", "_clients", "header", "required")
+
+    def __init__(self, server: ServerConfig, clients: Mapping[str, tuple[str, Client]]) -> None:
+        self._allow = server.allow
+        self.header = server.client_key_header
+        # Keys are looked up by their SHA-256 digest and compared in constant time: neither
+        # the lookup nor the comparison tells a caller how much of a key it got right.
+        self._clients = {_digest(key): client for key, client in clients.values()}
+        self.required = bool(clients)
+        self._admin = server.admin_access
+
+    def peer_allowed(self, remote: str | None) -> bool:
+        if not self._allow:
+            return True
+        if remote is None:
+            return False
+        try:
+            address = ip_address(remote)
+        except ValueError:
+            return False
+        return any(address in network for network in self._allow)
+
+    def identify(self, headers: CIMultiDictProxy[str]) -> Client | None:
+        """The client whose key the request carries; None when no clients are configured."""
+        if not self.required:
+            return None
+        keys = headers.getall(self.header, ())
+        if len(keys) != 1:
+            raise UnauthorizedError(f"send exactly one {self.header} header with your key")
+        digest = _digest(keys[0])
+        client = self._clients.get(digest)
+        if client is None or not hmac.compare_digest(digest, _digest(keys[0])):
+            raise UnauthorizedError(f"the {self.header} key is not valid")
+        return client
+
+    @staticmethod
+    def check_route(client: Client | None, prefix: str) -> None:
+        if client is not None and client.routes is not None and prefix not in client.routes:
+            raise ForbiddenError(f"client {client.name!r} may not use {prefix}")
+
+    def admin_allowed(self, remote: str | None, headers: CIMultiDictProxy[str]) -> bool:
+        """May this caller read /-/metrics and /-/status?"""
+        if self._admin == "any":
+            return True
+        if self._admin == "loopback":
+            return remote in _LOOPBACK
+        try:
+            client = self.identify(headers)
+        except UnauthorizedError:
+            return False
+        return client is not None and self._admin == f"client:{client.name}"

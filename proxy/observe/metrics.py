@@ -1,0 +1,217 @@
+"""Prometheus metrics: one registry per process, children bound once per route and auth.
+
+Label values are route prefixes, auth table names, methods and status classes: never a
+path, a client key or anything a caller controls beyond the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+AGE_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# (name, seconds to expiry or None) per auth; (route, seconds paused in all) per route.
+TokenStates = Callable[[], Iterable[tuple[str, float | None]]]
+RoutePauses = Callable[[], Iterable[tuple[str, float]]]
+
+
+class Metrics:
+    """Every metric the proxy exports, on a registry of its own (no global state)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "proxy_requests_total",
+            "Requests answered, by route, method and status class.",
+            ["route", "method", "status_class"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "proxy_request_duration_seconds",
+            "Time from request to end of response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "proxy_upstream_duration_seconds",
+            "Time from first attempt to upstream headers.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "proxy_upstream_attempts_total",
+            "Requests sent upstream, retries included.",
+            ["route"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "proxy_upstream_retries_total",
+            "Attempts repeated after a 429 (or 503).",
+            ["route"],
+            registry=r,
+        )
+        self.limiter_wait = Histogram(
+            "proxy_limiter_wait_seconds",
+            "Time requests waited for rate-limit slots.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.limiter_rejections = Counter(
+            "proxy_limiter_rejections_total",
+            "Requests refused with 429 rate_limited.",
+            ["route"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "proxy_in_flight_requests", "Requests being handled now.", registry=r
+        )
+        self.token_fetches = Counter(
+            "proxy_token_fetches_total",
+            "Token requests, by auth and outcome.",
+            ["auth", "outcome"],
+            registry=r,
+        )
+        self.token_fetch_duration = Histogram(
+            "proxy_token_fetch_duration_seconds",
+            "Token request latency.",
+            ["auth"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_age = Histogram(
+            "proxy_token_age_seconds",
+            "Age of the token when a request used it.",
+            ["auth"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.refresh_lead = Histogram(
+            "proxy_token_refresh_lead_seconds",
+            "Seconds before expiry each renewal ran.",
+            ["auth"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.single_flight_waits = Counter(
+            "proxy_token_single_flight_waits_total",
+            "Requests that waited on a token fetch another request started.",
+            ["auth"],
+            registry=r,
+        )
+        self.fresh_rejections = Counter(
+            "proxy_token_fresh_rejections_total",
+            "Upstream 401s for a token fetched less than a second before.",
+            ["auth"],
+            registry=r,
+        )
+        self._status: dict[tuple[str, str, str], Counter] = {}
+        self._ages: dict[str, Histogram] = {}
+        self._sources: list[tuple[TokenStates, RoutePauses]] = []
+        r.register(_LiveState(self._sources))
+
+    def watch(self, tokens: TokenStates, pauses: RoutePauses) -> None:
+        """Report token expiry and route pauses from these callbacks at each scrape."""
+        self._sources[:] = [(tokens, pauses)]
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        method = method if method in _METHODS else "other"  # callers must not mint labels
+        key = (route, method, f"{status // 100}xx")
+        child = self._status.get(key)
+        if child is None:
+            child = self._status[key] = self.requests.labels(*key)
+        child.inc()
+
+    # -- TokenObserver ------------------------------------------------------------------
+
+    def token_fetched(self, auth: str, seconds: float, lead: float | None) -> None:
+        self.token_fetches.labels(auth, "ok").inc()
+        self.token_fetch_duration.labels(auth).observe(seconds)
+        if lead is not None:
+            self.refresh_lead.labels(auth).observe(lead)
+
+    def token_failed(self, auth: str, reason: str, seconds: float) -> None:
+        self.token_fetches.labels(auth, reason).inc()
+
+    def token_waited(self, auth: str) -> None:
+        self.single_flight_waits.labels(auth).inc()
+
+    def token_used(self, auth: str, age: float) -> None:
+        child = self._ages.get(auth)
+        if child is None:
+            child = self._ages[auth] = self.token_age.labels(auth)
+        child.observe(age)
+
+    def token_refused_fresh(self, auth: str) -> None:
+        self.fresh_rejections.labels(auth).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveState:
+    """Gauges read at scrape time rather than kept up to date on every request."""
+
+    def __init__(self, sources: list[tuple[TokenStates, RoutePauses]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        expiry = GaugeMetricFamily(
+            "proxy_token_seconds_to_expiry",
+            "Seconds until the cached token expires.",
+            labels=["auth"],
+        )
+        paused = CounterMetricFamily(
+            "proxy_route_paused_seconds",
+            "Seconds a route spent paused by its upstream.",
+            labels=["route"],
+        )
+        for tokens, pauses in self._sources:
+            for name, seconds in tokens():
+                if seconds is not None:
+                    expiry.add_metric([name], seconds)
+            for route, total in pauses():
+                paused.add_metric([route], total)
+        yield expiry
+        yield paused
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class RouteMetrics:
+    """A route's metric children, bound once: labels() costs a lock and a dict per call."""
+
+    __slots__ = ("attempts", "duration", "limiter_wait", "rejections", "retries", "upstream")
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.duration = metrics.duration.labels(route)
+        self.upstream = metrics.upstream_duration.labels(route)
+        self.attempts = metrics.attempts.labels(route)
+        self.retries = metrics.retries.labels(route)
+        self.limiter_wait = metrics.limiter_wait.labels(route)
+        self.rejections = metrics.limiter_rejections.labels(route)

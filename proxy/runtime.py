@@ -1,0 +1,195 @@
+"""Everything built from one config: sessions, token managers, limits, clients, routes.
+
+A reload builds a new Runtime next to the running one and swaps it in; requests in flight
+finish on the Runtime they started with, which is closed once they are done. Token managers
+of auth tables whose settings did not change move to the new Runtime with their tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Final
+
+import aiohttp
+import structlog
+
+from .access import Access, Client
+from .auth import TokenManager
+from .auth.base import TokenProvider
+from .config import AuthConfig, Config, RouteConfig
+from .forward import SKIP_AUTO_HEADERS, Forwarder
+from .headers import HeaderPolicy
+from .limits import RateLimit
+from .observe.metrics import Metrics
+from .routing import RouteTable
+from .upstream import Target
+
+log = structlog.get_logger("proxy.runtime")
+
+# Enough pooled connections for thousands of requests a second per upstream.
+POOL_LIMIT: Final = 1024
+SessionKey = tuple[str, str, int, str | None]
+
+
+def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
+    if ca_file is None:
+        return True  # verification on, system trust store
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _upstream_session(ca_file: str | None) -> aiohttp.ClientSession:
+    # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
+    # 5 s): reusing one the upstream is closing would fail a POST with a 502.
+    connector = aiohttp.TCPConnector(
+        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=4
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+    )
+
+
+def _token_session(auth: AuthConfig) -> aiohttp.ClientSession:
+    """Token endpoints get sessions of their own: no proxy stage ever wraps a token request,
+    and no cookie set by an identity provider is kept."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=8, ssl=_tls(auth.ca_file)),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
+def _session_key(route: RouteConfig) -> SessionKey:
+    up = route.upstream
+    return (up.scheme, up.host, up.port, route.ca_file)
+
+
+class Runtime:
+    """The proxy as one config describes it; handlers read it once per request."""
+
+    __slots__ = (
+        "_handed_over",
+        "_limits",
+        "_new_tokens",
+        "_sessions",
+        "_token_sessions",
+        "access",
+        "config",
+        "forwarder",
+        "idle",
+        "in_flight",
+        "targets",
+        "tokens",
+    )
+
+    def __init__(self, config: Config, metrics: Metrics, previous: Runtime | None = None) -> None:
+        self.config = config
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._handed_over: set[str] = set()
+        self._new_tokens: list[TokenManager] = []
+        self._token_sessions: dict[str, aiohttp.ClientSession] = {}
+        used = {r.auth for r in config.routes if r.auth} | {
+            name for c in config.clients.values() for name in c.auth.values()
+        }
+        self.tokens: dict[str, TokenManager] = {}
+        for name in sorted(used):
+            auth = config.auth[name]
+            if previous is not None and previous.config.auth.get(name) == auth:
+                # Same settings: keep the cached token (and its refresh token) across reload.
+                self.tokens[name] = previous.tokens[name]
+                self._token_sessions[name] = previous._token_sessions[name]
+                previous._handed_over.add(name)
+                continue
+            session = self._token_sessions[name] = _token_session(auth)
+            manager = TokenManager(auth, session, observer=metrics)
+            self.tokens[name] = manager
+            self._new_tokens.append(manager)
+        # Limits of an auth table are shared by every route that uses it: vendors limit
+        # per client, not per path.
+        auth_limits = {
+            name: RateLimit(f"auth {name}", auth.rate_limit)
+            for name, auth in config.auth.items()
+            if auth.rate_limit is not None
+        }
+        self._limits: list[RateLimit] = list(auth_limits.values())
+        # One session per upstream origin (and trust store), shared by routes that use it:
+        # connection reuse and the DNS cache work per session.
+        self._sessions: dict[SessionKey, aiohttp.ClientSession] = {}
+        self.targets: dict[str, Target] = {}
+        for route in config.routes:
+            key = _session_key(route)
+            if key not in self._sessions:
+                self._sessions[key] = _upstream_session(route.ca_file)
+            limits: list[RateLimit] = []
+            if route.rate_limit is not None:
+                limits.append(RateLimit(f"route {route.prefix}", route.rate_limit))
+                self._limits.append(limits[-1])
+            provider: TokenProvider | None = None
+            if route.auth is not None:
+                provider = self.tokens[route.auth]
+                if route.auth in auth_limits:
+                    limits.append(auth_limits[route.auth])
+            self.targets[route.prefix] = Target(
+                route, self._sessions[key], provider, tuple(limits), metrics
+            )
+        clients: dict[str, tuple[str, Client]] = {}
+        for name, client in config.clients.items():
+            limit = None
+            if client.rate_limit is not None:
+                limit = RateLimit(f"client {name}", client.rate_limit)
+                self._limits.append(limit)
+            providers = {prefix: self.tokens[auth] for prefix, auth in client.auth.items()}
+            routes = None if client.routes is None else frozenset(client.routes)
+            clients[name] = (client.key.reveal(), Client(name, routes, limit, providers))
+        self.access = Access(config.server, clients)
+        headers = HeaderPolicy(config.server.client_key_header if clients else None)
+        self.forwarder = Forwarder(
+            RouteTable(config.routes), self.targets, self.access, headers, metrics
+        )
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+    def start(self) -> None:
+        """Fetch the new auth tables' tokens now, so /-/ready turns green before traffic."""
+        for manager in self._new_tokens:
+            manager.start()
+
+    def secrets(self) -> list[str]:
+        """Every credential this config holds, for the log redactor."""
+        values = [c.key.reveal() for c in self.config.clients.values()]
+        for auth in self.config.auth.values():
+            for secret in (auth.client_secret, auth.password, auth.api_key, auth.api_secret):
+                if secret is not None:
+                    values.append(secret.reveal())
+        return values
+
+    def pauses(self) -> list[tuple[str, float]]:
+        return [(p, t.cooldown.paused_seconds) for p, t in self.targets.items()]
+
+    def token_expiry(self) -> list[tuple[str, float | None]]:
+        return [(n, m.status()["expires_in_s"]) for n, m in self.tokens.items()]
+
+    async def close(self) -> None:
+        """Close what this Runtime owns; managers handed to a newer Runtime stay open."""
+        for name, manager in self.tokens.items():
+            if name not in self._handed_over:
+                await manager.close()
+                await self._token_sessions[name].close()
+        for limit in self._limits:
+            await limit.close()
+        for session in self._sessions.values():
+            await session.close()

@@ -8,16 +8,18 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from ipaddress import ip_address
 
 import structlog
 
 from . import config as config_module
 from . import sandbox
-from .app import build_app, start
+from .app import STATE, build_app, start
 from .config import Config
 from .demo import run_demo
 from .errors import ConfigError
 from .observe import logs
+from .workers import announce_ready, per_worker, supervise
 
 EXIT_CONFIG: int = 2
 
@@ -36,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port, 0 for any (default: [server].port)")
     serve.add_argument("--log-level", default="info", choices=logs.LEVELS)
     serve.add_argument("--log-format", default="json", choices=("json", "console"))
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port (default: "
+        "[server].workers); limits are divided among them",
+    )
+    serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate the config and print the routes")
     check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
@@ -75,26 +84,57 @@ def _check(path: str) -> int:
     return 0
 
 
-async def _serve(config: Config, host: str, port: int) -> None:
+async def _serve(
+    path: str, config: Config, host: str, port: int, workers: int, redactor: logs.Redactor
+) -> None:
+    """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     log = structlog.get_logger("proxy")
-    runner, addresses = await start(build_app(config), host, port)
-    # (start() cleans up after itself when the address cannot be bound.)
+    app = build_app(per_worker(config, workers), on_secrets=redactor.update)
+    runner, addresses = await start(
+        app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "proxy_started",
-        addresses=[f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses],
-        routes=_route_summary(config),
-        pid=os.getpid(),
-    )
+
+    def reload() -> None:
+        try:
+            fresh = config_module.load(path)
+        except ConfigError as exc:
+            # Keep serving the running config; the problems never hold secret values.
+            log.error("config_reload_failed", path=path, problems=exc.problems)
+            return
+        app[STATE].reload(per_worker(fresh, workers))
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
+    if workers > 1:
+        log.info("worker_started", addresses=shown, pid=os.getpid())
+        announce_ready(shown)
+    else:
+        log.info("proxy_started", addresses=shown, routes=_route_summary(config), pid=os.getpid())
+        if not config.clients and not _is_loopback(host):
+            log.warning(
+                "proxy_open",
+                host=host,
+                reason="no [clients] are configured: anyone who can reach this "
+                "address can use the proxy's credentials",
+            )
     try:
         await stop.wait()
     finally:
+        # Stop listening, let requests in flight finish (shutdown_grace), then close.
         log.info("proxy_stopping")
         await runner.cleanup()
         log.info("proxy_stopped")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _config_path(args.config)
     if args.command == "check":
         return _check(path)
-    logs.configure(args.log_level, args.log_format)
+    redactor = logs.configure(args.log_level, args.log_format)
     if args.command == "demo":
         try:
             asyncio.run(run_demo(path, args.host, args.port, args.sandbox_port))
@@ -120,8 +160,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    workers = args.workers or config.server.workers
+    if not config.clients and not _is_loopback(host) and workers > 1:
+        structlog.get_logger("proxy").warning("proxy_open", host=host)
     try:
-        asyncio.run(_serve(config, host, port))
+        if workers > 1 and not args.worker_of:
+            argv = [
+                "serve",
+                "--config",
+                path,
+                "--log-level",
+                args.log_level,
+                "--log-format",
+                args.log_format,
+            ]
+            return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
+        asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor))
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -1,17 +1,68 @@
-"""Shared fixtures: a recording upstream and a proxy served the way the CLI serves it."""
+"""Shared fixtures: a recording upstream and a proxy served the way the CLI serves it.
+
+Every log line of the run (in-process proxies through the real redacting pipeline, and the
+output of proxy subprocesses) is collected and, when the session ends, searched for every
+secret the tests configure and every token a sandbox issued: one hit fails the run.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from proxy import config as config_module
 from proxy.app import build_app, start
+from proxy.observe import logs
+
+# Credentials the tests configure; tokens are added as sandboxes issue them.
+LEAK_WATCH: set[str] = {
+    "sandbox-travtus-secret",
+    "sandbox-travis-secret",
+    "sandbox-travis-password",
+    "sandbox-travelyzer-secret",
+    "sandbox-travelyzer-key",
+    "do-not-print-me",
+    "crm-key-0123456789abcdef",
+    "ops-key-0123456789abcdef",
+}
+SUBPROCESS_OUTPUT: list[str] = []
+# Open for the whole session (a context manager would close it after import).
+_LOG_FILE = tempfile.NamedTemporaryFile(  # noqa: SIM115
+    prefix="proxy-test-log-", suffix=".jsonl", delete=False
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The redactor learns no secrets here: the scan must prove that nothing leaks even
+    # without that last line of defence knowing the values.
+    logs.configure("debug", "json", stream=_LOG_FILE, cache=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _LOG_FILE.flush()
+    text = Path(_LOG_FILE.name).read_text(encoding="utf-8", errors="replace")
+    text += "\n".join(SUBPROCESS_OUTPUT)
+    leaks = sorted(s for s in LEAK_WATCH if s and s in text)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    summary = (
+        f"log scan: {len(text.splitlines())} log lines searched for "
+        f"{len(LEAK_WATCH)} secrets and tokens"
+    )
+    if reporter is not None:
+        reporter.write_line(summary)
+    if leaks:
+        if reporter is not None:
+            reporter.write_line(f"SECRETS IN LOGS: {len(leaks)} found, e.g. {leaks[0][:12]}...")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass
@@ -206,3 +257,63 @@ async def raw_http(base: str, data: bytes, timeout: float = 5.0) -> RawResponse:
     status = int(lines[0].split(" ")[1])
     headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
     return RawResponse(status, headers, body)  # type: ignore[arg-type]
+
+
+Answer = tuple[int, dict[str, str]]
+
+
+@dataclass
+class Scripted:
+    """An upstream that answers from a script (then 200) and records what arrived when."""
+
+    port: int = 0
+    script: list[Answer] = field(default_factory=list)
+    always: Answer | None = None
+    arrivals: list[tuple[float, str, bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def times(self, path: str | None = None) -> list[float]:
+        return [t for t, p, _ in self.arrivals if path is None or p == path]
+
+
+SCRIPTED = web.AppKey("scripted", Scripted)
+
+
+async def _scripted_handler(request: web.Request) -> web.Response:
+    up = request.app[SCRIPTED]
+    body = await request.read()
+    if request.path == "/token":  # a token endpoint for routes with auth; not recorded
+        return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 600})
+    up.arrivals.append((time.monotonic(), request.path, body))
+    status, headers = up.script.pop(0) if up.script else (up.always or (200, {}))
+    return web.json_response({"status": status}, status=status, headers=headers)
+
+
+@pytest.fixture
+async def scripted(aiohttp_server) -> Scripted:  # type: ignore[no-untyped-def]
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _scripted_handler)
+    holder = Scripted()
+    app[SCRIPTED] = holder
+    server = await aiohttp_server(app, host="127.0.0.1")
+    holder.port = server.port
+    return holder
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def route(up: Scripted, extra: str = "", prefix: str = "/api") -> str:
+    return f'[[routes]]\nprefix = "{prefix}"\nupstream = "{up.url}"\n{extra}\n'
+
+
+async def get(client: aiohttp.ClientSession, url: str, **kwargs: object) -> aiohttp.ClientResponse:
+    async with client.get(url, **kwargs) as response:  # type: ignore[arg-type]
+        await response.read()
+        return response

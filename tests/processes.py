@@ -41,6 +41,9 @@ class ProxyProcess:
         assert self.process.stdout is not None
         rest = await self.process.stdout.read()
         self.lines.extend(rest.decode().splitlines())
+        from .conftest import SUBPROCESS_OUTPUT
+
+        SUBPROCESS_OUTPUT.extend(self.lines)
         return self.process.returncode if self.process.returncode is not None else -1
 
 

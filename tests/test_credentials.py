@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,8 @@ from structlog.testing import capture_logs
 
 from proxy.sandbox import SandboxSettings, build_sandbox_app
 
-from .conftest import ProxyFactory
+from .conftest import LEAK_WATCH, ProxyFactory
+from .processes import start_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = (ROOT / "demo" / "routes.toml").read_text()
@@ -31,6 +33,15 @@ class Sandbox:
             result: dict[str, Any] = await r.json()
             return result
 
+    async def issued_tokens(self) -> set[str]:
+        """Every bearer token the vendors saw, for the end-of-run log scan."""
+        return {
+            value.split(" ", 1)[1]
+            for entry in await self.log()
+            for name, value in entry.get("headers") or []
+            if name.lower() == "authorization" and value.lower().startswith("bearer ")
+        }
+
     async def log(self, vendor: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         async with self._client.get(f"{self.url}/-/sandbox/log") as r:
             entries: list[dict[str, Any]] = (await r.json())["entries"]
@@ -45,7 +56,9 @@ class Sandbox:
 async def sandbox(aiohttp_server) -> AsyncIterator[Sandbox]:  # type: ignore[no-untyped-def]
     server = await aiohttp_server(build_sandbox_app(SandboxSettings()), host="127.0.0.1")
     async with aiohttp.ClientSession() as client:
-        yield Sandbox(f"http://127.0.0.1:{server.port}", client)
+        box = Sandbox(f"http://127.0.0.1:{server.port}", client)
+        yield box
+        LEAK_WATCH.update(await box.issued_tokens())
 
 
 @pytest.fixture
@@ -341,3 +354,79 @@ async def test_sandbox_429s_are_retried_after_retry_after(
     assert [e["status"] for e in api] == [429, 429, 201]
     assert api[1]["time"] - api[0]["time"] >= 1.0
     assert api[2]["time"] - api[1]["time"] >= 1.0
+
+
+async def test_token_metrics_status_and_ready_show_state_never_secrets(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """Token fetches, expiry and age are exported; status and ready hold no credential."""
+    proxy = await vendor_proxy()
+    await wait_ready(client, proxy)
+    for vendor in CALLS:
+        await call(client, proxy, vendor)
+    async with client.get(f"{proxy}/-/metrics") as r:
+        metrics = await r.text()
+    for auth in CALLS:
+        assert f'proxy_token_fetches_total{{auth="{auth}",outcome="ok"}} 1.0' in metrics
+        assert f'proxy_token_age_seconds_count{{auth="{auth}"}} 1.0' in metrics
+        assert f'proxy_token_seconds_to_expiry{{auth="{auth}"}}' in metrics
+    texts = [metrics]
+    for path in ("/-/status", "/-/ready"):
+        async with client.get(f"{proxy}{path}") as r:
+            texts.append(await r.text())
+    tokens = await sandbox.issued_tokens()
+    assert tokens
+    for secret in (*EXPECTED_FIELDS["travis"].values(), *tokens):
+        if len(secret) > 8:
+            assert all(secret not in text for text in texts), secret
+
+
+async def test_a_client_can_bring_its_own_identity_for_a_route(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """[clients.X] auth = {"/travis" = ...} gives that client's requests their own token."""
+    own = DEMO_CONFIG.split("[auth.travis]\n", 1)[1].split("\n\n", 1)[0]
+    proxy = await vendor_proxy(
+        replace={"[auth.travelyzer]": "[auth.travis_crm]\n" + own + "\n\n[auth.travelyzer]"}
+        | {
+            '[[routes]]\nprefix = "/travtus"': '[clients.crm]\nkey = "crm-key-0123456789abcdef"'
+            '\nauth = { "/travis" = "travis_crm" }\n\n[clients.other]\n'
+            'key = "ops-key-0123456789abcdef"\n\n[[routes]]\nprefix = "/travtus"'
+        }
+    )
+    await wait_ready(client, proxy)
+    for key in ("crm-key-0123456789abcdef", "ops-key-0123456789abcdef"):
+        status, _ = await call(client, proxy, "travis", {"X-Proxy-Key": key})
+        assert status == 200
+    api = await sandbox.log("travis", "api")
+    used = [next(v for k, v in e["headers"] if k.lower() == "authorization") for e in api]
+    assert len(set(used)) == 2  # two identities, two token caches
+    assert len(await sandbox.log("travis", "token")) == 2
+
+
+async def test_sighup_keeps_tokens_of_unchanged_auth_tables(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A reload that changes routes but not an auth table fetches no new token for it."""
+    config = tmp_path / "routes.toml"
+    text = DEMO_CONFIG.replace("${SANDBOX_URL:-http://127.0.0.1:9000}", sandbox.url)
+    config.write_text(text)
+    proxy = await start_proxy(config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, proxy.url)
+            config.write_text(text.replace('prefix = "/travtus"', 'prefix = "/messages"'))
+            proxy.process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(5):
+                while (await call_path(session, f"{proxy.url}/messages/messages/")) != 201:
+                    await asyncio.sleep(0.05)
+    finally:
+        assert await proxy.stop() == 0
+    for vendor in CALLS:
+        assert len(await sandbox.log(vendor, "token")) == 1, vendor
+
+
+async def call_path(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.post(url, json={"to": "+15550100", "body": "hi"}) as r:
+        await r.read()
+        return r.status

@@ -6,74 +6,12 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from email.utils import formatdate
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from .conftest import ProxyFactory
-
-Answer = tuple[int, dict[str, str]]
-
-
-@dataclass
-class Scripted:
-    """An upstream that answers from a script (then 200) and records what arrived when."""
-
-    port: int = 0
-    script: list[Answer] = field(default_factory=list)
-    always: Answer | None = None
-    arrivals: list[tuple[float, str, bytes]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def times(self, path: str | None = None) -> list[float]:
-        return [t for t, p, _ in self.arrivals if path is None or p == path]
-
-
-SCRIPTED = web.AppKey("scripted", Scripted)
-
-
-async def _scripted_handler(request: web.Request) -> web.Response:
-    up = request.app[SCRIPTED]
-    body = await request.read()
-    if request.path == "/token":  # a token endpoint for routes with auth; not recorded
-        return web.json_response({"access_token": "t", "token_type": "Bearer", "expires_in": 600})
-    up.arrivals.append((time.monotonic(), request.path, body))
-    status, headers = up.script.pop(0) if up.script else (up.always or (200, {}))
-    return web.json_response({"status": status}, status=status, headers=headers)
-
-
-@pytest.fixture
-async def scripted(aiohttp_server) -> Scripted:  # type: ignore[no-untyped-def]
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", _scripted_handler)
-    holder = Scripted()
-    app[SCRIPTED] = holder
-    server = await aiohttp_server(app, host="127.0.0.1")
-    holder.port = server.port
-    return holder
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-def route(up: Scripted, extra: str = "", prefix: str = "/api") -> str:
-    return f'[[routes]]\nprefix = "{prefix}"\nupstream = "{up.url}"\n{extra}\n'
-
-
-async def get(client: aiohttp.ClientSession, url: str, **kwargs: object) -> aiohttp.ClientResponse:
-    async with client.get(url, **kwargs) as response:  # type: ignore[arg-type]
-        await response.read()
-        return response
-
+from .conftest import ProxyFactory, Scripted, get, route
 
 THROTTLED = (429, {"Retry-After": "1"})
 

@@ -1,0 +1,307 @@
+"""Operating the proxy: access logs, metrics, status, access control, signals, workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.observe.logs import Redactor
+
+from .conftest import ProxyFactory, Scripted, Upstream, get, route
+from .processes import start_proxy
+
+CRM_KEY = "crm-key-0123456789abcdef"
+OPS_KEY = "ops-key-0123456789abcdef"
+
+
+def clients_config(up: Upstream, extra_server: str = "") -> str:
+    return (
+        f"[server]\n{extra_server}\n"
+        f'[[routes]]\nprefix = "/open"\nupstream = "{up.url}"\n'
+        f'[[routes]]\nprefix = "/closed"\nupstream = "{up.url}"\n'
+        f'[clients.crm]\nkey = "{CRM_KEY}"\nroutes = ["/open"]\n'
+        f'[clients.ops]\nkey = "{OPS_KEY}"\n'
+    )
+
+
+async def test_access_log_lines_are_json_with_every_field(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """One JSON access line per request, with the documented fields and no query string."""
+    config = tmp_path / "routes.toml"
+    config.write_text(f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n')
+    proxy = await start_proxy(config)
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with client.post(
+                f"{proxy.url}/v/items?email=a@b.example",
+                data=b"12345",
+                headers={"X-Request-ID": "req-42"},
+            ) as r:
+                body = await r.read()
+            async with client.get(f"{proxy.url}/nowhere") as r404:
+                assert r404.status == 404
+    finally:
+        await proxy.stop()
+    events = [json.loads(line) for line in proxy.lines if line.startswith("{")]
+    access = [e for e in events if e["event"] == "access"]
+    assert len(access) == 2
+    line = access[0]
+    assert {
+        k: line[k]
+        for k in (
+            "request_id",
+            "method",
+            "path",
+            "route",
+            "status",
+            "upstream_status",
+            "attempts",
+            "retries_429",
+            "token_refreshes",
+            "bytes_in",
+            "bytes_out",
+            "remote",
+            "client",
+        )
+    } == {
+        "request_id": "req-42",
+        "method": "POST",
+        "path": "/v/items",
+        "route": "/v",
+        "status": 200,
+        "upstream_status": 200,
+        "attempts": 1,
+        "retries_429": 0,
+        "token_refreshes": 0,
+        "bytes_in": 5,
+        "bytes_out": len(body),
+        "remote": "127.0.0.1",
+        "client": None,
+    }
+    for timing in ("limiter_wait_ms", "upstream_ms", "total_ms"):
+        assert isinstance(line[timing], float | int)
+    assert line["total_ms"] >= line["upstream_ms"]
+    assert "a@b.example" not in json.dumps(events)
+    assert access[1]["status"] == 404
+    assert access[1]["route"] is None
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition, whatever order its labels come in."""
+    for found in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', found.group(1))) == labels:
+            return float(found.group(2))
+    return 0.0
+
+
+async def test_metrics_move_with_traffic(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Request counts, attempts, retries, latency and limiter rejections are exported."""
+    proxy = await make_proxy(
+        route(
+            scripted,
+            "rate_limit = { rate = 5, per = 10, max_wait = 0 }\nretry = { backoff = 0.01 }",
+        )
+    )
+    scripted.script = [(429, {"Retry-After": "0"})]
+    # 5 slots: the first request takes 2 (its 429 is retried), three more take the rest,
+    # and the last two are refused without reaching the upstream.
+    statuses = [(await get(client, f"{proxy}/api/x")).status for _ in range(6)]
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    async with client.get(f"{proxy}/-/metrics") as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = await r.text()
+    assert (
+        _sample(text, "proxy_requests_total", route="/api", method="GET", status_class="2xx") == 4
+    )
+    assert (
+        _sample(text, "proxy_requests_total", route="/api", method="GET", status_class="4xx") == 2
+    )
+    assert _sample(text, "proxy_upstream_attempts_total", route="/api") == 5
+    assert _sample(text, "proxy_upstream_retries_total", route="/api") == 1
+    assert _sample(text, "proxy_limiter_rejections_total", route="/api") == 2
+    assert _sample(text, "proxy_request_duration_seconds_count", route="/api") == 6
+    assert "proxy_in_flight_requests 0.0" in text
+
+
+async def test_access_control_keys_and_routes(
+    upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """No key: 401; a key for a route it may not use: 403; a good key works and is stripped."""
+    proxy = await make_proxy(clients_config(upstream))
+    cases = [
+        ({}, "/open/x", 401, "unauthorized"),
+        ({"X-Proxy-Key": "wrong-key-0123456789"}, "/open/x", 401, "unauthorized"),
+        ({"X-Proxy-Key": CRM_KEY[:-1]}, "/open/x", 401, "unauthorized"),
+        ({"X-Proxy-Key": CRM_KEY}, "/closed/x", 403, "forbidden"),
+        ({"X-Proxy-Key": CRM_KEY}, "/open/x", 200, None),
+        ({"X-Proxy-Key": OPS_KEY}, "/closed/x", 200, None),
+    ]
+    for headers, path, status, code in cases:
+        async with client.get(f"{proxy}{path}", headers=headers) as r:
+            assert r.status == status, (headers, path)
+            assert r.headers.get("X-Proxy-Error") == code
+    assert len(upstream.seen) == 2
+    assert all(seen.header("X-Proxy-Key") is None for seen in upstream.seen)
+
+
+async def test_allowlist_refuses_other_sources_first(
+    upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A source outside `allow` gets 403 on everything, before keys or routes are looked at."""
+    proxy = await make_proxy(clients_config(upstream, 'allow = ["10.0.0.0/8", "::1/128"]'))
+    for path in ("/open/x", "/-/health", "/nowhere"):
+        async with client.get(f"{proxy}{path}", headers={"X-Proxy-Key": CRM_KEY}) as r:
+            assert r.status == 403
+            assert r.headers["X-Proxy-Error"] == "forbidden"
+    assert upstream.seen == []
+    allowed = await make_proxy(clients_config(upstream, 'allow = ["127.0.0.0/8"]'))
+    async with client.get(f"{allowed}/open/x", headers={"X-Proxy-Key": CRM_KEY}) as r:
+        assert r.status == 200
+
+
+async def test_admin_endpoints_can_be_restricted_to_a_client(
+    upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """admin_access = "client:ops" opens /-/metrics and /-/status to that key only."""
+    proxy = await make_proxy(clients_config(upstream, 'admin_access = "client:ops"'))
+    for path in ("/-/metrics", "/-/status"):
+        async with client.get(f"{proxy}{path}") as r:
+            assert r.status == 403
+        async with client.get(f"{proxy}{path}", headers={"X-Proxy-Key": CRM_KEY}) as r:
+            assert r.status == 403
+        async with client.get(f"{proxy}{path}", headers={"X-Proxy-Key": OPS_KEY}) as r:
+            assert r.status == 200
+    async with client.get(f"{proxy}/-/health") as r:
+        assert r.status == 200  # liveness stays open for the orchestrator
+
+
+async def test_per_client_rate_limit(
+    upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A client's own limit applies to it alone."""
+    proxy = await make_proxy(
+        clients_config(upstream).replace(
+            'routes = ["/open"]\n',
+            'routes = ["/open"]\nrate_limit = { rate = 1, per = 60, max_wait = 0 }\n',
+        )
+    )
+    crm, ops = {"X-Proxy-Key": CRM_KEY}, {"X-Proxy-Key": OPS_KEY}
+    assert (await get(client, f"{proxy}/open/1", headers=crm)).status == 200
+    limited = await get(client, f"{proxy}/open/2", headers=crm)
+    assert limited.status == 429
+    assert limited.headers["X-Proxy-Error"] == "rate_limited"
+    assert (await get(client, f"{proxy}/open/3", headers=ops)).status == 200
+
+
+def test_redactor_blanks_credential_keys_and_scrubs_values() -> None:
+    """Named credentials are blanked; known secrets, bearer values and JWTs are scrubbed."""
+    redactor = Redactor(["hunter2-secret"])
+    event = redactor(
+        None,
+        "info",
+        {
+            "event": "x",
+            "client_secret": "anything",
+            "Authorization": "Bearer abc",
+            "note": "pw=hunter2-secret; Authorization: Bearer abcdefgh12345678",
+            "jwt": "token eyJhbGciOi.eyJzdWIiOiJ4In0.c2ln end",
+            "headers": [("Authorization", "Basic dXNlcjpwYXNzd29yZA==")],
+            "count": 3,
+        },
+    )
+    assert event["client_secret"] == "[redacted]"
+    assert event["Authorization"] == "[redacted]"
+    assert "hunter2-secret" not in event["note"]
+    assert "abcdefgh12345678" not in event["note"]
+    assert "eyJ" not in event["jwt"]
+    assert "dXNlcjpwYXNzd29yZA" not in str(event["headers"])
+    assert event["count"] == 3
+
+
+async def test_sigterm_drains_a_slow_request_then_exits_0(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """On SIGTERM a request in flight still gets its whole answer, then the process ends."""
+    config = tmp_path / "routes.toml"
+    config.write_text(f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n')
+    proxy = await start_proxy(config)
+    async with aiohttp.ClientSession() as client:
+        slow = asyncio.create_task(get(client, f"{proxy.url}/v/slow?s=1"))
+        async with asyncio.timeout(5):
+            while not upstream.seen:
+                await asyncio.sleep(0.01)
+        proxy.process.send_signal(signal.SIGTERM)
+        response = await slow
+    assert response.status == 200
+    assert await proxy.stop() == 0
+
+
+async def test_sighup_reloads_a_good_file_and_keeps_a_bad_ones_predecessor(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A good file replaces the routes; a bad one is logged and the running config stays."""
+    config = tmp_path / "routes.toml"
+    config.write_text(f'[[routes]]\nprefix = "/a"\nupstream = "{upstream.url}"\n')
+    proxy = await start_proxy(config)
+    try:
+        async with aiohttp.ClientSession() as client:
+            assert (await get(client, f"{proxy.url}/a/x")).status == 200
+            config.write_text(f'[[routes]]\nprefix = "/b"\nupstream = "{upstream.url}"\n')
+            proxy.process.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(5):
+                while (await get(client, f"{proxy.url}/b/x")).status != 200:
+                    await asyncio.sleep(0.05)
+            assert (await get(client, f"{proxy.url}/a/x")).status == 404
+            config.write_text('[[routes]]\nprefix = "nope"\n')
+            proxy.process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)
+            assert (await get(client, f"{proxy.url}/b/x")).status == 200
+    finally:
+        assert await proxy.stop() == 0
+    events = [json.loads(line) for line in proxy.lines if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "config_reload_failed"]
+    assert len(failed) == 1
+    assert "routes[0].prefix: must start with '/', got 'nope'" in failed[0]["problems"]
+    assert len([e for e in events if e["event"] == "config_reloaded"]) == 1
+
+
+@pytest.mark.parametrize("workers", [2])
+async def test_workers_share_the_port_and_the_combined_limit_holds(
+    scripted: Scripted, tmp_path: Path, workers: int
+) -> None:
+    """--workers 2 serves on one port; each worker gets half the limit, so the sum holds."""
+    rate, burst = 20, 4
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        route(scripted, f"rate_limit = {{ rate = {rate}, burst = {burst}, max_wait = 10 }}")
+    )
+    proxy = await start_proxy(config, "--workers", str(workers))
+    try:
+        assert proxy.startup["workers"] == workers
+        connector = aiohttp.TCPConnector(limit=20, force_close=True)  # spread over workers
+        async with aiohttp.ClientSession(connector=connector) as client:
+            responses = await asyncio.gather(
+                *(get(client, f"{proxy.url}/api/{i}") for i in range(60))
+            )
+    finally:
+        assert await proxy.stop() == 0
+    assert {r.status for r in responses} == {200}
+    times = sorted(scripted.times())
+    for window in (0.5, 1.0):
+        most = max(sum(1 for t in times[i:] if t - s <= window) for i, s in enumerate(times))
+        assert most <= burst + rate * window + 2, (window, most)
+    pids = {
+        json.loads(line)["pid"]
+        for line in proxy.lines
+        if line.startswith("{") and '"worker_started"' in line
+    }
+    assert len(pids) == workers

@@ -89,6 +89,13 @@ async def _serve(
 ) -> None:
     """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     log = structlog.get_logger("proxy")
+    log.info(
+        "config_loaded",
+        path=path,
+        routes=len(config.routes),
+        auth=len(config.auth),
+        clients=len(config.clients),
+    )
     app = build_app(per_worker(config, workers), on_secrets=redactor.update)
     runner, addresses = await start(
         app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
@@ -105,6 +112,13 @@ async def _serve(
             # Keep serving the running config; the problems never hold secret values.
             log.error("config_reload_failed", path=path, problems=exc.problems)
             return
+        log.info(
+            "config_loaded",
+            path=path,
+            routes=len(fresh.routes),
+            auth=len(fresh.auth),
+            clients=len(fresh.clients),
+        )
         app[STATE].reload(per_worker(fresh, workers))
 
     loop.add_signal_handler(signal.SIGHUP, reload)

@@ -305,3 +305,20 @@ async def test_workers_share_the_port_and_the_combined_limit_holds(
         if line.startswith("{") and '"worker_started"' in line
     }
     assert len(pids) == workers
+
+
+async def test_open_proxy_on_a_public_address_is_warned_about(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Listening beyond loopback with no [clients] logs a warning at start-up."""
+    config = tmp_path / "routes.toml"
+    config.write_text(f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n')
+    proxy = await start_proxy(config, "--host", "0.0.0.0")
+    code = await proxy.stop()
+    assert code == 0
+    events = [json.loads(line)["event"] for line in proxy.lines if line.startswith("{")]
+    assert "proxy_open" in events
+    assert "config_loaded" in events
+    quiet = await start_proxy(config)
+    await quiet.stop()
+    assert not any('"proxy_open"' in line for line in quiet.lines)

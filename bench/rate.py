@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from proxy.config import RateLimitConfig
 from proxy.limits import RateLimit
@@ -63,64 +59,28 @@ async def limiter_only(rate: float, burst: float, seconds: float) -> dict[str, A
     }
 
 
-async def _spawn(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-    )
-    assert process.stdout is not None
-    async with asyncio.timeout(20):
-        while True:
-            line = await process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"{args} exited before it was ready")
-            if line.startswith(b"{"):
-                event = json.loads(line)
-                if "port" in event or event.get("event") == "proxy_started":
-                    return process, event
+def through_proxy_wrk(
+    rate: float, burst: float, seconds: float, workers: int, directory: Path
+) -> dict[str, Any]:
+    """A proxy saturated by wrk in front of a recording upstream (for rates an asyncio load
+    generator cannot produce); ``workers`` processes share the limit."""
+    from . import wrk
+    from .procs import Proxy, python_server
 
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        await process.wait()
-
-
-async def through_proxy(rate: float, burst: float, seconds: float,
-                        concurrency: int = 64) -> dict[str, Any]:
-    """A proxy process in front of a recording upstream, saturated by a load generator."""
-    upstream, info = await _spawn("-m", "bench.upstream", "--port", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "routes.toml"
+    with python_server("-m", "bench.upstream", "--port", "0") as (_, info):
+        upstream = f"http://127.0.0.1:{info['port']}"
+        config = directory / f"rate_{rate:g}.toml"
         config.write_text(
-            f'[[routes]]\nprefix = "/api"\nupstream = "http://127.0.0.1:{info["port"]}"\n'
+            f'[[routes]]\nprefix = "/api"\nupstream = "{upstream}"\n'
             f"rate_limit = {{ rate = {rate}, burst = {burst}, max_wait = 30 }}\n"
         )
-        proxy, started = await _spawn("-m", "proxy", "serve", "--config", str(config),
-                                      "--port", "0")
-        try:
-            base = started["addresses"][0]
-            connector = aiohttp.TCPConnector(limit=concurrency)
-            async with aiohttp.ClientSession(connector=connector) as client:
-                # Warm the pools, then let the bucket drain, as in the test.
-                await asyncio.gather(*(_get(client, f"{base}/api/warm") for _ in range(64)))
-                await asyncio.sleep(2 * burst / rate + 0.2)
-                async with client.get(f"http://127.0.0.1:{info['port']}/-/arrivals") as r:
-                    await r.read()
-                deadline = time.monotonic() + seconds
-                errors = 0
-
-                async def worker() -> None:
-                    nonlocal errors
-                    while time.monotonic() < deadline:
-                        if await _get(client, f"{base}/api/x") != 200:
-                            errors += 1
-
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                async with client.get(f"http://127.0.0.1:{info['port']}/-/arrivals") as r:
-                    times = await r.json()
-        finally:
-            await _stop(proxy)
-            await _stop(upstream)
+        extra = ("--log-level", "warning", "--workers", str(workers))
+        with Proxy(config, directory / f"rate_{rate:g}.log", *extra) as proxy:
+            wrk.run(f"{proxy.url}/api/warm", 8, 1.0)
+            time.sleep(2 * burst / rate + 0.5)  # let the bucket drain
+            _arrivals(upstream)
+            load = wrk.run(f"{proxy.url}/api/x", 128, seconds, threads=1, timeout=30)
+            times = _arrivals(upstream)
     rate_seen = achieved(times, burst)
     return {
         "configured": rate,
@@ -128,11 +88,13 @@ async def through_proxy(rate: float, burst: float, seconds: float,
         "ratio": round(rate_seen / rate, 4),
         "worst_window": worst_windows(times, rate, burst),
         "requests": len(times),
-        "errors": errors,
+        "workers": workers,
+        "errors": sum(load["errors"].values()) + load["non_2xx"],
     }
 
 
-async def _get(client: aiohttp.ClientSession, url: str) -> int:
-    async with client.get(url) as response:
-        await response.read()
-        return response.status
+def _arrivals(upstream: str) -> list[float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{upstream}/-/arrivals", timeout=30) as response:  # noqa: S310
+        return list(json.load(response))

@@ -1,59 +1,81 @@
 """``make bench``: run the scenarios, print one table, write bench/results/latest.{json,md}.
 
-All traffic stays on 127.0.0.1. The client, the upstream and the proxy share this machine's
-cores, so figures are compared as ratios measured in the same run.
+All traffic stays on 127.0.0.1. The load generator, the upstream and the proxy share this
+machine's cores, so figures are compared as ratios measured in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from . import rate
+from . import nginx, rate, report, stream, throughput
+from .procs import ensure_tools, python_server, raise_fd_limit
 
 RESULTS = Path(__file__).parent / "results"
+GIB = 1 << 30
 
 
-async def scenarios() -> dict[str, Any]:
-    accuracy: dict[str, Any] = {}
-    for configured in (1000, 10000):
-        burst = configured * 0.05  # 50 ms of traffic: well above the loop's timer resolution
-        accuracy[f"limiter_{configured}"] = await rate.limiter_only(configured, burst, 3.0)
-    accuracy["proxy_1000"] = await rate.through_proxy(1000, 50, 5.0)
-    return {"rate_accuracy_detail": accuracy}
-
-
-def table(results: dict[str, Any]) -> str:
-    lines = [
-        "| scenario | configured/s | achieved/s | achieved/configured | worst window / (burst + rate*t) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in results["rate_accuracy_detail"].items():
-        windows = ", ".join(f"{k}: {v}" for k, v in row["worst_window"].items())
-        lines.append(
-            f"| rate {name} | {row['configured']:g} | {row['achieved']:g} | {row['ratio']} | "
-            f"{windows} |"
-        )
-    return "\n".join(lines)
+def scenarios(stream_bytes: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with python_server("-m", "proxy", "sandbox", "--port", "0") as (_, sandbox):
+            token_url = str(sandbox["token_urls"]["travtus"])
+            with nginx.upstream(directory / "upstream", stream_bytes) as (_, up_port):
+                with nginx.reverse_proxy(directory / "nginx_proxy", up_port) as (ngx, ngx_port):
+                    print("scenarios 1-4: direct, nginx, proxy, proxy --workers 2", flush=True)
+                    results["throughput"] = throughput.run_all(
+                        directory, up_port, (ngx.pid, ngx_port), token_url
+                    )
+                print("scenario 7: 1,000 connections", flush=True)
+                results["many_connections"] = throughput.many_connections(
+                    directory, up_port, token_url
+                )
+                print("scenario 6: streaming", flush=True)
+                with python_server("-m", "bench.upstream", "--port", "0") as (_, sink):
+                    results["streaming"] = stream.run(
+                        directory, up_port, int(sink["port"]), token_url, stream_bytes
+                    )
+        print("scenario 5: rate accuracy", flush=True)
+        accuracy: dict[str, Any] = {}
+        for configured in (1000, 10000):
+            burst = configured * 0.05  # 50 ms of traffic: well above the loop's timer resolution
+            accuracy[f"limiter_{configured}"] = asyncio.run(
+                rate.limiter_only(configured, burst, 3.0)
+            )
+        for configured, workers in ((1000, 1), (10000, 2)):
+            accuracy[f"proxy_{configured}"] = rate.through_proxy_wrk(
+                configured, configured * 0.05, 5.0, workers, directory
+            )
+        results["rate_accuracy_detail"] = accuracy
+    return results
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("--stream-mb", type=int, default=1024, help="size of scenario 6")
+    args = parser.parse_args()
+    ensure_tools()
+    raise_fd_limit()
     started = time.time()
-    results = asyncio.run(scenarios())
-    results["rate_accuracy"] = {
-        name: row["ratio"] for name, row in results["rate_accuracy_detail"].items()
-    }
+    results = scenarios(args.stream_mb * (1 << 20))
+    results.update(report.headline(results))
     results["meta"] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "rounds": throughput.ROUNDS,
+        "seconds_per_run": throughput.SECONDS,
     }
-    markdown = table(results)
+    markdown = report.table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown + "\n")

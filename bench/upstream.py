@@ -25,6 +25,13 @@ def build() -> web.Application:
         arrivals.append(time.monotonic())
         return web.Response(body=BODY, content_type="application/json")
 
+    async def sink(request: web.Request) -> web.Response:
+        # Reads and drops an upload of any size, so a streaming benchmark costs no memory here.
+        received = 0
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+        return web.json_response({"bytes": received})
+
     async def report(request: web.Request) -> web.Response:
         times = arrivals.copy()
         arrivals.clear()
@@ -32,12 +39,13 @@ def build() -> web.Application:
 
     app = web.Application()
     app.router.add_get("/-/arrivals", report)
+    app.router.add_post("/sink", sink)
     app.router.add_route("*", "/{tail:.*}", answer)
     return app
 
 
 async def main(port: int) -> None:
-    runner = web.AppRunner(build(), access_log=None)
+    runner = web.AppRunner(build(), access_log=None, client_max_size=0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

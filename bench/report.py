@@ -1,0 +1,130 @@
+"""The headline figures (ratios measured in one run, against the issue's targets) and the
+markdown table ``make bench`` prints and writes."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def _per_round(
+    runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str, op: str
+) -> float:
+    """Median over rounds of a/b or a-b: each round's pair ran minutes apart at most."""
+    values = [
+        a[key] / b[key] if op == "/" else a[key] - b[key]
+        for a, b in zip(runs_a, runs_b, strict=True)
+    ]
+    return round(statistics.median(values), 3)
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    t = results["throughput"]
+    runs = {name: row["runs"] for name, row in t.items()}
+    out: dict[str, Any] = {
+        "proxy_cpu_us_per_request": t["proxy_c64"]["cpu_us_per_request"],
+        "proxy_workers_2_cpu_us_per_request": t["proxy_workers_2_c64"]["cpu_us_per_request"],
+        "nginx_cpu_us_per_request": t["nginx_proxy_c64"]["cpu_us_per_request"],
+        "cpu_ratio_vs_nginx": _per_round(
+            runs["proxy_c64"], runs["nginx_proxy_c64"], "cpu_us_per_request", "/"
+        ),
+        "rps_ratio_vs_nginx": _per_round(runs["proxy_c64"], runs["nginx_proxy_c64"], "rps", "/"),
+        "proxy_rps": t["proxy_c64"]["rps"],
+        "proxy_workers_2_rps": t["proxy_workers_2_c64"]["rps"],
+        "added_p50_ms": _per_round(runs["proxy_c8"], runs["direct_c8"], "p50_ms", "-"),
+        "added_p50_ms_workers_2": _per_round(
+            runs["proxy_workers_2_c8"], runs["direct_c8"], "p50_ms", "-"
+        ),
+        "access_log_cpu_us_per_request": _per_round(
+            runs["proxy_c64"], runs["proxy_no_access_log_c64"], "cpu_us_per_request", "-"
+        ),
+        "access_log_cpu_ratio": _per_round(
+            runs["proxy_c64"], runs["proxy_no_access_log_c64"], "cpu_us_per_request", "/"
+        ),
+        "rate_accuracy": {
+            name: row["ratio"] for name, row in results["rate_accuracy_detail"].items()
+        },
+        "stream_rss_growth_mb": results["streaming"]["rss_growth_mb"],
+        "many_connections_errors": results["many_connections"]["errors"],
+        "many_connections_p99_ms": results["many_connections"]["p99_ms"],
+        "many_connections_rss_growth_mb": results["many_connections"]["rss_growth_mb"],
+    }
+    return out
+
+
+def _range(row: dict[str, Any], key: str, digits: int = 1) -> str:
+    if key not in row:
+        return "-"
+    lo, hi = row[f"{key}_range"]
+    return f"{row[key]:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def table(results: dict[str, Any]) -> str:
+    h = results
+    lines = [
+        "### Throughput (wrk -t1, medians of 3 interleaved runs, min-max in brackets)",
+        "",
+        "| scenario | conns | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MB | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in results["throughput"].items():
+        scenario, _, conns = name.rpartition("_c")
+        lines.append(
+            f"| {scenario} | {conns} | {_range(row, 'rps', 0)} | {_range(row, 'p50_ms', 2)} | "
+            f"{_range(row, 'p99_ms', 2)} | {_range(row, 'cpu_us_per_request')} | "
+            f"{_range(row, 'peak_rss_mb')} | {row['errors']} |"
+        )
+    many = results["many_connections"]
+    lines.append(
+        f"| proxy, 1,000 connections (wrk -t2) | 1000 | {_range(many, 'rps', 0)} | "
+        f"{_range(many, 'p50_ms', 2)} | {_range(many, 'p99_ms', 2)} | - | "
+        f"growth {many['rss_growth_mb']} | {many['errors']} |"
+    )
+    s = results["streaming"]
+    rates = list(h["rate_accuracy"].values())
+    worst = max(
+        max(row["worst_window"].values()) for row in results["rate_accuracy_detail"].values()
+    )
+    lines += [
+        "",
+        "### Against the targets (ratios from the same run)",
+        "",
+        "| figure | measured | target |",
+        "|---|---|---|",
+        f"| proxy CPU µs/request, every feature on | {h['proxy_cpu_us_per_request']:.1f} | <= 100 |",
+        f"| proxy CPU / nginx CPU per request | {h['cpu_ratio_vs_nginx']:.2f}x "
+        f"(nginx {h['nginx_cpu_us_per_request']:.1f} µs) | <= 6x |",
+        f"| proxy req/s / nginx req/s (c64) | {h['rps_ratio_vs_nginx']:.3f} | - |",
+        f"| req/s with --workers 2 (c64) | {h['proxy_workers_2_rps']:.0f} | >= 10,000 |",
+        f"| added p50 over direct at c8 | {h['added_p50_ms']:.2f} ms "
+        f"(workers 2: {h['added_p50_ms_workers_2']:.2f} ms) | <= 1 ms |",
+        f"| 1,000 connections: errors, p99 | {h['many_connections_errors']}, "
+        f"{h['many_connections_p99_ms']:.0f} ms | 0, < 1,000 ms |",
+        f"| RSS growth: 1 GB stream, 1,000 connections | {s['rss_growth_mb']} MB, "
+        f"{h['many_connections_rss_growth_mb']} MB | <= 50 MB each |",
+        f"| rate achieved/configured | {min(rates):.4f}-{max(rates):.4f} | 0.99-1.01 |",
+        f"| worst window / (burst + rate*t) | {worst:.4f} | <= 1 |",
+        f"| access log CPU µs/request (on - off) | {h['access_log_cpu_us_per_request']:.1f} "
+        f"({h['access_log_cpu_ratio']:.3f}x) | - |",
+        "",
+        f"### Streaming {s['bytes'] / (1 << 30):g} GiB through the proxy",
+        "",
+        "| direction | complete | seconds | MB/s |",
+        "|---|---|---|---|",
+    ]
+    for direction in ("download", "upload"):
+        row = s[direction]
+        lines.append(f"| {direction} | {row['complete']} | {row['seconds']} | {row['mb_per_s']} |")
+    lines += [
+        "",
+        "### Rate accuracy under saturation",
+        "",
+        "| scenario | configured/s | achieved/s | achieved/configured | worst window / (burst + rate*t) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results["rate_accuracy_detail"].items():
+        windows = ", ".join(f"{k}: {v}" for k, v in row["worst_window"].items())
+        lines.append(
+            f"| {name} | {row['configured']:g} | {row['achieved']:g} | {row['ratio']} | {windows} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Scenario 6: a 1 GB download and a 1 GB upload through the proxy: throughput, and how
+much the proxy's resident memory grows (it must stream, never hold a body)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .procs import Proxy, memory_kib
+
+CHUNK = 256 * 1024
+
+
+def config(directory: Path, nginx_port: int, sink_port: int, token_url: str) -> Path:
+    path = directory / "stream.toml"
+    path.write_text(
+        f"""
+[[routes]]
+prefix = "/api"
+upstream = "http://127.0.0.1:{nginx_port}"
+auth = "bench"
+
+[[routes]]
+prefix = "/up"
+upstream = "http://127.0.0.1:{sink_port}"
+auth = "bench"
+
+[auth.bench]
+type = "client_credentials"
+token_url = "{token_url}"
+client_id = "sandbox-travtus-client"
+client_secret = "sandbox-travtus-secret"
+"""
+    )
+    return path
+
+
+async def _download(url: str) -> int:
+    received = 0
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as client,
+        client.get(url, timeout=timeout) as response,
+    ):
+        async for chunk in response.content.iter_chunked(CHUNK):
+            received += len(chunk)
+    return received
+
+
+async def _upload(url: str, size: int) -> int:
+    block = b"\x5a" * CHUNK
+
+    async def body():  # type: ignore[no-untyped-def]
+        left = size
+        while left > 0:
+            piece = block if left >= CHUNK else block[:left]
+            left -= len(piece)
+            yield piece
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(url, data=body(), timeout=timeout) as response,
+    ):
+        answer = await response.json()
+    return int(answer["bytes"])
+
+
+def run(
+    directory: Path, nginx_port: int, sink_port: int, token_url: str, size: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"bytes": size}
+    with Proxy(
+        config(directory, nginx_port, sink_port, token_url), directory / "stream.log"
+    ) as proxy:
+        asyncio.run(_download(f"http://127.0.0.1:{nginx_port}/big/file"))  # page cache warm
+        baseline = memory_kib(proxy.pid)
+        for name, job in (
+            ("download", lambda: _download(f"{proxy.url}/api/big/file")),
+            ("upload", lambda: _upload(f"{proxy.url}/up/sink", size)),
+        ):
+            began = time.perf_counter()
+            moved = asyncio.run(job())
+            elapsed = time.perf_counter() - began
+            out[name] = {
+                "complete": moved == size,
+                "seconds": round(elapsed, 2),
+                "mb_per_s": round(size / elapsed / 1e6, 1),
+            }
+        out["rss_before_mb"] = round(baseline / 1024, 1)
+        out["peak_rss_mb"] = round(memory_kib(proxy.pid, "VmHWM") / 1024, 1)
+        out["rss_growth_mb"] = round(out["peak_rss_mb"] - out["rss_before_mb"], 1)
+    return out

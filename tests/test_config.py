@@ -347,3 +347,234 @@ def test_unreadable_file() -> None:
     assert info.value.problems == [
         "cannot read config file '/nonexistent.toml': No such file or directory"
     ]
+
+
+# -- [clients.NAME] and the newer [server] keys ------------------------------------------------
+
+CRM_KEY = "crm-0123456789abcdef"
+OPS_KEY = "ops-fedcba9876543210"
+AUTH_OK = AUTH + 'client_id = "i"\nclient_secret = "s"\n'
+ROUTES_AB = ROUTE + '[[routes]]\nprefix = "/b"\nupstream = "http://127.0.0.1:9001"\nauth = "x"\n'
+CRM = f'[clients.crm]\nkey = "{CRM_KEY}"\n'
+
+
+def test_clients_load_into_dataclasses() -> None:
+    """A full [clients] section loads with its routes, limit, overrides and env-resolved key."""
+    text = (
+        ROUTES_AB
+        + AUTH_OK
+        + '[auth.crm_x]\ntype = "client_credentials"\ntoken_url = "http://t/token"\n'
+        'client_id = "crm"\nclient_secret = "crm-secret"\n'
+        + '[clients.crm]\nkey = "${CRM_KEY}"\nroutes = ["/a", "/b"]\n'
+        "rate_limit = { rate = 5, per = 60, burst = 10, max_wait = 0 }\n"
+        'auth = { "/b" = "crm_x" }\n'
+        + f'[clients.ops]\nkey = "{OPS_KEY}"\n'
+        + '[server]\nadmin_access = "client:ops"\n'
+    )
+    cfg = config.loads(text, {"CRM_KEY": CRM_KEY})
+    assert list(cfg.clients) == ["crm", "ops"]
+    assert cfg.clients["crm"] == config.ClientConfig(
+        name="crm",
+        key=config.Secret(CRM_KEY),
+        routes=("/a", "/b"),
+        rate_limit=config.RateLimitConfig(rate=5.0, per=60.0, burst=10.0, max_wait=0.0),
+        auth={"/b": "crm_x"},
+    )
+    assert cfg.clients["ops"] == config.ClientConfig(name="ops", key=config.Secret(OPS_KEY))
+    assert cfg.clients["ops"].routes is None
+    assert cfg.server.admin_access == "client:ops"
+    assert cfg.clients["crm"].key.reveal() == CRM_KEY
+
+
+def test_client_keys_never_show_in_repr() -> None:
+    """Client keys are Secrets: neither the whole config's repr nor the key's str shows them."""
+    cfg = config.loads(ROUTE + CRM + f'[clients.ops]\nkey = "{OPS_KEY}"\n', {})
+    text = repr(cfg) + str(cfg.clients["crm"]) + str(cfg.clients["ops"].key)
+    assert CRM_KEY not in text
+    assert OPS_KEY not in text
+    assert str(cfg.clients["crm"].key) == repr(cfg.clients["crm"].key) == "Secret('***')"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("clients = 1\n" + ROUTE, "clients: must be a table, got an integer"),
+        ('clients = { crm = "k" }\n' + ROUTE, "clients.crm: must be a table, got a string"),
+        (ROUTE + '[clients.crm]\nroutes = ["/a"]\n', "clients.crm.key: is required"),
+        (
+            ROUTE + "[clients.crm]\nkey = 1234567890123456\n",
+            "clients.crm.key: must be a string, got an integer",
+        ),
+        (ROUTE + '[clients.crm]\nkey = "${CRM_KEY:-}"\n', "clients.crm.key: must not be empty"),
+        (
+            ROUTE + '[clients.crm]\nkey = "${CRM_KEY}"\n',
+            "clients.crm.key: environment variable CRM_KEY is not set "
+            "(write ${CRM_KEY:-default} to make it optional)",
+        ),
+        (
+            ROUTE + '[clients.crm]\nkey = "0123456789abcde"\n',
+            "clients.crm.key: must be at least 16 characters (use a random token)",
+        ),
+        (
+            ROUTE + CRM + "keys = []\n",
+            "clients.crm.keys: unknown key (allowed: key, routes, rate_limit, auth)",
+        ),
+        (ROUTE + CRM + 'routes = "/a"\n', "clients.crm.routes: must be a list of route prefixes"),
+        (ROUTE + CRM + "routes = [1]\n", "clients.crm.routes: must be a list of route prefixes"),
+        (ROUTE + CRM + 'routes = ["/a", "/b"]\n', "clients.crm.routes: no such route prefix: /b"),
+        (
+            ROUTE + CRM + 'routes = ["/b", "/a", "/c"]\n',
+            "clients.crm.routes: no such route prefix: /b, /c",
+        ),
+        (
+            ROUTES_AB + AUTH_OK + CRM + 'auth = { "/a" = "nope" }\n',
+            "clients.crm.auth.'/a': no [auth.nope] table",
+        ),
+        (
+            ROUTES_AB + AUTH_OK + CRM + 'auth = { "/a" = 1 }\n',
+            "clients.crm.auth.'/a': no [auth.1] table",
+        ),
+        (
+            ROUTES_AB + AUTH_OK + CRM + 'auth = { "/zz" = "x" }\n',
+            "clients.crm.auth.'/zz': no such route prefix",
+        ),
+        (
+            ROUTES_AB + AUTH_OK + CRM + 'auth = "x"\n',
+            "clients.crm.auth: must be a table, got a string",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = 5\n",
+            "clients.crm.rate_limit: must be a table, got an integer",
+        ),
+        (ROUTE + CRM + "rate_limit = { per = 60 }\n", "clients.crm.rate_limit.rate: is required"),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 0 }\n",
+            "clients.crm.rate_limit.rate: must be greater than 0, got 0",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = -3 }\n",
+            "clients.crm.rate_limit.rate: must be greater than 0, got -3",
+        ),
+        (
+            ROUTE + CRM + 'rate_limit = { rate = "5/s" }\n',
+            "clients.crm.rate_limit.rate: must be a number, got a string",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = true }\n",
+            "clients.crm.rate_limit.rate: must be a number, got a boolean",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, per = 0 }\n",
+            "clients.crm.rate_limit.per: must be greater than 0, got 0",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, burst = 0.5 }\n",
+            "clients.crm.rate_limit.burst: must be at least 1, got 0.5",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, max_wait = -1 }\n",
+            "clients.crm.rate_limit.max_wait: must be a number of at least 0, got -1",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, every = 60 }\n",
+            "clients.crm.rate_limit.every: unknown key (allowed: rate, per, burst, max_wait)",
+        ),
+    ],
+)
+def test_invalid_client_is_reported_by_key(text: str, expected: str) -> None:
+    """Each mistake in a [clients.NAME] table is named by its dotted key."""
+    assert expected in problems(text)
+
+
+def test_short_client_key_is_not_echoed() -> None:
+    """A too-short key is reported without showing its value."""
+    assert problems(ROUTE + '[clients.crm]\nkey = "hunter2"\n') == [
+        "clients.crm.key: must be at least 16 characters (use a random token)"
+    ]
+
+
+def test_duplicate_client_key() -> None:
+    """Two clients sharing one key are refused, naming both and showing neither key."""
+    text = ROUTE + CRM + f'[clients.ops]\nkey = "{CRM_KEY}"\n'
+    assert problems(text) == ["clients.ops.key: same key as clients.crm"]
+
+
+def test_duplicate_client_key_after_env_resolution() -> None:
+    """Keys are compared after ${VAR} resolution, so two variables with one value clash."""
+    text = ROUTE + '[clients.a]\nkey = "${A}"\n[clients.b]\nkey = "${B}"\n'
+    assert problems(text, {"A": CRM_KEY, "B": CRM_KEY}) == ["clients.b.key: same key as clients.a"]
+
+
+def test_server_keys_load() -> None:
+    """allow becomes networks (host bits dropped), the other server keys keep their values."""
+    text = (
+        ROUTE + CRM + '[server]\nallow = ["10.1.2.3/8", "::1", "192.168.0.0/24"]\n'
+        'client_key_header = "X-Api-Key"\nadmin_access = "client:crm"\n'
+        "shutdown_grace = 0\nworkers = 4\n"
+    )
+    server = config.loads(text, {}).server
+    assert [str(n) for n in server.allow] == ["10.0.0.0/8", "::1/128", "192.168.0.0/24"]
+    assert server.client_key_header == "X-Api-Key"
+    assert server.admin_access == "client:crm"
+    assert server.shutdown_grace == 0.0
+    assert isinstance(server.shutdown_grace, float)
+    assert server.workers == 4
+    loopback = config.loads('[server]\nadmin_access = "loopback"\nshutdown_grace = 2.5\n', {})
+    assert (loopback.server.admin_access, loopback.server.shutdown_grace) == ("loopback", 2.5)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('allow = "10.0.0.0/8"\n', "server.allow: must be a list of CIDR networks"),
+        ('allow = ["10.0.0.0/33"]\n', "server.allow[0]: not a CIDR network: '10.0.0.0/33'"),
+        (
+            'allow = ["10.0.0.0/8", "intranet"]\n',
+            "server.allow[1]: not a CIDR network: 'intranet'",
+        ),
+        ('allow = ["fe80::/129"]\n', "server.allow[0]: not a CIDR network: 'fe80::/129'"),
+        ("allow = [[10, 8]]\n", "server.allow[0]: not a CIDR network: [10, 8]"),
+        ('client_key_header = "X Key"\n', "server.client_key_header: not a header name: 'X Key'"),
+        (
+            'client_key_header = "X-Key:"\n',
+            "server.client_key_header: not a header name: 'X-Key:'",
+        ),
+        ("client_key_header = 1\n", "server.client_key_header: must be a string, got an integer"),
+        (
+            'admin_access = "everyone"\n',
+            "server.admin_access: must be any, loopback or client:NAME, got 'everyone'",
+        ),
+        (
+            'admin_access = "Loopback"\n',
+            "server.admin_access: must be any, loopback or client:NAME, got 'Loopback'",
+        ),
+        ("admin_access = true\n", "server.admin_access: must be a string, got a boolean"),
+        ('admin_access = "client:ops"\n', "server.admin_access: no [clients.ops]"),
+        (
+            "shutdown_grace = -1\n",
+            "server.shutdown_grace: must be a number of at least 0, got -1",
+        ),
+        (
+            'shutdown_grace = "30s"\n',
+            "server.shutdown_grace: must be a number of at least 0, got '30s'",
+        ),
+        (
+            "shutdown_grace = true\n",
+            "server.shutdown_grace: must be a number of at least 0, got True",
+        ),
+        ("workers = 0\n", "server.workers: must be a whole number of at least 1, got 0"),
+        ("workers = -2\n", "server.workers: must be a whole number of at least 1, got -2"),
+        ("workers = 2.0\n", "server.workers: must be a whole number of at least 1, got 2.0"),
+        ('workers = "4"\n', "server.workers: must be a whole number of at least 1, got '4'"),
+        ("workers = true\n", "server.workers: must be a whole number of at least 1, got True"),
+    ],
+)
+def test_invalid_server_key_is_reported_by_key(text: str, expected: str) -> None:
+    """Each mistake in [server] is named by its dotted key, with the bad value."""
+    assert expected in problems(ROUTE + "[server]\n" + text)
+
+
+def test_admin_client_must_be_a_configured_client() -> None:
+    """admin_access = client:NAME needs that very client, not just any client."""
+    text = ROUTE + CRM + '[server]\nadmin_access = "client:ops"\n'
+    assert problems(text) == ["server.admin_access: no [clients.ops]"]

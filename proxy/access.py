@@ -10,7 +10,6 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from ipaddress import ip_address
-from typing import Final
 
 from multidict import CIMultiDictProxy
 
@@ -19,25 +18,39 @@ from .config import ServerConfig
 from .errors import ForbiddenError, UnauthorizedError
 from .limits import RateLimit
 
-_LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
+# A client's own credentials on a route: the token provider, and the limits its requests
+# take there (the route's own, and the overriding auth table's instead of the default's).
+Override = tuple[TokenProvider, tuple[RateLimit, ...]]
 
 
 class Client:
     """A known caller: what it may reach, its own limit and its own credentials per route."""
 
-    __slots__ = ("limits", "name", "providers", "routes")
+    __slots__ = ("limits", "name", "overrides", "routes")
 
     def __init__(
         self,
         name: str,
         routes: frozenset[str] | None,
         limit: RateLimit | None,
-        providers: Mapping[str, TokenProvider],
+        overrides: Mapping[str, Override],
     ) -> None:
         self.name = name
         self.routes = routes
         self.limits: tuple[RateLimit, ...] = () if limit is None else (limit,)
-        self.providers = providers
+        self.overrides = overrides
+
+
+def _is_loopback(remote: str | None) -> bool:
+    # All of 127.0.0.0/8 and ::1 (and ::ffff:127.x on a dual-stack socket) are this host.
+    if remote is None:
+        return False
+    try:
+        address = ip_address(remote)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _digest(key: str) -> bytes:
@@ -52,9 +65,9 @@ class Access:
     def __init__(self, server: ServerConfig, clients: Mapping[str, tuple[str, Client]]) -> None:
         self._allow = server.allow
         self.header = server.client_key_header
-        # Keys are looked up by their SHA-256 digest and compared in constant time: neither
-        # the lookup nor the comparison tells a caller how much of a key it got right.
-        self._clients = {_digest(key): client for key, client in clients.values()}
+        # Keys are kept as SHA-256 digests and every one is compared in constant time:
+        # neither the time taken nor a lookup tells a caller how much of a key was right.
+        self._clients = tuple((_digest(key), client) for key, client in clients.values())
         self.required = bool(clients)
         self._admin = server.admin_access
 
@@ -77,10 +90,13 @@ class Access:
         if len(keys) != 1:
             raise UnauthorizedError(f"send exactly one {self.header} header with your key")
         digest = _digest(keys[0])
-        client = self._clients.get(digest)
-        if client is None or not hmac.compare_digest(digest, _digest(keys[0])):
+        found = None
+        for known, client in self._clients:  # every key compared, whichever matches
+            if hmac.compare_digest(known, digest):
+                found = client
+        if found is None:
             raise UnauthorizedError(f"the {self.header} key is not valid")
-        return client
+        return found
 
     @staticmethod
     def check_route(client: Client | None, prefix: str) -> None:
@@ -92,7 +108,7 @@ class Access:
         if self._admin == "any":
             return True
         if self._admin == "loopback":
-            return remote in _LOOPBACK
+            return _is_loopback(remote)
         try:
             client = self.identify(headers)
         except UnauthorizedError:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .config import Config
 from .errors import ForbiddenError, NoRouteError, ProxyError, error_response
+from .forward import Stats
 from .headers import request_id_from
 from .observe.metrics import Metrics
 from .runtime import Runtime
@@ -118,9 +119,17 @@ async def _status(request: web.Request, state: ProxyState) -> web.Response:
         for prefix, target in runtime.targets.items()
     }
     auth = {name: m.status() for name, m in sorted(runtime.tokens.items())}
-    return web.json_response(
-        {"routes": routes, "auth": auth, "clients": sorted(runtime.config.clients)}
-    )
+    clients = {
+        name: {
+            "routes": None if client.routes is None else sorted(client.routes),
+            "limits": {limit.name: limit.status() for limit in client.limits},
+            "own_auth": {
+                prefix: runtime.config.clients[name].auth[prefix] for prefix in client.overrides
+            },
+        }
+        for name, client in sorted(runtime.clients.items())
+    }
+    return web.json_response({"routes": routes, "auth": auth, "clients": clients})
 
 
 async def _metrics(request: web.Request, state: ProxyState) -> web.Response:
@@ -145,13 +154,19 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     request_id = request_id_from(request.headers)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    path = request.raw_path
     if not runtime.access.peer_allowed(request.remote):
         # Before anything else: not even the route table is consulted.
+        stats = Stats()
         log.warning("source_refused", remote=request.remote)
-        return error_response(ForbiddenError("source address not allowed"), request_id)
-    path = request.raw_path
+        refused = error_response(ForbiddenError("source address not allowed"), request_id)
+        runtime.forwarder.account(request, stats, refused.status, local="refused")
+        return refused
     if path.startswith("/-/"):
-        return await _admin(request, state, runtime, path, request_id)
+        stats = Stats()
+        answer = await _admin(request, state, runtime, path, request_id)
+        runtime.forwarder.account(request, stats, answer.status, local="/-/")
+        return answer
     runtime.enter()
     try:
         return await runtime.forwarder.handle(request, request_id)

@@ -88,17 +88,21 @@ class Forwarder:
             return error_response(error, request_id)
         finally:
             self._metrics.in_flight.dec()
-            self._account(request, stats, status)
+            self.account(request, stats, status)
 
-    def _account(self, request: web.Request, stats: Stats, status: int) -> None:
+    def account(
+        self, request: web.Request, stats: Stats, status: int, local: str | None = None
+    ) -> None:
+        """One access line and the request metrics; ``local`` labels a request the proxy
+        answered itself before routing (``/-/``, a refused source)."""
         total = time.perf_counter() - stats.started
-        route = stats.route or "none"
+        route = stats.route or local or "none"
         self._metrics.count_request(route, request.method, status)
         result = stats.exchange
         if stats.route is not None:
             metrics = self._targets[stats.route].metrics
             metrics.duration.observe(total)
-            if result is not None:
+            if result is not None and result.attempts:
                 metrics.upstream.observe(result.upstream_seconds)
                 metrics.attempts.inc(result.attempts)
                 if result.retries:
@@ -111,9 +115,9 @@ class Forwarder:
             method=request.method,
             # No query string: queries can hold personal data.
             path=request.raw_path.partition("?")[0],
-            route=stats.route,
+            route=stats.route or local,
             status=status,
-            upstream_status=result.response.status if result is not None else None,
+            upstream_status=result.status if result is not None else None,
             attempts=result.attempts if result is not None else 0,
             retries_429=result.retries if result is not None else 0,
             token_refreshes=result.token_renewals if result is not None else 0,
@@ -155,14 +159,18 @@ class Forwarder:
         provider = target.provider
         limits = target.limits
         if client is not None:
-            # A client may bring its own identity for this route, and has its own limit.
-            provider = client.providers.get(target.route.prefix, provider)
+            # A client may bring its own identity for this route (with that identity's
+            # limit instead of the default one's), and has its own limit.
+            override = client.overrides.get(target.route.prefix)
+            if override is not None:
+                provider, limits = override
             limits = limits + client.limits
         body, replayable = await _request_body(request, target.replay_limit)
-        result = stats.exchange = await exchange(
-            target, request.method, url, headers, body, replayable, provider, limits
+        result = stats.exchange = Exchange()
+        answer = await exchange(
+            target, request.method, url, headers, body, replayable, provider, limits, result
         )
-        async with result.response as upstream_response:
+        async with answer as upstream_response:
             response_headers = client_response_headers(upstream_response.headers)
             response_headers[X_REQUEST_ID] = request_id
             response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)

@@ -107,6 +107,10 @@ class RateLimit:
         self.rejected += 1
         return RateLimitedError(self.name, retry_after)
 
+    @property
+    def config(self) -> RateLimitConfig:
+        return self._config
+
     def status(self) -> dict[str, Any]:
         config = self._config
         return {

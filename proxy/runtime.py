@@ -14,10 +14,10 @@ from typing import Final
 import aiohttp
 import structlog
 
-from .access import Access, Client
+from .access import Access, Client, Override
 from .auth import TokenManager
 from .auth.base import TokenProvider
-from .config import AuthConfig, Config, RouteConfig
+from .config import AuthConfig, Config, RateLimitConfig, RouteConfig
 from .forward import SKIP_AUTO_HEADERS, Forwarder
 from .headers import HeaderPolicy
 from .limits import RateLimit
@@ -73,12 +73,14 @@ class Runtime:
     """The proxy as one config describes it; handlers read it once per request."""
 
     __slots__ = (
+        "_handed_limits",
         "_handed_over",
         "_limits",
         "_new_tokens",
         "_sessions",
         "_token_sessions",
         "access",
+        "clients",
         "config",
         "forwarder",
         "idle",
@@ -111,48 +113,69 @@ class Runtime:
             manager = TokenManager(auth, session, observer=metrics)
             self.tokens[name] = manager
             self._new_tokens.append(manager)
+        # Limits and route pauses outlive a reload when their settings do not change: a
+        # reload must neither refill a bucket the upstream counts against us nor forget
+        # that the upstream asked us to wait.
+        self._limits: dict[str, RateLimit] = {}
+        self._handed_limits: set[str] = set()
         # Limits of an auth table are shared by every route that uses it: vendors limit
         # per client, not per path.
         auth_limits = {
-            name: RateLimit(f"auth {name}", auth.rate_limit)
+            name: self._limit(f"auth {name}", auth.rate_limit, previous)
             for name, auth in config.auth.items()
             if auth.rate_limit is not None
         }
-        self._limits: list[RateLimit] = list(auth_limits.values())
         # One session per upstream origin (and trust store), shared by routes that use it:
         # connection reuse and the DNS cache work per session.
         self._sessions: dict[SessionKey, aiohttp.ClientSession] = {}
         self.targets: dict[str, Target] = {}
+        route_limits: dict[str, tuple[RateLimit, ...]] = {}
         for route in config.routes:
             key = _session_key(route)
             if key not in self._sessions:
                 self._sessions[key] = _upstream_session(route.ca_file)
-            limits: list[RateLimit] = []
+            own: tuple[RateLimit, ...] = ()
             if route.rate_limit is not None:
-                limits.append(RateLimit(f"route {route.prefix}", route.rate_limit))
-                self._limits.append(limits[-1])
+                own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)
+            route_limits[route.prefix] = own
+            limits = own
             provider: TokenProvider | None = None
             if route.auth is not None:
                 provider = self.tokens[route.auth]
                 if route.auth in auth_limits:
-                    limits.append(auth_limits[route.auth])
-            self.targets[route.prefix] = Target(
-                route, self._sessions[key], provider, tuple(limits), metrics
-            )
+                    limits = (*own, auth_limits[route.auth])
+            target = Target(route, self._sessions[key], provider, limits, metrics)
+            old = previous.targets.get(route.prefix) if previous is not None else None
+            if old is not None and old.route.upstream == route.upstream:
+                target.cooldown = old.cooldown
+            self.targets[route.prefix] = target
         clients: dict[str, tuple[str, Client]] = {}
+        self.clients: dict[str, Client] = {}
         for name, client in config.clients.items():
             limit = None
             if client.rate_limit is not None:
-                limit = RateLimit(f"client {name}", client.rate_limit)
-                self._limits.append(limit)
-            providers = {prefix: self.tokens[auth] for prefix, auth in client.auth.items()}
+                limit = self._limit(f"client {name}", client.rate_limit, previous)
+            overrides: dict[str, Override] = {}
+            for prefix, auth_name in client.auth.items():
+                extra = (auth_limits[auth_name],) if auth_name in auth_limits else ()
+                overrides[prefix] = (self.tokens[auth_name], route_limits[prefix] + extra)
             routes = None if client.routes is None else frozenset(client.routes)
-            clients[name] = (client.key.reveal(), Client(name, routes, limit, providers))
+            self.clients[name] = Client(name, routes, limit, overrides)
+            clients[name] = (client.key.reveal(), self.clients[name])
         self.access = Access(config.server, clients)
         headers = HeaderPolicy(config.server.client_key_header if clients else None)
         self.forwarder = Forwarder(
             RouteTable(config.routes), self.targets, self.access, headers, metrics
         )
+
+    def _limit(self, name: str, config: RateLimitConfig, previous: Runtime | None) -> RateLimit:
+        limit = previous._limits.get(name) if previous is not None else None
+        if previous is not None and limit is not None and limit.config == config:
+            previous._handed_limits.add(name)
+        else:
+            limit = RateLimit(name, config)
+        self._limits[name] = limit
+        return limit
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -189,7 +212,8 @@ class Runtime:
             if name not in self._handed_over:
                 await manager.close()
                 await self._token_sessions[name].close()
-        for limit in self._limits:
-            await limit.close()
+        for name, limit in self._limits.items():
+            if name not in self._handed_limits:
+                await limit.close()
         for session in self._sessions.values():
             await session.close()

@@ -84,15 +84,17 @@ class Target:
 
 @dataclass(slots=True)
 class Exchange:
-    """The final upstream response and what it took to get it."""
+    """What it took to get the upstream's answer. Filled in as the exchange goes, so one
+    that ends in an error (a refused retry, a broken upstream) still tells what reached
+    the upstream."""
 
-    response: aiohttp.ClientResponse
-    attempts: int = 1
+    attempts: int = 0  # requests sent upstream
     limiter_wait: float = 0.0
     retry_after: float | None = None  # to add when passing on a throttling answer without one
     retries: int = 0  # attempts repeated after a 429 (or 503)
     token_renewals: int = 0  # replays after a 401 with a fresh token
     upstream_seconds: float = 0.0  # first attempt sent -> final answer's headers
+    status: int | None = None  # the final answer's status
 
 
 async def exchange(
@@ -104,35 +106,37 @@ async def exchange(
     replayable: bool,
     provider: TokenProvider | None,
     limits: tuple[RateLimit, ...],
-) -> Exchange:
+    result: Exchange,
+) -> aiohttp.ClientResponse:
     """Send the request until the upstream gives an answer worth passing on."""
     arrival = time.monotonic()
     retry = target.retry
     budget = target.budget
     budget.active += 1
     retrying = False
-    attempt = retries = renewals = 0
-    waited = 0.0
+    attempt = 0
     first_sent: float | None = None
     try:
         while True:
             attempt += 1
-            waited += await _admit(target, limits, arrival, first=attempt == 1)
+            result.limiter_wait += await _admit(target, limits, arrival, first=attempt == 1)
             token = None
             if provider is not None:
                 token = await provider.token()
                 headers[AUTHORIZATION] = "Bearer " + token
             if first_sent is None:
                 first_sent = time.monotonic()
+            result.attempts = attempt
             response = await _send(target, method, url, headers, body)
-            status = response.status
-            result = Exchange(response, attempt, waited, None, retries, renewals)
-            if status == 401 and provider is not None and token is not None and renewals == 0:
+            status = result.status = response.status
+            if status == 401 and provider is not None and token is not None:
+                if result.token_renewals:
+                    return response  # refused twice: the upstream's answer
                 # The token was refused (revoked, rotated, skew): renew it, and replay
                 # once if we hold the body; a second 401 is the upstream's answer.
                 provider.invalidate(token)
                 if replayable:
-                    renewals = 1
+                    result.token_renewals = 1
                     response.release()
                     continue
             elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
@@ -149,12 +153,11 @@ async def exchange(
                     # Without the upstream's own Retry-After, tell the client the wait we
                     # would have waited.
                     result.retry_after = None if hinted else delay
-                    result.upstream_seconds = time.monotonic() - first_sent
-                    return result
+                    return response
                 if not retrying:
                     retrying = True
                     budget.retrying += 1
-                retries += 1
+                result.retries += 1
                 response.release()
                 log.info(
                     "upstream_throttled",
@@ -170,9 +173,10 @@ async def exchange(
                 pause = exhausted_for(response.headers)
                 if pause:
                     target.cooldown.pause(pause, "ratelimit_exhausted")
-            result.upstream_seconds = time.monotonic() - first_sent
-            return result
+            return response
     finally:
+        if first_sent is not None:
+            result.upstream_seconds = time.monotonic() - first_sent
         budget.active -= 1
         if retrying:
             budget.retrying -= 1
@@ -183,7 +187,12 @@ async def _admit(
 ) -> float:
     """Wait out a route pause and take a slot from every limit; return seconds waited."""
     started = time.monotonic()
-    deadline = None if first else arrival + target.retry.max_wait
+    # One deadline for all limits: a request passing a route, an auth and a client limit
+    # waits at most the smallest max_wait in all, not the sum of them.
+    if first:
+        deadline = started + min((limit.config.max_wait for limit in limits), default=0.0)
+    else:
+        deadline = arrival + target.retry.max_wait
     paused = target.cooldown.remaining()
     if paused > 0:
         if started + paused > arrival + target.retry.max_wait:

@@ -322,3 +322,23 @@ async def test_open_proxy_on_a_public_address_is_warned_about(
     quiet = await start_proxy(config)
     await quiet.stop()
     assert not any('"proxy_open"' in line for line in quiet.lines)
+
+
+@pytest.mark.parametrize(
+    ("reason", "label"),
+    [
+        ("invalid_client", "invalid_client"),
+        ("http_503", "http_5xx"),
+        ("our_secret_is_hunter2", "other"),
+    ],
+)
+def test_token_fetch_outcomes_are_a_closed_set_of_labels(reason: str, label: str) -> None:
+    """An issuer's error text never becomes a metric label of its own making."""
+    from proxy.observe.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.token_failed("travis", reason, 0.25)
+    text = metrics.exposition().decode()
+    assert f'proxy_token_fetches_total{{auth="travis",outcome="{label}"}} 1.0' in text
+    assert reason == label or reason not in text
+    assert 'proxy_token_fetch_duration_seconds_count{auth="travis"} 1.0' in text

@@ -228,6 +228,7 @@ class TokenManager:
             task.exception()  # retrieved here, so no waiter left means no warning
 
     async def _fetch(self) -> Token:
+        started = self._clock()
         refresh = self._refresh_token
         if self._refresh_until is not None and self._clock() >= self._refresh_until:
             refresh = None
@@ -245,7 +246,7 @@ class TokenManager:
                     log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
             return await self._exchange(None)
         except TokenEndpointError as exc:
-            raise self._failed(exc) from exc
+            raise self._failed(exc, self._clock() - started) from exc
         except Exception as exc:
             # A bug or an answer nothing anticipated must not end the background refresh
             # or disable the backoff: it is a transient failure like any other.
@@ -253,7 +254,7 @@ class TokenManager:
             failure = TokenEndpointError(
                 "internal_error", rejected=False, description=type(exc).__name__
             )
-            raise self._failed(failure) from exc
+            raise self._failed(failure, self._clock() - started) from exc
 
     async def _exchange(self, refresh: str | None) -> Token:
         now = self._clock()
@@ -322,7 +323,7 @@ class TokenManager:
         self._wake.set()
         return token
 
-    def _failed(self, exc: TokenEndpointError) -> TokenUnavailableError:
+    def _failed(self, exc: TokenEndpointError, seconds: float) -> TokenUnavailableError:
         retry = self._auth.fetch_retry
         if exc.rejected:
             self._rejections += 1
@@ -338,7 +339,8 @@ class TokenManager:
         self._last_outcome = exc.reason
         self._last_fetch = time.time()
         if self._observer is not None:
-            self._observer.token_failed(self.name, exc.reason, 0.0)
+            # A request that never left (token_rate) took no time worth a latency sample.
+            self._observer.token_failed(self.name, exc.reason, seconds if exc.sent else 0.0)
         event = log.error if exc.rejected else log.warning
         event(
             "token_fetch_failed",

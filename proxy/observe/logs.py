@@ -55,7 +55,6 @@ _TRUSTED_KEYS: Final = frozenset(
         "auth",
         "client",
         "remote",
-        "reason",
         "grant",
         "upstream",
         "logger",

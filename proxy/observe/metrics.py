@@ -6,6 +6,7 @@ path, a client key or anything a caller controls beyond the method.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -35,6 +36,32 @@ _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 # (name, seconds to expiry or None) per auth; (route, seconds paused in all) per route.
 TokenStates = Callable[[], Iterable[tuple[str, float | None]]]
 RoutePauses = Callable[[], Iterable[tuple[str, float]]]
+
+
+# Token-fetch outcomes that may become label values: RFC 6749 5.2 error codes and ours.
+_FETCH_OUTCOMES: Final = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "temporarily_unavailable",
+        "slow_down",
+        "unauthorized",
+        "forbidden",
+        "too_many_requests",
+        "bad_request",
+        "connection_error",
+        "expired_on_arrival",
+        "internal_error",
+        "invalid_response",
+        "timeout",
+        "token_rate",
+    }
+)
+_HTTP_STATUS: Final = re.compile(r"http_[1-5]\d\d")
 
 
 class Metrics:
@@ -155,7 +182,13 @@ class Metrics:
             self.refresh_lead.labels(auth).observe(lead)
 
     def token_failed(self, auth: str, reason: str, seconds: float) -> None:
+        # The reason can come from the issuer's answer: only known codes become labels, so
+        # an issuer cannot mint series (or put text of its own into our metrics).
+        if reason not in _FETCH_OUTCOMES:
+            reason = f"http_{reason[5]}xx" if _HTTP_STATUS.fullmatch(reason) else "other"
         self.token_fetches.labels(auth, reason).inc()
+        if seconds > 0:
+            self.token_fetch_duration.labels(auth).observe(seconds)
 
     def token_waited(self, auth: str) -> None:
         self.single_flight_waits.labels(auth).inc()

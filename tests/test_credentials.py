@@ -290,6 +290,27 @@ async def test_token_endpoint_down_fails_fast_and_recovers(
     assert status == 200
 
 
+async def test_hanging_token_endpoint_answers_503_quickly(
+    sandbox: Sandbox,
+    vendor_proxy: StartProxy,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An issuer that accepts the token request and never answers costs each client a
+    bounded wait, not the token request's read timeout, and is asked only once."""
+    monkeypatch.setattr("proxy.auth.manager.MAX_FETCH_WAIT", 0.5)
+    await sandbox.control(latency={"travelyzer_token": 30})
+    proxy = await vendor_proxy()
+    for _ in range(3):
+        started = time.monotonic()
+        status, headers = await call(client, proxy, "travelyzer")
+        assert time.monotonic() - started < 2.0
+        assert status == 503
+        assert headers["X-Proxy-Error"] == "token_unavailable"
+    assert len(await sandbox.log("travelyzer", "token")) == 1
+    assert await sandbox.log("travelyzer", "api") == []
+
+
 async def test_wrong_credentials_are_reported_and_not_hammered(
     sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
 ) -> None:

@@ -48,6 +48,10 @@ _MIN_LIFETIME: Final = 1.0
 _REPLACE_INTERVAL: Final = 1.0
 # The longest an issuer's Retry-After is obeyed for.
 MAX_RETRY_AFTER: Final = 900.0
+# The longest a request waits for a token fetch in flight. A hanging token endpoint would
+# otherwise hold every request for the token request's whole read timeout (30 s); past
+# this the client gets a quick 503 while the fetch goes on in the background.
+MAX_FETCH_WAIT: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class TokenManager:
         "_last_fetch",
         "_last_outcome",
         "_last_replace",
+        "_max_wait",
         "_observer",
         "_random",
         "_refresh_token",
@@ -101,8 +106,10 @@ class TokenManager:
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
         observer: TokenObserver | None = None,
+        max_wait: float | None = None,
     ) -> None:
         self.name = auth.name
+        self._max_wait = MAX_FETCH_WAIT if max_wait is None else max_wait
         self._auth = auth
         self._session = session
         self._scheme = scheme or build_scheme(auth)
@@ -137,7 +144,12 @@ class TokenManager:
         if token is None or now >= token.usable_until:
             if self._inflight is not None and self._observer is not None:
                 self._observer.token_waited(self.name)
-            token = await self._fetch_shared()
+            try:
+                async with asyncio.timeout(self._max_wait):
+                    token = await self._fetch_shared()
+            except TimeoutError:
+                # Only our wait ends: the shared fetch is shielded and carries on.
+                raise TokenUnavailableError(self.name, "token_endpoint_slow", 1.0) from None
         if self._observer is not None:
             self._observer.token_used(self.name, now - token.obtained_at)
         return token.value

@@ -25,6 +25,10 @@ VENDOR_ENV = {
 
 ROUTE = '[[routes]]\nprefix = "/a"\nupstream = "http://127.0.0.1:9000"\n'
 AUTH = '[auth.x]\ntype = "client_credentials"\ntoken_url = "http://t/token"\n'
+PASSWORD = (
+    'type = "password"\ntoken_url = "http://t"\nclient_id = "c"\nusername = "u"\npassword = "p"\n'
+)
+TRAVELYZER = 'type = "travelyzer"\ntoken_url = "https://idp/t"\napi_key = "k"\napi_secret = "s"\n'
 
 
 def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
@@ -157,7 +161,7 @@ def test_upstream_parts() -> None:
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/p?x=1"),
-            "routes[0].upstream: must not have a query or fragment: 'http://h/p?x=1'",
+            "routes[0].upstream: must not have a query or fragment: 'http://h/p?...'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h:port"),
@@ -174,6 +178,91 @@ def test_upstream_parts() -> None:
             "'http://h/a/../b'",
         ),
         (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/p#top"),
+            "routes[0].upstream: must not have a query or fragment: 'http://h/p#...'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/a b"),
+            "routes[0].upstream: must not contain white space or control characters: "
+            "'http://h/a b'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/a\\tb"),
+            "routes[0].upstream: must not contain white space or control characters: "
+            "'http://h/a\\tb'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/café"),
+            "routes[0].upstream: base path has characters that must be percent-encoded: '/café'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/v1/[x]"),
+            "routes[0].upstream: base path has characters that must be percent-encoded: '/v1/[x]'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/%zz"),
+            "routes[0].upstream: base path has a '%' that is not followed by two hex digits: "
+            "'/%zz'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h/a%2"),
+            "routes[0].upstream: base path has a '%' that is not followed by two hex digits: "
+            "'/a%2'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h\\\\evil/x"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'h\\\\evil'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h%41"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'h%41'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://-h"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'-h'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://a..b"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'a..b'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://999.1.1.1"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'999.1.1.1'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://0x7f.1"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'0x7f.1'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://[::1]x:80"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'[::1]x:80'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://[v1.x]"),
+            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "'[v1.x'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://h:0/v1"),
+            "routes[0].upstream: port must be from 1 to 65535, got 0: 'http://h:0/v1'",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://u:p@h:port"),
+            "routes[0].upstream: must not carry user:password@ (configure an auth table instead)",
+        ),
+        (
+            ROUTE.replace("http://127.0.0.1:9000", "http://u:p@[::1"),
+            "routes[0].upstream: invalid URL: Invalid IPv6 URL",
+        ),
+        (ROUTE + 'auth = ""\n', "routes[0].auth: must not be empty"),
+        (
             ROUTE + 'auth = "nope"\n',
             "routes[0].auth: no [auth.nope] table (defined: none defined)",
         ),
@@ -181,6 +270,18 @@ def test_upstream_parts() -> None:
         (
             ROUTE + "timeout = { read = 0 }\n",
             "routes[0].timeout.read: must be greater than 0, got 0",
+        ),
+        (
+            ROUTE + "timeout = { read = nan }\n",
+            "routes[0].timeout.read: must be a finite number, got nan",
+        ),
+        (
+            ROUTE + "timeout = { connect = inf }\n",
+            "routes[0].timeout.connect: must be a finite number, got inf",
+        ),
+        (
+            ROUTE + f"timeout = {{ read = {10**400} }}\n",
+            "routes[0].timeout.read: must be a finite number, got 10000000000000000...",
         ),
         (
             ROUTE + 'timeout = { connect = "1s" }\n',
@@ -203,6 +304,30 @@ def test_upstream_parts() -> None:
         (
             ROUTE + "rate_limit = { rate = 10, max_wait = -1 }\n",
             "routes[0].rate_limit.max_wait: must be a number of at least 0, got -1",
+        ),
+        (
+            ROUTE + "rate_limit = { rate = 10, max_wait = inf }\n",
+            "routes[0].rate_limit.max_wait: must be a finite number, got inf",
+        ),
+        (
+            ROUTE + "rate_limit = { rate = 10, burst = nan }\n",
+            "routes[0].rate_limit.burst: must be a finite number, got nan",
+        ),
+        (
+            ROUTE + "retry = { backoff = nan }\n",
+            "routes[0].retry.backoff: must be a finite number, got nan",
+        ),
+        (
+            ROUTE + "retry = { max_backoff = inf }\n",
+            "routes[0].retry.max_backoff: must be a finite number, got inf",
+        ),
+        (
+            ROUTE + "retry = { max_wait = -inf }\n",
+            "routes[0].retry.max_wait: must be a finite number, got -inf",
+        ),
+        (
+            ROUTE + "retry = { budget = nan }\n",
+            "routes[0].retry.budget: must be a finite number, got nan",
         ),
         (
             ROUTE + "retry = { attempts = 0 }\n",
@@ -253,6 +378,66 @@ def test_invalid_config_is_reported_by_key(text: str, expected: str) -> None:
         (
             'client_id = "i"\nclient_secret = "s"\nparams = { audience = 3 }\n',
             "auth.x.params.audience: must be a string, got an integer",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { grant_type = "evil" }\n',
+            "auth.x.params.grant_type: reserved: the OAuth2 token request sets it",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { client_id = "x" }\n',
+            "auth.x.params.client_id: reserved: the OAuth2 token request sets it; "
+            "configure auth.x.client_id instead",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { client_secret = "x" }\n',
+            "auth.x.params.client_secret: reserved: the OAuth2 token request sets it; "
+            "configure auth.x.client_secret instead",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { username = "x" }\n',
+            "auth.x.params.username: reserved: the OAuth2 token request sets it",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { password = "x" }\n',
+            "auth.x.params.password: reserved: the OAuth2 token request sets it",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { refresh_token = "x" }\n',
+            "auth.x.params.refresh_token: reserved: the OAuth2 token request sets it",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nparams = { scope = "x" }\n',
+            "auth.x.params.scope: reserved: the OAuth2 token request sets it; "
+            "configure auth.x.scope instead",
+        ),
+        ('client_id = "i"\nclient_secret = "s"\nscope = ""\n', "auth.x.scope: must not be empty"),
+        (
+            'client_id = "i"\nclient_secret = "s"\nscope = "${SCOPE:-}"\n',
+            "auth.x.scope: must not be empty (after resolving '${SCOPE:-}')",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nclient_auth = ""\n',
+            "auth.x.client_auth: must not be empty",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\ndefault_lifetime = nan\n',
+            "auth.x.default_lifetime: must be a finite number, got nan",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nrefresh_at = nan\n',
+            "auth.x.refresh_at: must be a finite number, got nan",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\ntoken_rate = { rate = 1, per = inf }\n',
+            "auth.x.token_rate.per: must be a finite number, got inf",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\nfetch_retry = { backoff = nan }\n',
+            "auth.x.fetch_retry.backoff: must be a finite number, got nan",
+        ),
+        (
+            'client_id = "i"\nclient_secret = "s"\ntimeout = { read = inf }\n',
+            "auth.x.timeout.read: must be a finite number, got inf",
         ),
     ],
 )
@@ -313,11 +498,98 @@ def test_unknown_auth_type() -> None:
             "token_rate = { rate = 0.5, per = 60 }\n",
             "auth.p.token_rate.rate: must be a whole number of at least 1, got 0.5",
         ),
+        (
+            PASSWORD + 'params = { password = "x" }\n',
+            "auth.p.params.password: reserved: the OAuth2 token request sets it; "
+            "configure auth.p.password instead",
+        ),
+        (
+            PASSWORD + 'params = { username = "x" }\n',
+            "auth.p.params.username: reserved: the OAuth2 token request sets it; "
+            "configure auth.p.username instead",
+        ),
+        (
+            TRAVELYZER + 'params = { apiKey = "x" }\n',
+            "auth.p.params.apiKey: reserved: the Travelyzer token request sets it; "
+            "configure auth.p.api_key instead",
+        ),
+        (
+            TRAVELYZER + 'params = { apiSecret = "x" }\n',
+            "auth.p.params.apiSecret: reserved: the Travelyzer token request sets it; "
+            "configure auth.p.api_secret instead",
+        ),
+        (
+            TRAVELYZER + 'params = { expiresIn = "1y" }\n',
+            "auth.p.params.expiresIn: reserved: the Travelyzer token request sets it; "
+            "configure auth.p.expires_in instead",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://idp/a b"),
+            "auth.p.token_url: must not contain white space or control characters",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://idp/t\\n"),
+            "auth.p.token_url: must not contain white space or control characters",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://idp/café"),
+            "auth.p.token_url: path has characters that must be percent-encoded",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://idp/%zz"),
+            "auth.p.token_url: path has a '%' that is not followed by two hex digits",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://id\\\\p/t"),
+            "auth.p.token_url: host is not a valid host name, IPv4 address or [IPv6] literal",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://[::1/t"),
+            "auth.p.token_url: invalid URL",
+        ),
+        (
+            TRAVELYZER.replace("https://idp/t", "https://idp:0/t"),
+            "auth.p.token_url: port must be from 1 to 65535, got 0",
+        ),
     ],
 )
 def test_scheme_specific_fields(table: str, expected: str) -> None:
     """password needs username and password; travelyzer needs its key pair and a valid expiry."""
     assert expected in problems("[auth.p]\n" + table)
+
+
+def test_token_url_problems_do_not_echo_the_url() -> None:
+    """A token_url is never shown in its problem: a mistyped one may hold a credential."""
+    found = problems("[auth.p]\n" + TRAVELYZER.replace("https://idp/t", "https://idp/s3cr%t"))
+    assert found == ["auth.p.token_url: path has a '%' that is not followed by two hex digits"]
+
+
+def test_password_scope_defaults_to_openid() -> None:
+    """type = "password" asks for scope openid unless told otherwise; client_credentials asks
+    for none."""
+    cfg = config.loads(
+        AUTH_OK + "[auth.p]\n" + PASSWORD + "[auth.q]\n" + PASSWORD + 'scope = "openid email"\n',
+        {},
+    )
+    assert cfg.auth["p"].scope == "openid"
+    assert cfg.auth["q"].scope == "openid email"
+    assert cfg.auth["x"].scope is None
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://Service_1.internal.example.",
+        "http://10.0.0.1:8080/v1",
+        "https://[2001:db8::1]/a:b@c;v=1/%2F~x",
+        "http://h/base(1)/it's!$&*+,=",
+    ],
+)
+def test_valid_upstreams_are_accepted(upstream: str) -> None:
+    """Host names (underscores, trailing dot), IP literals and every RFC 3986 path character
+    load."""
+    parsed = config.loads(ROUTE.replace("http://127.0.0.1:9000", upstream), {}).routes[0]
+    assert parsed.upstream.url.lower() == upstream.lower()
 
 
 def test_secret_values_do_not_appear_in_errors() -> None:
@@ -356,6 +628,10 @@ OPS_KEY = "ops-fedcba9876543210"
 AUTH_OK = AUTH + 'client_id = "i"\nclient_secret = "s"\n'
 ROUTES_AB = ROUTE + '[[routes]]\nprefix = "/b"\nupstream = "http://127.0.0.1:9001"\nauth = "x"\n'
 CRM = f'[clients.crm]\nkey = "{CRM_KEY}"\n'
+KEY_CHARS = (
+    "clients.crm.key: must be printable ASCII without spaces or control characters "
+    "(clients send it as a header value)"
+)
 
 
 def test_clients_load_into_dataclasses() -> None:
@@ -415,6 +691,14 @@ def test_client_keys_never_show_in_repr() -> None:
             ROUTE + '[clients.crm]\nkey = "0123456789abcde"\n',
             "clients.crm.key: must be at least 16 characters (use a random token)",
         ),
+        (ROUTE + '[clients.crm]\nkey = "0123456789abcdef\\n"\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = " 0123456789abcdef"\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = "0123456789abcdef "\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = "0123456789\\tabcdef"\n', KEY_CHARS),
+        (ROUTE + f'[clients.crm]\nkey = "{" " * 16}"\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = "0123456789abcdef\\u007f"\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = "0123456789abcdef\\u00a0"\n', KEY_CHARS),
+        (ROUTE + '[clients.crm]\nkey = "0123456789abcdefé"\n', KEY_CHARS),
         (
             ROUTE + CRM + "keys = []\n",
             "clients.crm.keys: unknown key (allowed: key, routes, rate_limit, auth)",
@@ -476,6 +760,22 @@ def test_client_keys_never_show_in_repr() -> None:
             "clients.crm.rate_limit.max_wait: must be a number of at least 0, got -1",
         ),
         (
+            ROUTE + CRM + "rate_limit = { rate = nan }\n",
+            "clients.crm.rate_limit.rate: must be a finite number, got nan",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = inf }\n",
+            "clients.crm.rate_limit.rate: must be a finite number, got inf",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, per = nan }\n",
+            "clients.crm.rate_limit.per: must be a finite number, got nan",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 5, max_wait = nan }\n",
+            "clients.crm.rate_limit.max_wait: must be a finite number, got nan",
+        ),
+        (
             ROUTE + CRM + "rate_limit = { rate = 5, every = 60 }\n",
             "clients.crm.rate_limit.every: unknown key (allowed: rate, per, burst, max_wait)",
         ),
@@ -484,6 +784,12 @@ def test_client_keys_never_show_in_repr() -> None:
 def test_invalid_client_is_reported_by_key(text: str, expected: str) -> None:
     """Each mistake in a [clients.NAME] table is named by its dotted key."""
     assert expected in problems(text)
+
+
+def test_client_key_with_a_newline_is_not_echoed() -> None:
+    """A key read with its trailing newline is refused without showing the key."""
+    found = problems(ROUTE + '[clients.crm]\nkey = "${CRM_KEY}"\n', {"CRM_KEY": CRM_KEY + "\n"})
+    assert found == [KEY_CHARS]
 
 
 def test_short_client_key_is_not_echoed() -> None:
@@ -534,6 +840,19 @@ def test_server_keys_load() -> None:
         ),
         ('allow = ["fe80::/129"]\n', "server.allow[0]: not a CIDR network: 'fe80::/129'"),
         ("allow = [[10, 8]]\n", "server.allow[0]: not a CIDR network: [10, 8]"),
+        ("allow = [10]\n", "server.allow[0]: not a CIDR network: 10"),
+        ('allow = ["::1", 4294967295]\n', "server.allow[1]: not a CIDR network: 4294967295"),
+        ("allow = [true]\n", "server.allow[0]: not a CIDR network: True"),
+        ('host = ""\n', "server.host: must not be empty"),
+        ('host = "${HOST:-}"\n', "server.host: must not be empty (after resolving '${HOST:-}')"),
+        ('client_key_header = ""\n', "server.client_key_header: must not be empty"),
+        ('admin_access = ""\n', "server.admin_access: must not be empty"),
+        (
+            'admin_access = "${ADMIN:-}"\n',
+            "server.admin_access: must not be empty (after resolving '${ADMIN:-}')",
+        ),
+        ("shutdown_grace = nan\n", "server.shutdown_grace: must be a finite number, got nan"),
+        ("shutdown_grace = inf\n", "server.shutdown_grace: must be a finite number, got inf"),
         ('client_key_header = "X Key"\n', "server.client_key_header: not a header name: 'X Key'"),
         (
             'client_key_header = "X-Key:"\n',
@@ -572,6 +891,16 @@ def test_server_keys_load() -> None:
 def test_invalid_server_key_is_reported_by_key(text: str, expected: str) -> None:
     """Each mistake in [server] is named by its dotted key, with the bad value."""
     assert expected in problems(ROUTE + "[server]\n" + text)
+
+
+def test_empty_server_strings_are_not_replaced_by_defaults() -> None:
+    """Explicitly empty server strings are each a problem, never the (most open) default."""
+    text = ROUTE + '[server]\nhost = ""\nclient_key_header = ""\nadmin_access = "${ADMIN:-}"\n'
+    assert problems(text) == [
+        "server.host: must not be empty",
+        "server.client_key_header: must not be empty",
+        "server.admin_access: must not be empty (after resolving '${ADMIN:-}')",
+    ]
 
 
 def test_admin_client_must_be_a_configured_client() -> None:

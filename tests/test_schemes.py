@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import time
+from typing import Any, cast
 
+import aiohttp
 import pytest
 
-from proxy.auth import TokenEndpointError
+from proxy import config
+from proxy.auth import TokenEndpointError, endpoint
 from proxy.auth.jwt import expiry
-from proxy.auth.oauth2 import parse_token_response
+from proxy.auth.oauth2 import OAuth2Scheme, parse_token_response
+from proxy.auth.travelyzer import TravelyzerScheme
 
 
 def jwt_with(claims: dict[str, object]) -> str:
@@ -86,3 +90,87 @@ def test_unusable_answers_are_rejected(body: dict[str, object]) -> None:
 def test_expiry_of_non_jwts_is_unknown(token: str) -> None:
     """Anything that is not a JWT with a numeric exp has no known expiry."""
     assert expiry(token) is None
+
+
+@pytest.fixture
+def token_endpoint(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replaces the token POST; returns the list each request's form or JSON body lands in."""
+    sent: list[dict[str, Any]] = []
+
+    async def post(_session: object, url: str, **kwargs: Any) -> dict[str, Any]:
+        sent.append(kwargs["form"] if kwargs.get("form") is not None else kwargs["json_body"])
+        return {"access_token": "a", "token": "a", "expires_in": 300}
+
+    monkeypatch.setattr(endpoint, "post", post)
+    return sent
+
+
+NO_SESSION = cast(aiohttp.ClientSession, None)
+
+
+async def test_password_grant_asks_for_openid_by_default(
+    token_endpoint: list[dict[str, Any]],
+) -> None:
+    """A password table without scope sends scope=openid, as Keycloak requires."""
+    cfg = config.loads(
+        '[auth.p]\ntype = "password"\ntoken_url = "http://idp/token"\nclient_id = "c"\n'
+        'username = "u"\npassword = "p"\n',
+        {},
+    )
+    await OAuth2Scheme(cfg.auth["p"]).fetch(NO_SESSION, None)
+    assert token_endpoint == [
+        {
+            "grant_type": "password",
+            "client_id": "c",
+            "username": "u",
+            "password": "p",
+            "scope": "openid",
+        }
+    ]
+
+
+async def test_params_never_replace_oauth2_fields(token_endpoint: list[dict[str, Any]]) -> None:
+    """Extra params are added to both grants; reserved names that slip past the loader are
+    dropped."""
+    auth = config.AuthConfig(
+        name="x",
+        type="client_credentials",
+        token_url="http://idp/token",
+        client_id="real",
+        client_secret=config.Secret("s"),
+        params={"grant_type": "evil", "client_id": "x", "refresh_token": "r", "audience": "api"},
+    )
+    scheme = OAuth2Scheme(auth)
+    await scheme.fetch(NO_SESSION, None)
+    await scheme.fetch(NO_SESSION, "refresh-1")
+    assert token_endpoint == [
+        {
+            "grant_type": "client_credentials",
+            "client_id": "real",
+            "client_secret": "s",
+            "audience": "api",
+        },
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": "refresh-1",
+            "client_id": "real",
+            "client_secret": "s",
+            "audience": "api",
+        },
+    ]
+
+
+async def test_params_never_replace_travelyzer_fields(
+    token_endpoint: list[dict[str, Any]],
+) -> None:
+    """Travelyzer's own body fields win over params of the same name."""
+    auth = config.AuthConfig(
+        name="t",
+        type="travelyzer",
+        token_url="http://idp/token",
+        api_key=config.Secret("k"),
+        api_secret=config.Secret("s"),
+        params={"apiKey": "evil", "expiresIn": "30d", "tenant": "t1"},
+    )
+    await TravelyzerScheme(auth).fetch(NO_SESSION, None)
+    assert token_endpoint == [{"apiKey": "k", "apiSecret": "s", "expiresIn": "24h", "tenant": "t1"}]

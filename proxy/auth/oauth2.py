@@ -12,6 +12,7 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from ..config import AuthConfig, Secret
+from ..config.model import OAUTH2_RESERVED_PARAMS
 from . import endpoint, jwt
 from .base import Grant, TokenEndpointError
 
@@ -19,7 +20,7 @@ from .base import Grant, TokenEndpointError
 class OAuth2Scheme:
     """Builds the grant's form once; each fetch is one request."""
 
-    __slots__ = ("_auth", "_basic", "_client", "_primary", "_timeout")
+    __slots__ = ("_auth", "_basic", "_client", "_extra", "_primary", "_timeout")
 
     def __init__(self, auth: AuthConfig) -> None:
         self._auth = auth
@@ -41,7 +42,10 @@ class OAuth2Scheme:
             primary["password"] = Secret.required(auth.password, f"auth.{auth.name}.password")
         if auth.scope:
             primary["scope"] = auth.scope
-        self._primary = {**primary, **auth.params}
+        # Extra fields only add: the loader refuses reserved names, and should one slip
+        # through it is dropped rather than allowed to replace a field set above.
+        self._extra = {k: v for k, v in auth.params.items() if k not in OAUTH2_RESERVED_PARAMS}
+        self._primary = {**primary, **self._extra}
         self._timeout = aiohttp.ClientTimeout(
             total=auth.timeout.connect + auth.timeout.read,
             sock_connect=auth.timeout.connect,
@@ -55,7 +59,7 @@ class OAuth2Scheme:
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,
                 **self._client,
-                **self._auth.params,
+                **self._extra,
             }
         sent = time.time()
         body = await endpoint.post(

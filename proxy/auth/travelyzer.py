@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from ..config import AuthConfig, Secret
+from ..config.model import TRAVELYZER_RESERVED_PARAMS
 from . import endpoint, jwt
 from .base import Grant, TokenEndpointError
 
@@ -20,11 +21,12 @@ class TravelyzerScheme:
     def __init__(self, auth: AuthConfig) -> None:
         self._auth = auth
         # expiresIn goes as configured ("24h"): the vendor takes its own duration strings.
+        # params only add fields (the loader refuses reserved names; any left are dropped).
         self._body = {
             "apiKey": Secret.required(auth.api_key, f"auth.{auth.name}.api_key"),
             "apiSecret": Secret.required(auth.api_secret, f"auth.{auth.name}.api_secret"),
             "expiresIn": auth.expires_in,
-            **auth.params,
+            **{k: v for k, v in auth.params.items() if k not in TRAVELYZER_RESERVED_PARAMS},
         }
         self._timeout = aiohttp.ClientTimeout(
             total=auth.timeout.connect + auth.timeout.read,

@@ -3,6 +3,7 @@ and records a problem (naming the dotted key) instead of raising."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,10 @@ class Checks:
         *,
         required: bool = False,
         secret: bool = False,
+        allow_empty: bool = False,
     ) -> str | None:
+        """The resolved string; a key that is present but empty is a problem (unless
+        allow_empty), never a silent fall-back to the default."""
         path = _join(key, name)
         if name not in table:
             if required:
@@ -54,8 +58,8 @@ class Checks:
             self.fail(path, f"must be a string, got {_type_name(value)}")
             return None
         resolved = self.interpolate(value, path)
-        if resolved is not None and required and not resolved:
-            shown = "" if secret else f" (after resolving {value!r})"
+        if resolved is not None and not resolved and not allow_empty:
+            shown = "" if secret or not value else f" (after resolving {value!r})"
             self.fail(path, f"must not be empty{shown}")
             return None
         return resolved
@@ -72,18 +76,40 @@ class Checks:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(path, f"must be a number, got {_type_name(value)}")
             return default
-        if value <= 0:
+        number = self.finite(value, path)
+        if number is None:
+            return default
+        if number <= 0:
             self.fail(path, f"must be greater than 0, got {value!r}")
             return default
-        return float(value)
+        return number
 
     def non_negative(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
         path = _join(key, name)
         value = table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(path, f"must be a number of at least 0, got {value!r}")
             return default
-        return float(value)
+        number = self.finite(value, path)
+        if number is None:
+            return default
+        if number < 0:
+            self.fail(path, f"must be a number of at least 0, got {value!r}")
+            return default
+        return number
+
+    def finite(self, value: int | float, path: str) -> float | None:
+        """value as a float; NaN, infinities and integers too big for a float are problems
+        (every comparison with NaN is false, so it would pass any range check)."""
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            shown = repr(value) if len(repr(value)) <= 20 else f"{repr(value)[:17]}..."
+            self.fail(path, f"must be a finite number, got {shown}")
+            return None
+        return number
 
     def choice(
         self,

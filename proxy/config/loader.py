@@ -6,17 +6,19 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
     AUTH_TYPES,
     CLIENT_AUTH_MODES,
+    OAUTH2_RESERVED_PARAMS,
     TRAVELYZER_EXPIRES_IN,
+    TRAVELYZER_RESERVED_PARAMS,
     AuthConfig,
     ClientConfig,
     Config,
@@ -35,6 +37,24 @@ _HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # A prefix is one or more path segments of unreserved/sub-delim characters; "." and ".."
 # segments are refused separately so a prefix can never climb out of itself.
 _PREFIX_SEGMENT: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@.-]+")
+# RFC 3986 path: pchar and "/", where a '%' must start a %XX escape.
+_PATH_CHARS: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./%-]*")
+_PERCENT_ESCAPES: Final = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
+# A DNS label (letters, digits, '-' inside; '_' too, as Docker and some intranets use it).
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# A last label that resolvers read as a number: the whole host must then be an IPv4 address.
+_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
+# Where params would name a field the scheme sets from its own key (hints in messages).
+_PARAM_KEYS: Final = {
+    "client_id": "client_id",
+    "client_secret": "client_secret",
+    "username": "username",
+    "password": "password",
+    "scope": "scope",
+    "apiKey": "api_key",
+    "apiSecret": "api_secret",
+    "expiresIn": "expires_in",
+}
 
 _DEFAULT_TIMEOUT: Final = Timeout()
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
@@ -154,6 +174,13 @@ class _Checker(Checks):
             return None
         if len(secret.reveal()) < 16:
             self.fail(f"{key}.key", "must be at least 16 characters (use a random token)")
+        if not all("!" <= c <= "~" for c in secret.reveal()):
+            # The value is never shown; a stray newline from a secrets file is the usual cause.
+            self.fail(
+                f"{key}.key",
+                "must be printable ASCII without spaces or control characters "
+                "(clients send it as a header value)",
+            )
         return ClientConfig(
             name=name, key=secret, routes=routes, rate_limit=rate_limit, auth=overrides
         )
@@ -170,7 +197,10 @@ class _Checker(Checks):
         )
         table = self.table(raw, "server", names)
         default = _DEFAULT_SERVER
-        host = self.string(table, "server", "host") or default.host
+        # Explicitly empty strings are problems (string() says so), never the default.
+        host = self.string(table, "server", "host")
+        if host is None:
+            host = default.host
         port = table.get("port", default.port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             self.fail("server.port", f"must be an integer from 0 to 65535, got {port!r}")
@@ -182,14 +212,21 @@ class _Checker(Checks):
             listed = []
         for index, cidr in enumerate(listed):
             try:
+                if not isinstance(cidr, str):
+                    raise TypeError(cidr)  # ip_network(10) would be 0.0.0.10/32
                 allow.append(ip_network(cidr, strict=False))
             except (TypeError, ValueError):
                 self.fail(f"server.allow[{index}]", f"not a CIDR network: {cidr!r}")
-        header = self.string(table, "server", "client_key_header") or default.client_key_header
-        if not _HEADER_NAME.fullmatch(header):
+        header = self.string(table, "server", "client_key_header")
+        if header is None:
+            header = default.client_key_header
+        elif not _HEADER_NAME.fullmatch(header):
             self.fail("server.client_key_header", f"not a header name: {header!r}")
-        admin = self.string(table, "server", "admin_access") or default.admin_access
-        if admin not in ("any", "loopback") and not admin.startswith("client:"):
+            header = default.client_key_header
+        admin = self.string(table, "server", "admin_access")
+        if admin is None:
+            admin = default.admin_access
+        elif admin not in ("any", "loopback") and not admin.startswith("client:"):
             self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
         workers = table.get("workers", default.workers)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -314,6 +351,19 @@ class _Checker(Checks):
     def upstream(self, value: str, key: str) -> Upstream | None:
         try:
             parts = urlsplit(value)
+        except ValueError as exc:
+            shown = "" if "@" in value else f" {value!r}"  # it may hold user:password@
+            self.fail(key, f"invalid URL{shown}: {exc}")
+            return None
+        # Checked first, so that every later message may show the URL.
+        if parts.username is not None or parts.password is not None:
+            self.fail(key, "must not carry user:password@ (configure an auth table instead)")
+            return None
+        if _has_space_or_control(value):
+            # urlsplit silently drops tabs and newlines: check the text as written.
+            self.fail(key, f"must not contain white space or control characters: {value!r}")
+            return None
+        try:
             port = parts.port
         except ValueError as exc:
             self.fail(key, f"invalid URL {value!r}: {exc}")
@@ -324,11 +374,23 @@ class _Checker(Checks):
         if not parts.hostname:
             self.fail(key, f"has no host: {value!r}")
             return None
-        if parts.query or parts.fragment or value.endswith(("?", "#")):
-            self.fail(key, f"must not have a query or fragment: {value!r}")
+        bad_host = _bad_host(parts)
+        if bad_host is not None:
+            self.fail(
+                key, f"host is not a valid host name, IPv4 address or [IPv6] literal: {bad_host!r}"
+            )
             return None
-        if parts.username is not None or parts.password is not None:
-            self.fail(key, "must not carry user:password@ (configure an auth table instead)")
+        if port == 0:
+            self.fail(key, f"port must be from 1 to 65535, got 0: {value!r}")
+            return None
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            # What follows '?' or '#' is not shown: it is where API keys would be.
+            cut = min(i for i in (value.find("?"), value.find("#")) if i >= 0)
+            self.fail(key, f"must not have a query or fragment: {value[: cut + 1] + '...'!r}")
+            return None
+        path_problem = _path_problem(parts.path)
+        if path_problem is not None:
+            self.fail(key, f"base path {path_problem}: {parts.path!r}")
             return None
         segments = parts.path.split("/")
         if any(s.lower() in (".", "..", "%2e", "%2e%2e", ".%2e", "%2e.") for s in segments):
@@ -346,14 +408,18 @@ class _Checker(Checks):
         )
 
     def token_url(self, value: str, key: str) -> str | None:
+        # The value itself is never shown: a mistyped URL may hold credentials.
         try:
             parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises for a port that is not a number 0-65535
+        except ValueError:
+            self.fail(key, "invalid URL")
+            return None
+        try:
+            port = parts.port
         except ValueError:
             self.fail(key, "invalid URL (bad port?)")
             return None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            # The value itself is not echoed: a mistyped URL may hold credentials.
             found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
             self.fail(key, f"must be an http:// or https:// URL with a host ({found})")
             return None
@@ -361,8 +427,18 @@ class _Checker(Checks):
             # Credentials belong in their own keys, where they are kept secret.
             self.fail(key, "must not carry user:password@ or a query string")
             return None
-        if any(c.isspace() for c in value):
-            self.fail(key, "must not contain white space")
+        if _has_space_or_control(value):
+            self.fail(key, "must not contain white space or control characters")
+            return None
+        if _bad_host(parts) is not None:
+            self.fail(key, "host is not a valid host name, IPv4 address or [IPv6] literal")
+            return None
+        if port == 0:
+            self.fail(key, "port must be from 1 to 65535, got 0")
+            return None
+        path_problem = _path_problem(parts.path)
+        if path_problem is not None:
+            self.fail(key, f"path {path_problem}")
             return None
         return value
 
@@ -443,7 +519,7 @@ class _Checker(Checks):
         token_rate = (
             self.rate(table["token_rate"], f"{key}.token_rate") if "token_rate" in table else None
         )
-        params = self.params(table.get("params", {}), f"{key}.params")
+        params = self.params(table.get("params", {}), f"{key}.params", kind)
         ca_file = self.file(table, key, "ca_file")
         default_lifetime = self.positive(table, key, "default_lifetime", 300.0)
         refresh_at = self.positive(table, key, "refresh_at", 0.8)
@@ -453,6 +529,8 @@ class _Checker(Checks):
         fetch_retry = self.fetch_retry(table.get("fetch_retry", {}), f"{key}.fetch_retry")
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout", _DEFAULT_TOKEN_TIMEOUT)
+        if scope is None and kind == "password":
+            scope = "openid"  # Keycloak (TRAVIS) refuses password grants without it
         if kind is None or token_url is None:
             return None
         for field_name, applies in (
@@ -491,11 +569,69 @@ class _Checker(Checks):
             timeout=timeout,
         )
 
-    def params(self, raw: Any, key: str) -> dict[str, str]:
+    def params(self, raw: Any, key: str, kind: str | None) -> dict[str, str]:
         table = self.table(raw, key, tuple(raw) if isinstance(raw, dict) else ())
+        if kind == "travelyzer":
+            reserved = TRAVELYZER_RESERVED_PARAMS
+        elif kind is not None:
+            reserved = OAUTH2_RESERVED_PARAMS
+        else:
+            reserved = frozenset()
+        auth_key = key.removesuffix(".params")
         out: dict[str, str] = {}
         for name in table:
-            value = self.string(table, key, name)
+            if name in reserved:
+                # A params entry must never replace what the scheme sends from its own keys.
+                own = _PARAM_KEYS.get(name)
+                applies = own is not None and (
+                    kind == "password" or own not in ("username", "password")
+                )
+                hint = f"; configure {auth_key}.{own} instead" if applies else ""
+                scheme = "Travelyzer" if kind == "travelyzer" else "OAuth2"
+                self.fail(f"{key}.{name}", f"reserved: the {scheme} token request sets it{hint}")
+                continue
+            # An empty extra field may be what the endpoint wants, so it is sent as given.
+            value = self.string(table, key, name, allow_empty=True)
             if value is not None:
                 out[name] = value
         return out
+
+
+def _has_space_or_control(value: str) -> bool:
+    return any(c.isspace() or c < " " or "\x7f" <= c <= "\x9f" for c in value)
+
+
+def _path_problem(path: str) -> str | None:
+    """What makes a URL path invalid under RFC 3986 (pchar and '/'), or None."""
+    if not _PATH_CHARS.fullmatch(path):
+        return "has characters that must be percent-encoded"
+    if not _PERCENT_ESCAPES.fullmatch(path):
+        return "has a '%' that is not followed by two hex digits"
+    return None
+
+
+def _bad_host(parts: SplitResult) -> str | None:
+    """The host as written if it is not a host name, IPv4 address or [IPv6] literal, or None.
+
+    urlsplit is lenient: it keeps a backslash or '%' in a name and drops whatever follows
+    the ']' of an IPv6 literal, so the host is taken from the netloc as written.
+    """
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal, _, after = hostport[1:].partition("]")
+        try:
+            IPv6Address(literal)
+        except ValueError:
+            return f"[{literal}"
+        return None if not after or after.startswith(":") else hostport
+    host = hostport.partition(":")[0]
+    name = host.removesuffix(".")  # a fully qualified name may end in a dot
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return host
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        try:
+            IPv4Address(name)
+        except ValueError:
+            return host
+    return None

@@ -15,6 +15,11 @@ AUTH_TYPES: Final = ("client_credentials", "password", "travelyzer")
 CLIENT_AUTH_MODES: Final = ("post", "basic")
 # The values Travelyzer documents for expiresIn; anything else is refused by the vendor.
 TRAVELYZER_EXPIRES_IN: Final = ("30m", "1h", "24h", "7d", "30d")
+# Request fields a scheme sets itself: ``params`` may add fields, never replace these.
+OAUTH2_RESERVED_PARAMS: Final = frozenset(
+    {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token", "scope"}
+)
+TRAVELYZER_RESERVED_PARAMS: Final = frozenset({"apiKey", "apiSecret", "expiresIn"})
 
 
 class Secret:
@@ -130,14 +135,14 @@ class AuthConfig:
     client_id: str | None = None
     client_secret: Secret | None = None
     client_auth: str = "post"
-    scope: str | None = None
+    scope: str | None = None  # the loader defaults it to "openid" for type = "password"
     username: str | None = None
     password: Secret | None = None
     api_key: Secret | None = None
     api_secret: Secret | None = None
     expires_in: str = "24h"
     token_rate: RateConfig | None = None
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)  # never a reserved field name
     ca_file: str | None = None
     default_lifetime: float = 300.0
     refresh_at: float = 0.8

@@ -16,14 +16,13 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
-import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
-from yarl import URL
 
 from .access import Access, Client
+from .client import Response, UpstreamError
 from .errors import ProxyError, RateLimitedError, error_response
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers
 from .observe.metrics import Metrics
@@ -74,11 +73,11 @@ class Forwarder:
         try:
             client = self._access.identify(request.headers)
             stats.client = client.name if client is not None else None
-            route, path, query = self._table.resolve(request.raw_path)
+            route, path = self._table.resolve(request.raw_path)
             stats.route = route.prefix
             Access.check_route(client, route.prefix)
             target = self._targets[route.prefix]
-            response = await self._forward(request, target, client, path, query, request_id, stats)
+            response = await self._forward(request, target, client, path, request_id, stats)
             status = response.status
             return response
         except ProxyError as error:
@@ -134,20 +133,9 @@ class Forwarder:
         target: Target,
         client: Client | None,
         path: str,
-        query: str,
         request_id: str,
         stats: Stats,
     ) -> web.StreamResponse:
-        upstream = target.route.upstream
-        # encoded=True: the path and query reach the upstream byte for byte, as received.
-        url = URL.build(
-            scheme=upstream.scheme,
-            host=upstream.host,
-            port=upstream.port,
-            path=path,
-            query_string=query,
-            encoded=True,
-        )
         headers = self._headers.upstream_request(
             request.headers,
             strip_authorization=target.strip_authorization,
@@ -165,10 +153,20 @@ class Forwarder:
             if override is not None:
                 provider, limits = override
             limits = limits + client.limits
-        body, replayable = await _request_body(request, target.replay_limit)
+        body, length, replayable = await _request_body(request, target.replay_limit)
         result = stats.exchange = Exchange()
+        # The path and query go out byte for byte, as received: no URL object re-encodes them.
         answer = await exchange(
-            target, request.method, url, headers, body, replayable, provider, limits, result
+            target,
+            request.method,
+            path,
+            headers,
+            body,
+            length,
+            replayable,
+            provider,
+            limits,
+            result,
         )
         async with answer as upstream_response:
             response_headers = client_response_headers(upstream_response.headers)
@@ -183,7 +181,7 @@ class Forwarder:
     async def _stream_back(
         self,
         request: web.Request,
-        upstream_response: aiohttp.ClientResponse,
+        upstream_response: Response,
         headers: CIMultiDict[str],
         target: Target,
         stats: Stats,
@@ -193,10 +191,10 @@ class Forwarder:
         response = web.StreamResponse(status=upstream_response.status, headers=headers)
         await response.prepare(request)
         try:
-            async for chunk in upstream_response.content.iter_any():
+            async for chunk in upstream_response.iter_any():
                 stats.bytes_out += len(chunk)
                 await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (UpstreamError, OSError, TimeoutError) as exc:
             # Headers are gone already: the only honest signal left is an aborted connection,
             # never a clean end that would make a truncated body look complete.
             log.warning(
@@ -210,19 +208,21 @@ class Forwarder:
 
 async def _request_body(
     request: web.Request, replay_limit: int
-) -> tuple[bytes | StreamReader | None, bool]:
-    """The body to send upstream, and whether it can be sent again.
+) -> tuple[bytes | StreamReader | None, int | None, bool]:
+    """The body to send upstream, its framing, and whether it can be sent again.
 
-    Bodies of known length up to ``replay_limit`` are read into memory so a retry or 401
-    replay sends them again exactly; anything else streams once, because a consumed stream
-    would replay as an empty body (and the upstream would answer 200 to it).
+    Framing: None (no body, no framing header), -1 (chunked: length unknown), else the
+    Content-Length. Bodies of known length up to ``replay_limit`` are read into memory so a
+    retry or 401 replay sends them again exactly; anything else streams once, because a
+    consumed stream would replay as an empty body (and the upstream would answer 200 to it).
     """
-    if not request.body_exists:
-        return None, True
     length = request.content_length
+    if not request.body_exists:
+        # An explicit "Content-Length: 0" (a bodiless POST) is forwarded as such.
+        return None, (0 if length == 0 else None), True
     if length is not None and length <= replay_limit:
-        return await request.content.readexactly(length), True
-    return request.content, False
+        return await request.content.readexactly(length), length, True
+    return request.content, (-1 if length is None else length), False
 
 
 def _reset(request: web.Request) -> None:
@@ -243,4 +243,3 @@ class _ClientAborted(asyncio.CancelledError):
 
 
 X_PROXY_ATTEMPTS: Final = istr("X-Proxy-Attempts")
-SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")

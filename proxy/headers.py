@@ -31,12 +31,15 @@ HOP_BY_HOP: Final[frozenset[str]] = frozenset(
     )
 )
 
-# Besides hop-by-hop: Host is derived from the upstream URL so that it matches SNI; Expect
-# was already answered by our server; forwarding headers are ours to set, never the client's.
+# Besides hop-by-hop: Host is the upstream's (it must match SNI); Expect was already
+# answered by our server; forwarding headers are ours to set, never the client's; and the
+# body's framing (Content-Length or chunked) is written by the upstream client from the
+# body it actually sends, never copied.
 _REQUEST_DROP: Final[frozenset[str]] = HOP_BY_HOP | {
     h.lower()
     for h in (
         "Host",
+        "Content-Length",
         "Expect",
         "Forwarded",
         "X-Forwarded-For",
@@ -50,7 +53,7 @@ X_REQUEST_ID: Final = istr("X-Request-ID")
 _REQUEST_ID_OK: Final = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 
 
-def _connection_listed(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def _connection_listed(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(
         token.strip().lower()
         for value in headers.getall("Connection", ())
@@ -97,7 +100,9 @@ class HeaderPolicy:
         return out
 
 
-def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def client_response_headers(
+    headers: CIMultiDict[str] | CIMultiDictProxy[str],
+) -> CIMultiDict[str]:
     """The upstream's response headers as the client should see them."""
     drop: frozenset[str] = HOP_BY_HOP
     if "Connection" in headers:

@@ -33,8 +33,9 @@ class RouteTable:
         self._by_prefix = {r.prefix: r for r in routes if r.prefix != "/"}
         self._catch_all = next((r for r in routes if r.prefix == "/"), None)
 
-    def resolve(self, raw_target: str) -> tuple[RouteConfig, str, str]:
-        """Return the route, the upstream path (base path + rest) and the raw query string.
+    def resolve(self, raw_target: str) -> tuple[RouteConfig, str]:
+        """Return the route and the upstream request target: base path + rest of the path,
+        then the query exactly as received (a bare trailing ``?`` included).
 
         Raises BadRequestError for targets that are not origin-form or hold dot segments,
         NoRouteError when no prefix matches.
@@ -44,7 +45,7 @@ class RouteTable:
             raise BadRequestError("request target must be a path starting with a single '/'")
         if "#" in raw_target:
             raise BadRequestError("request target must not carry a #fragment")
-        path, _, query = raw_target.partition("?")
+        path, mark, query = raw_target.partition("?")
         if _has_dot_segment(path):
             raise BadRequestError("path must not contain '.' or '..' segments")
         if path.startswith(RESERVED_PREFIX):
@@ -56,7 +57,7 @@ class RouteTable:
             # /prefix//evil.example/x on an upstream without base path would be a
             # network-path reference to whatever parses it as a URL.
             raise BadRequestError("path must not start with '//' once the prefix is removed")
-        return route, upstream_path or "/", query
+        return route, (upstream_path or "/") + mark + query
 
     def _match(self, path: str) -> RouteConfig:
         candidate = path

@@ -17,8 +17,9 @@ import structlog
 from .access import Access, Client, Override
 from .auth import TokenManager
 from .auth.base import TokenProvider
+from .client import Pool
 from .config import AuthConfig, Config, RateLimitConfig, RouteConfig
-from .forward import SKIP_AUTO_HEADERS, Forwarder
+from .forward import Forwarder
 from .headers import HeaderPolicy
 from .limits import RateLimit
 from .observe.metrics import Metrics
@@ -38,20 +39,13 @@ def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def _upstream_session(ca_file: str | None) -> aiohttp.ClientSession:
+def _upstream_pool(route: RouteConfig) -> Pool:
     # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
     # 5 s): reusing one the upstream is closing would fail a POST with a 502.
-    connector = aiohttp.TCPConnector(
-        limit=POOL_LIMIT, ttl_dns_cache=300, ssl=_tls(ca_file), keepalive_timeout=4
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(total=None),
-        trust_env=False,
-    )
+    up = route.upstream
+    tls = _tls(route.ca_file)
+    context = tls if isinstance(tls, ssl.SSLContext) else None
+    return Pool(up.scheme, up.host, up.port, context, limit=POOL_LIMIT, keepalive=4.0)
 
 
 def _token_session(auth: AuthConfig) -> aiohttp.ClientSession:
@@ -127,13 +121,13 @@ class Runtime:
         }
         # One session per upstream origin (and trust store), shared by routes that use it:
         # connection reuse and the DNS cache work per session.
-        self._sessions: dict[SessionKey, aiohttp.ClientSession] = {}
+        self._sessions: dict[SessionKey, Pool] = {}
         self.targets: dict[str, Target] = {}
         route_limits: dict[str, tuple[RateLimit, ...]] = {}
         for route in config.routes:
             key = _session_key(route)
             if key not in self._sessions:
-                self._sessions[key] = _upstream_session(route.ca_file)
+                self._sessions[key] = _upstream_pool(route)
             own: tuple[RateLimit, ...] = ()
             if route.rate_limit is not None:
                 own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)

@@ -13,13 +13,12 @@ import math
 import time
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
-from yarl import URL
 
 from .auth.base import TokenProvider
+from .client import Pool, Response, UpstreamError
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
@@ -37,29 +36,30 @@ class Target:
 
     __slots__ = (
         "budget",
+        "connect_timeout",
         "cooldown",
         "limits",
         "metrics",
+        "pool",
         "provider",
+        "read_timeout",
         "replay_limit",
         "retry",
         "route",
-        "session",
         "strip_authorization",
-        "timeout",
     )
 
     def __init__(
         self,
         route: RouteConfig,
-        session: aiohttp.ClientSession,
+        pool: Pool,
         provider: TokenProvider | None = None,
         limits: tuple[RateLimit, ...] = (),
         metrics: Metrics | None = None,
     ) -> None:
         self.route = route
         self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
-        self.session = session
+        self.pool = pool
         self.provider = provider
         self.limits = limits
         self.retry = route.retry
@@ -72,14 +72,10 @@ class Target:
         # 401 replay with a fresh token.
         replays = route.retry.attempts > 1 or provider is not None
         self.replay_limit = route.retry.max_body if replays else -1
-        # total=None: a long download must not be cut; sock_read bounds each silence instead.
-        # connect also bounds the wait for a free pooled connection.
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=route.timeout.connect,
-            sock_connect=route.timeout.connect,
-            sock_read=route.timeout.read,
-        )
+        # No total limit: a long download must not be cut; read bounds each silence of the
+        # upstream instead, and connect also bounds the wait for a free pooled connection.
+        self.connect_timeout = route.timeout.connect
+        self.read_timeout = route.timeout.read
 
 
 @dataclass(slots=True)
@@ -100,14 +96,15 @@ class Exchange:
 async def exchange(
     target: Target,
     method: str,
-    url: URL,
+    path: str,
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
+    length: int | None,
     replayable: bool,
     provider: TokenProvider | None,
     limits: tuple[RateLimit, ...],
     result: Exchange,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """Send the request until the upstream gives an answer worth passing on."""
     arrival = time.monotonic()
     retry = target.retry
@@ -127,7 +124,7 @@ async def exchange(
             if first_sent is None:
                 first_sent = time.monotonic()
             result.attempts = attempt
-            response = await _send(target, method, url, headers, body)
+            response = await _send(target, method, path, headers, body, length)
             status = result.status = response.status
             if status == 401 and provider is not None and token is not None:
                 if result.token_renewals:
@@ -206,26 +203,28 @@ async def _admit(
 async def _send(
     target: Target,
     method: str,
-    url: URL,
+    path: str,
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
-) -> aiohttp.ClientResponse:
+    length: int | None,
+) -> Response:
     upstream = target.route.upstream
     try:
-        return await target.session.request(
+        return await target.pool.request(
             method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=target.timeout,
+            path,
+            headers,
+            body,
+            length,
+            connect_timeout=target.connect_timeout,
+            read_timeout=target.read_timeout,
         )
     except TimeoutError as exc:
         log.warning(
             "upstream_timeout", route=target.route.prefix, upstream=upstream.url, phase="headers"
         )
         raise UpstreamTimeoutError("upstream did not answer in time") from exc
-    except aiohttp.ClientError as exc:
+    except (OSError, UpstreamError) as exc:
         log.warning(
             "upstream_unreachable",
             route=target.route.prefix,

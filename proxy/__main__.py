@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import os
 import signal
 import sys
@@ -85,7 +86,13 @@ def _check(path: str) -> int:
 
 
 async def _serve(
-    path: str, config: Config, host: str, port: int, workers: int, redactor: logs.Redactor
+    path: str,
+    config: Config,
+    host: str,
+    port: int,
+    workers: int,
+    redactor: logs.Redactor,
+    access_log: logs.AccessLog | None,
 ) -> None:
     """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     log = structlog.get_logger("proxy")
@@ -96,7 +103,11 @@ async def _serve(
         auth=len(config.auth),
         clients=len(config.clients),
     )
-    app = build_app(per_worker(config, workers), on_secrets=redactor.update)
+    app = build_app(
+        per_worker(config, workers),
+        on_secrets=redactor.update,
+        access_log=access_log,
+    )
     runner, addresses = await start(
         app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
     )
@@ -159,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _config_path(args.config)
     if args.command == "check":
         return _check(path)
-    redactor = logs.configure(args.log_level, args.log_format)
+    out = logs.LineBuffer(sys.stdout.buffer)
+    atexit.register(out.flush_now)  # lines still waiting when the process ends
+    redactor = logs.configure(args.log_level, args.log_format, stream=out)
     if args.command == "demo":
         try:
             asyncio.run(run_demo(path, args.host, args.port, args.sandbox_port))
@@ -189,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.log_format,
             ]
             return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
-        asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor))
+        access_log = logs.access_log(args.log_level, args.log_format, redactor, out)
+        asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor, access_log))
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -1,44 +1,36 @@
-"""build_app(): the aiohttp application, its lifecycle, the /-/ endpoints and reloads."""
+"""build_app(): the proxy application, its lifecycle, the /-/ endpoints and reloads."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal
 
 import structlog
-from aiohttp import web
 
 from .config import Config
-from .errors import ForbiddenError, NoRouteError, ProxyError, error_response
+from .errors import BadRequestError, ForbiddenError, NoRouteError, ProxyError, error_response
 from .forward import Stats
 from .headers import request_id_from
+from .observe.logs import AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
+from .server import Reply, Request, Server
 
 log = structlog.get_logger("proxy.app")
-
-# Server settings every way of serving the app must use (CLI, tests, workers):
-# - access_log=None: aiohttp's stdlib access log halves throughput; we log ourselves.
-# - handler_cancellation: a client that hangs up cancels its upstream request too.
-# - auto_decompress=False: a gzip request body must reach the upstream as sent, not inflated
-#   under a Content-Encoding header that no longer describes it.
-RUNNER_KWARGS: Final[dict[str, Any]] = {
-    "access_log": None,
-    "handler_cancellation": True,
-    "auto_decompress": False,
-}
 
 
 class ProxyState:
     """The running Runtime (swapped on reload) and what outlives reloads."""
 
-    __slots__ = ("_retiring", "metrics", "on_secrets", "runtime")
+    __slots__ = ("_retiring", "access_log", "metrics", "on_secrets", "runtime")
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, access_log: AccessLog | None = None) -> None:
         self.metrics = Metrics()
-        self.runtime = Runtime(config, self.metrics)
+        self.access_log = access_log
+        self.runtime = Runtime(config, self.metrics, access_log)
         self._retiring: set[asyncio.Task[None]] = set()
         # Told every credential of each config loaded, for the log redactor.
         self.on_secrets: Callable[[list[str]], None] | None = None
@@ -62,7 +54,7 @@ class ProxyState:
                 "config_reload_keeps_listener",
                 reason="host, port and workers change only on restart",
             )
-        self.runtime = Runtime(config, self.metrics, previous=old)
+        self.runtime = Runtime(config, self.metrics, self.access_log, previous=old)
         self.runtime.start()
         self._watch()
         task = asyncio.get_running_loop().create_task(self._retire(old))
@@ -84,15 +76,24 @@ class ProxyState:
         await self.runtime.close()
 
 
-STATE: Final = web.AppKey("state", ProxyState)
-Admin = Callable[[web.Request, ProxyState], Awaitable[web.Response]]
+class _StateKey:
+    """``app[STATE]``: the running ProxyState of a started app."""
 
 
-async def _health(request: web.Request, state: ProxyState) -> web.Response:
-    return web.json_response({"status": "ok"})
+STATE: Final = _StateKey()
+Admin = Callable[[Request, ProxyState], Awaitable[Reply]]
+_JSON: Final = {"Content-Type": "application/json; charset=utf-8"}
 
 
-async def _ready(request: web.Request, state: ProxyState) -> web.Response:
+def _json(body: Any, status: int = 200) -> Reply:
+    return Reply(status, _JSON, json.dumps(body).encode())
+
+
+async def _health(request: Request, state: ProxyState) -> Reply:
+    return _json({"status": "ok"})
+
+
+async def _ready(request: Request, state: ProxyState) -> Reply:
     """200 once every auth table in use holds a valid token, 503 naming those that do not."""
     tokens = state.runtime.tokens
     failing = sorted(name for name, manager in tokens.items() if not manager.ready)
@@ -101,10 +102,10 @@ async def _ready(request: web.Request, state: ProxyState) -> web.Response:
         "failing": failing,
         "auth": {name: manager.status() for name, manager in sorted(tokens.items())},
     }
-    return web.json_response(body, status=503 if failing else 200)
+    return _json(body, status=503 if failing else 200)
 
 
-async def _status(request: web.Request, state: ProxyState) -> web.Response:
+async def _status(request: Request, state: ProxyState) -> Reply:
     """Routes with their limits and pauses, and each auth's token state (never a token)."""
     runtime = state.runtime
     routes = {
@@ -129,13 +130,14 @@ async def _status(request: web.Request, state: ProxyState) -> web.Response:
         }
         for name, client in sorted(runtime.clients.items())
     }
-    return web.json_response({"routes": routes, "auth": auth, "clients": clients})
+    return _json({"routes": routes, "auth": auth, "clients": clients})
 
 
-async def _metrics(request: web.Request, state: ProxyState) -> web.Response:
-    return web.Response(
-        body=state.metrics.exposition(),
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+async def _metrics(request: Request, state: ProxyState) -> Reply:
+    return Reply(
+        200,
+        {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        state.metrics.exposition(),
     )
 
 
@@ -148,8 +150,7 @@ ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
 }
 
 
-async def _dispatch(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     runtime = state.runtime  # read once: this request finishes on this config
     request_id = request_id_from(request.headers)
     structlog.contextvars.clear_contextvars()
@@ -157,13 +158,13 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     path = request.raw_path
     if not runtime.access.peer_allowed(request.remote):
         # Before anything else: not even the route table is consulted.
-        stats = Stats()
+        stats = Stats(request_id)
         log.warning("source_refused", remote=request.remote)
         refused = error_response(ForbiddenError("source address not allowed"), request_id)
         runtime.forwarder.account(request, stats, refused.status, local="refused")
         return refused
     if path.startswith("/-/"):
-        stats = Stats()
+        stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
         runtime.forwarder.account(request, stats, answer.status, local="/-/")
         return answer
@@ -175,8 +176,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _admin(
-    request: web.Request, state: ProxyState, runtime: Runtime, path: str, request_id: str
-) -> web.StreamResponse:
+    request: Request, state: ProxyState, runtime: Runtime, path: str, request_id: str
+) -> Reply:
     entry = ADMIN.get(path.partition("?")[0])
     if entry is None or request.method not in ("GET", "HEAD"):
         error: ProxyError = NoRouteError(f"no route for {path.partition('?')[0]!r}")
@@ -188,45 +189,92 @@ async def _admin(
     return await handler(request, state)
 
 
-def build_app(
-    config: Config, on_secrets: Callable[[list[str]], None] | None = None
-) -> web.Application:
-    """The proxy as an aiohttp app; upstream sessions and token managers open on startup
-    and close on cleanup (after in-flight requests had their grace period)."""
-    app = web.Application()
+def _bad_request(status: int, message: str) -> Reply:
+    """Our answer to a request that could not be parsed: nothing of it is echoed."""
+    error = BadRequestError(message)
+    reply = error_response(error, request_id_from(None))
+    reply.status = status
+    return reply
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        state = ProxyState(config)
-        state.on_secrets = on_secrets
+
+class ProxyApp:
+    """The proxy before and while it serves: its state exists from start() to cleanup()."""
+
+    def __init__(
+        self,
+        config: Config,
+        on_secrets: Callable[[list[str]], None] | None,
+        access_log: AccessLog | None,
+    ) -> None:
+        self._config = config
+        self._on_secrets = on_secrets
+        self._access_log = access_log
+        self._state: ProxyState | None = None
+
+    def __getitem__(self, key: _StateKey) -> ProxyState:
+        if self._state is None:
+            raise LookupError("the proxy is not started")
+        return self._state
+
+    async def open(self) -> None:
+        state = ProxyState(self._config, self._access_log)
+        state.on_secrets = self._on_secrets
         state._watch()
-        app[STATE] = state
+        self._state = state
         state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
-        try:
-            yield
-        finally:
-            await state.close()
 
-    app.cleanup_ctx.append(lifecycle)
-    # One catch-all: the raw target decides, not aiohttp's decoded-path router.
-    app.router.add_route("*", "/{tail:.*}", _dispatch)
-    return app
+    async def handle(self, request: Request) -> Reply | None:
+        assert self._state is not None
+        return await _dispatch(self._state, request)
+
+    async def close(self) -> None:
+        if self._state is not None:
+            await self._state.close()
+
+
+def build_app(
+    config: Config,
+    on_secrets: Callable[[list[str]], None] | None = None,
+    access_log: AccessLog | Literal["structlog"] | None = "structlog",
+) -> ProxyApp:
+    """The proxy as an app; upstream pools and token managers open on start and close on
+    cleanup (after in-flight requests had their grace period). ``access_log`` writes each
+    request's line (None: no access lines); by default they go through structlog."""
+    if access_log == "structlog":
+        access_log = structlog_access_log()
+    return ProxyApp(config, on_secrets, access_log)
+
+
+class Runner:
+    """A started proxy: ``cleanup()`` stops listening, drains, then closes everything."""
+
+    def __init__(self, app: ProxyApp, server: Server, grace: float) -> None:
+        self.app = app
+        self._server = server
+        self._grace = grace
+
+    async def cleanup(self) -> None:
+        try:
+            await self._server.stop(self._grace)
+        finally:
+            await self.app.close()
 
 
 async def start(
-    app: web.Application,
+    app: ProxyApp,
     host: str,
     port: int,
     *,
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
-) -> tuple[web.AppRunner, list[tuple[str, int]]]:
+) -> tuple[Runner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound."""
-    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **RUNNER_KWARGS)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await app.open()
+    server = Server(app.handle, _bad_request)
     try:
-        await site.start()
+        addresses = await server.listen(host, port, reuse_port=reuse_port)
     except OSError:
-        await runner.cleanup()
+        await server.stop(0)
+        await app.close()
         raise
-    return runner, [(str(a[0]), int(a[1])) for a in runner.addresses]
+    return Runner(app, server, shutdown_timeout), [(str(a[0]), int(a[1])) for a in addresses]

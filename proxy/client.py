@@ -20,10 +20,9 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 
 # An upstream answer's head is bounded: a 1 MB header block is an attack or a bug.
@@ -31,6 +30,12 @@ MAX_HEAD: Final = 64 * 1024
 # Body bytes held for a client that reads slower than the upstream sends.
 _HIGH_WATER: Final = 256 * 1024
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class BodyStream(Protocol):
+    """A request body that streams: readany() returns b"" at its end."""
+
+    async def readany(self) -> bytes: ...
 
 
 class UpstreamError(Exception):
@@ -285,7 +290,7 @@ class Connection(asyncio.Protocol):
     async def send(
         self,
         head: bytes,
-        body: bytes | StreamReader | None,
+        body: bytes | BodyStream | None,
         chunked: bool,
         method: str,
         read_timeout: float,
@@ -310,7 +315,7 @@ class Connection(asyncio.Protocol):
         self._arm()
         return await waiter
 
-    async def _stream(self, body: StreamReader, chunked: bool) -> None:
+    async def _stream(self, body: BodyStream, chunked: bool) -> None:
         transport = self.transport
         assert transport is not None
         try:
@@ -423,7 +428,7 @@ class Pool:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        body: bytes | StreamReader | None,
+        body: bytes | BodyStream | None,
         length: int | None,
         *,
         connect_timeout: float,
@@ -446,7 +451,7 @@ class Pool:
             raise UpstreamProtocolError("refusing to send a header with CR, LF or NUL")
         head = text.encode("utf-8", "surrogateescape")
         chunked = length is not None and length < 0
-        reusable_retry = method in _IDEMPOTENT and not isinstance(body, StreamReader)
+        reusable_retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         while True:
             conn, reused = await self._acquire(connect_timeout)
             try:

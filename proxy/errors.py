@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
-from aiohttp import web
+from .server import Reply
 
 
 class ConfigError(Exception):
@@ -103,12 +103,14 @@ class UpstreamTimeoutError(ProxyError):
     code = "upstream_timeout"
 
 
-def error_response(error: ProxyError, request_id: str) -> web.Response:
+def error_response(error: ProxyError, request_id: str) -> Reply:
     """The JSON body and X-Proxy-Error header every proxy-made error carries."""
     body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
-    headers = {"X-Proxy-Error": error.code, "X-Request-ID": request_id}
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Proxy-Error": error.code,
+        "X-Request-ID": request_id,
+    }
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return web.Response(
-        status=error.status, text=body, content_type="application/json", headers=headers
-    )
+    return Reply(error.status, headers, body.encode())

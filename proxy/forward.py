@@ -17,16 +17,16 @@ from collections.abc import Mapping
 from typing import Final
 
 import structlog
-from aiohttp import web
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
 
 from .access import Access, Client
 from .client import Response, UpstreamError
 from .errors import ProxyError, RateLimitedError, error_response
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers
+from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .routing import RouteTable
+from .server import Body, Reply, Request
 from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
 
 log = structlog.get_logger("proxy.forward")
@@ -35,10 +35,11 @@ log = structlog.get_logger("proxy.forward")
 class Stats:
     """What one request cost, for its access-log line and metrics."""
 
-    __slots__ = ("bytes_out", "client", "exchange", "route", "started")
+    __slots__ = ("bytes_out", "client", "exchange", "request_id", "route", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str) -> None:
         self.started = time.perf_counter()
+        self.request_id = request_id
         self.route: str | None = None
         self.client: str | None = None
         self.exchange: Exchange | None = None
@@ -48,7 +49,7 @@ class Stats:
 class Forwarder:
     """Forwards every request that is not the proxy's own to its route's upstream."""
 
-    __slots__ = ("_access", "_headers", "_metrics", "_table", "_targets")
+    __slots__ = ("_access", "_access_log", "_headers", "_metrics", "_table", "_targets")
 
     def __init__(
         self,
@@ -57,17 +58,19 @@ class Forwarder:
         access: Access,
         headers: HeaderPolicy,
         metrics: Metrics,
+        access_log: AccessLog | None,
     ) -> None:
+        self._access_log = access_log
         self._table = table
         self._targets = targets
         self._access = access
         self._headers = headers
         self._metrics = metrics
 
-    async def handle(self, request: web.Request, request_id: str) -> web.StreamResponse:
+    async def handle(self, request: Request, request_id: str) -> Reply | None:
         """Check who asks, route, forward; log one access line and count it, whatever
         happens (a client that hangs up is logged with status 499)."""
-        stats = Stats()
+        stats = Stats(request_id)
         status = 499
         self._metrics.in_flight.inc()
         try:
@@ -77,9 +80,9 @@ class Forwarder:
             stats.route = route.prefix
             Access.check_route(client, route.prefix)
             target = self._targets[route.prefix]
-            response = await self._forward(request, target, client, path, request_id, stats)
-            status = response.status
-            return response
+            await self._forward(request, target, client, path, request_id, stats)
+            status = request.status
+            return None
         except ProxyError as error:
             status = error.status
             if isinstance(error, RateLimitedError) and stats.route is not None:
@@ -90,7 +93,7 @@ class Forwarder:
             self.account(request, stats, status)
 
     def account(
-        self, request: web.Request, stats: Stats, status: int, local: str | None = None
+        self, request: Request, stats: Stats, status: int, local: str | None = None
     ) -> None:
         """One access line and the request metrics; ``local`` labels a request the proxy
         answered itself before routing (``/-/``, a refused source)."""
@@ -107,35 +110,44 @@ class Forwarder:
                 if result.retries:
                     metrics.retries.inc(result.retries)
                 metrics.limiter_wait.observe(result.limiter_wait)
-        log.info(
-            "access",
-            remote=request.remote,
-            client=stats.client,
-            method=request.method,
-            # No query string: queries can hold personal data.
-            path=request.raw_path.partition("?")[0],
-            route=stats.route or local,
-            status=status,
-            upstream_status=result.status if result is not None else None,
-            attempts=result.attempts if result is not None else 0,
-            retries_429=result.retries if result is not None else 0,
-            token_refreshes=result.token_renewals if result is not None else 0,
-            limiter_wait_ms=round(result.limiter_wait * 1000, 2) if result is not None else 0,
-            upstream_ms=round(result.upstream_seconds * 1000, 2) if result is not None else None,
-            total_ms=round(total * 1000, 2),
-            bytes_in=request.content.total_bytes,
-            bytes_out=stats.bytes_out,
+        access = self._access_log
+        if access is None:
+            return
+        access(
+            {
+                "request_id": stats.request_id,
+                "remote": request.remote,
+                "client": stats.client,
+                "method": request.method,
+                # No query string: queries can hold personal data.
+                "path": request.raw_path.partition("?")[0],
+                "route": stats.route or local,
+                "status": status,
+                "upstream_status": result.status if result is not None else None,
+                "attempts": result.attempts if result is not None else 0,
+                "retries_429": result.retries if result is not None else 0,
+                "token_refreshes": result.token_renewals if result is not None else 0,
+                "limiter_wait_ms": (
+                    round(result.limiter_wait * 1000, 2) if result is not None else 0
+                ),
+                "upstream_ms": (
+                    round(result.upstream_seconds * 1000, 2) if result is not None else None
+                ),
+                "total_ms": round(total * 1000, 2),
+                "bytes_in": request.content.total_bytes,
+                "bytes_out": stats.bytes_out,
+            }
         )
 
     async def _forward(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         client: Client | None,
         path: str,
         request_id: str,
         stats: Stats,
-    ) -> web.StreamResponse:
+    ) -> None:
         headers = self._headers.upstream_request(
             request.headers,
             strip_authorization=target.strip_authorization,
@@ -174,41 +186,44 @@ class Forwarder:
             response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
             if result.retry_after is not None and RETRY_AFTER not in response_headers:
                 response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
-            return await self._stream_back(
-                request, upstream_response, response_headers, target, stats
-            )
+            await self._stream_back(request, upstream_response, response_headers, target, stats)
 
     async def _stream_back(
         self,
-        request: web.Request,
+        request: Request,
         upstream_response: Response,
         headers: CIMultiDict[str],
         target: Target,
         stats: Stats,
-    ) -> web.StreamResponse:
-        # No reason phrase is copied: the upstream's is untrusted text; aiohttp picks the
+    ) -> None:
+        # No reason phrase is copied: the upstream's is untrusted text; we write the
         # standard one for the status.
-        response = web.StreamResponse(status=upstream_response.status, headers=headers)
-        await response.prepare(request)
-        try:
-            async for chunk in upstream_response.iter_any():
-                stats.bytes_out += len(chunk)
-                await response.write(chunk)
-        except (UpstreamError, OSError, TimeoutError) as exc:
-            # Headers are gone already: the only honest signal left is an aborted connection,
-            # never a clean end that would make a truncated body look complete.
-            log.warning(
-                "upstream_stream_broken", route=target.route.prefix, error=type(exc).__name__
-            )
-            _reset(request)
-            raise _ClientAborted from exc
-        await response.write_eof()
-        return response
+        request.start(upstream_response.status, headers)
+        body = upstream_response.iter_any()
+        while True:
+            try:
+                chunk = await anext(body)
+            except StopAsyncIteration:
+                break
+            except (UpstreamError, OSError, TimeoutError) as exc:
+                # Headers are gone already: the only honest signal left is an aborted
+                # connection, never a clean end that would make a cut body look complete.
+                log.warning(
+                    "upstream_stream_broken", route=target.route.prefix, error=type(exc).__name__
+                )
+                _reset(request)
+                raise _ClientAborted from exc
+            stats.bytes_out += len(chunk)
+            try:
+                await request.write(chunk)
+            except ConnectionError as exc:
+                raise _ClientAborted from exc  # the client left; nothing to tell anyone
+        request.finish()
 
 
 async def _request_body(
-    request: web.Request, replay_limit: int
-) -> tuple[bytes | StreamReader | None, int | None, bool]:
+    request: Request, replay_limit: int
+) -> tuple[bytes | Body | None, int | None, bool]:
     """The body to send upstream, its framing, and whether it can be sent again.
 
     Framing: None (no body, no framing header), -1 (chunked: length unknown), else the
@@ -225,7 +240,7 @@ async def _request_body(
     return request.content, (-1 if length is None else length), False
 
 
-def _reset(request: web.Request) -> None:
+def _reset(request: Request) -> None:
     """Abort the client connection with a TCP reset, not a FIN: for a close-delimited body
     (HTTP/1.0) a FIN would be a clean end, and the cut body would look complete."""
     transport = request.transport
@@ -239,7 +254,7 @@ def _reset(request: web.Request) -> None:
 
 
 class _ClientAborted(asyncio.CancelledError):
-    """Ends a handler whose connection we aborted; aiohttp treats it as a client gone away."""
+    """Ends a handler whose connection is gone (aborted by us, or closed by the client)."""
 
 
 X_PROXY_ATTEMPTS: Final = istr("X-Proxy-Attempts")

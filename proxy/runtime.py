@@ -22,6 +22,7 @@ from .config import AuthConfig, Config, RateLimitConfig, RouteConfig
 from .forward import Forwarder
 from .headers import HeaderPolicy
 from .limits import RateLimit
+from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .routing import RouteTable
 from .upstream import Target
@@ -83,7 +84,13 @@ class Runtime:
         "tokens",
     )
 
-    def __init__(self, config: Config, metrics: Metrics, previous: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        access_log: AccessLog | None = None,
+        previous: Runtime | None = None,
+    ) -> None:
         self.config = config
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -159,7 +166,7 @@ class Runtime:
         self.access = Access(config.server, clients)
         headers = HeaderPolicy(config.server.client_key_header if clients else None)
         self.forwarder = Forwarder(
-            RouteTable(config.routes), self.targets, self.access, headers, metrics
+            RouteTable(config.routes), self.targets, self.access, headers, metrics, access_log
         )
 
     def _limit(self, name: str, config: RateLimitConfig, previous: Runtime | None) -> RateLimit:

@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, istr
 
 from .auth.base import TokenProvider
-from .client import Pool, Response, UpstreamError
+from .client import BodyStream, Pool, Response, UpstreamError
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
@@ -98,7 +97,7 @@ async def exchange(
     method: str,
     path: str,
     headers: CIMultiDict[str],
-    body: bytes | StreamReader | None,
+    body: bytes | BodyStream | None,
     length: int | None,
     replayable: bool,
     provider: TokenProvider | None,
@@ -205,7 +204,7 @@ async def _send(
     method: str,
     path: str,
     headers: CIMultiDict[str],
-    body: bytes | StreamReader | None,
+    body: bytes | BodyStream | None,
     length: int | None,
 ) -> Response:
     upstream = target.route.upstream

@@ -7,16 +7,28 @@ line, aiohttp's own included, passes the Redactor before it is rendered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
-from typing import IO, Any, BinaryIO, Final, Literal, TextIO, cast
+import time
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, BinaryIO, Final, Literal, Protocol, TextIO, cast
 
 import orjson
 import structlog
 
 LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+class ByteSink(Protocol):
+    """Where rendered lines go: a binary stream, or a LineBuffer in front of one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 LogFormat = Literal["json", "console"]
 
 REDACTED: Final = "[redacted]"
@@ -114,7 +126,7 @@ def configure(
     level: str = "info",
     fmt: LogFormat = "json",
     *,
-    stream: IO[bytes] | None = None,
+    stream: ByteSink | None = None,
     redactor: Redactor | None = None,
     cache: bool = True,
 ) -> Redactor:
@@ -156,7 +168,7 @@ def configure(
 class _Text:
     """A text view of a byte stream for the console renderer."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: ByteSink) -> None:
         self._raw = raw
 
     def write(self, text: str) -> None:
@@ -166,7 +178,7 @@ class _Text:
         self._raw.flush()
 
 
-def _route_stdlib(shared: list[Any], fmt: LogFormat, level: str, out: IO[bytes]) -> None:
+def _route_stdlib(shared: list[Any], fmt: LogFormat, level: str, out: ByteSink) -> None:
     """aiohttp logs through stdlib logging (server errors, with the request line): send it
     through the same redaction and rendering, instead of a raw traceback on stderr."""
     renderer: Any = (
@@ -183,3 +195,105 @@ def _route_stdlib(shared: list[Any], fmt: LogFormat, level: str, out: IO[bytes])
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
+
+
+AccessLog = Callable[[dict[str, Any]], None]
+"""Writes one request's access line (its fields, request_id included)."""
+
+
+def structlog_access_log() -> AccessLog:
+    """Access lines through the general structlog chain (console format, tests)."""
+    log = structlog.get_logger("proxy.forward")
+
+    def write(fields: dict[str, Any]) -> None:
+        log.info("access", **fields)
+
+    return write
+
+
+class JsonAccessLog:
+    """Access lines rendered straight to JSON bytes: ~2.5 µs a line against ~12 µs through
+    the structlog chain, on the one log call every request makes. The fields are the
+    proxy's own numbers and names; the path, the only client text, is scrubbed as the
+    Redactor scrubs any line."""
+
+    __slots__ = ("_out", "_redactor", "_second", "_stamp")
+
+    def __init__(self, out: BinaryIO, redactor: Redactor) -> None:
+        self._out = out
+        self._redactor = redactor
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, fields: dict[str, Any]) -> None:
+        fields["path"] = self._redactor.scrub(fields["path"])
+        fields["event"] = "access"
+        fields["level"] = "info"
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        fields["timestamp"] = f"{self._stamp}.{int((now - second) * 1e6):06d}Z"
+        out = self._out
+        out.write(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
+        out.flush()
+
+
+def access_log(level: str, fmt: LogFormat, redactor: Redactor, out: ByteSink) -> AccessLog | None:
+    """The access-line writer for this configuration; None when info lines are off."""
+    if logging.getLevelNamesMapping()[level.upper()] > logging.INFO:
+        return None
+    if fmt == "json":
+        return JsonAccessLog(cast(BinaryIO, out), redactor)
+    return structlog_access_log()
+
+
+class LineBuffer:
+    """Standard output for log lines, written in batches.
+
+    A write system call per line was the largest single cost of the access log (~8 µs a
+    request under load). Lines are collected and written together once 64 KiB are waiting
+    or 50 ms after the first, whichever comes first; outside an event loop, and at exit
+    (:meth:`flush_now`), at once. Every line goes through the same buffer, so their order
+    is kept. A process killed with SIGKILL loses at most the last 50 ms of lines.
+    """
+
+    __slots__ = ("__weakref__", "_delay", "_limit", "_parts", "_raw", "_size", "_timer")
+
+    def __init__(self, raw: ByteSink, delay: float = 0.05, limit: int = 64 * 1024) -> None:
+        self._raw = raw
+        self._delay = delay
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= self._limit:
+            self.flush_now()
+        return len(data)
+
+    def flush(self) -> None:
+        """Called after every line by the loggers: schedule the write, do not do it."""
+        if not self._parts or self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_now()
+            return
+        self._timer = loop.call_later(self._delay, self.flush_now)
+
+    def flush_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._parts:
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+            self._raw.write(data)
+        self._raw.flush()

@@ -1,0 +1,602 @@
+"""The client leg: an HTTP/1.1 server over llhttp (httptools), made for a proxy.
+
+aiohttp's web server spent most of the proxy's remaining CPU per request (a Request and its
+router match, a StreamResponse, middlewares, a task per request); a prototype of this leg
+served the same traffic at a third of the CPU. It also gives the proxy the last word on
+framing: llhttp is strict (Content-Length with Transfer-Encoding, bad chunks, control bytes
+and bare LFs are errors), a malformed request is answered with our own JSON 400 that never
+echoes the request, and nothing of it reaches a handler.
+
+    Server -> HttpConnection (one task per connection, requests answered in order)
+           -> handler(Request) -> Reply, or a response streamed with Request.start/write/finish
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Final
+
+import httptools
+import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
+
+log = structlog.get_logger("proxy.server")
+
+# Bounds on what a client may send before its request is complete.
+MAX_HEAD: Final = 64 * 1024  # request line + headers (431 past it)
+MAX_HEADERS: Final = 128  # header fields (431 past it)
+_BODY_HIGH_WATER: Final = 256 * 1024  # request body held for a handler that reads slowly
+_MAX_QUEUED: Final = 16  # pipelined requests parsed ahead of the one being answered
+_REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+_BODYLESS: Final = frozenset({204, 304})
+
+
+class Body:
+    """A request body as it arrives; reading it resumes a connection paused for it."""
+
+    __slots__ = ("_chunks", "_conn", "_error", "_size", "_waiter", "eof", "total_bytes")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.eof = False
+        self.total_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.total_bytes += len(data)
+        if self._size > _BODY_HIGH_WATER:
+            self._conn.pause_for_body()
+        self._wake()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.eof = True
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    def _take(self, limit: int = -1) -> bytes:
+        chunks = self._chunks
+        if limit < 0 or limit >= self._size:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            joined = b"".join(chunks)
+            data, rest = joined[:limit], joined[limit:]
+            chunks.clear()
+            chunks.append(rest)
+        self._size -= len(data)
+        if self._size < _BODY_HIGH_WATER // 4:
+            self._conn.resume_for_body()
+        return data
+
+    async def readany(self) -> bytes:
+        """The next bytes of the body, b"" at its end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.eof:
+                return b""
+            await self._wait()
+        return self._take()
+
+    async def readexactly(self, n: int) -> bytes:
+        while self._size < n:
+            if self._error is not None:
+                raise self._error
+            if self.eof:
+                raise asyncio.IncompleteReadError(self._take(), n)
+            await self._wait()
+        return self._take(n)
+
+
+class Reply:
+    """A complete response: status, headers and a small body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, headers: Mapping[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        self.status = status
+        self.headers = headers or {}
+        self.body = body
+
+
+class Request:
+    """One request as received, and the way to answer it by streaming."""
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_pending",
+        "body_exists",
+        "content",
+        "content_length",
+        "finished",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "remote",
+        "scheme",
+        "started",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDictProxy[str],
+        version: str,
+        keep_alive: bool,
+    ) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.remote = conn.remote
+        self.scheme = "http"
+        self.content = Body(conn)
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None else None
+        self.body_exists = bool(self.content_length) or "Transfer-Encoding" in headers
+        self.started = False  # the response head is written
+        self.finished = False
+        self.status = 0
+        self._chunked = False
+        self._pending = b""
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._conn.transport
+
+    def start(self, status: int, headers: CIMultiDict[str]) -> None:
+        """Write the response head; the body follows with write() and finish()."""
+        self.started = True
+        self.status = status
+        bodyless = self.method == "HEAD" or status in _BODYLESS or status < 200
+        length = headers.get("Content-Length")
+        if length is None and not bodyless:
+            if self.version == "1.1":
+                self._chunked = True
+            else:
+                self.keep_alive = False  # HTTP/1.0: the body ends where the connection does
+        if not self.content.eof:
+            self.keep_alive = False  # an unread body: this connection cannot go on
+        # Held back and sent with the first body bytes: one write (one send) for a small
+        # answer instead of two.
+        self._pending = self._head(status, headers, "Transfer-Encoding: chunked\r\n")
+
+    def _head(self, status: int, headers: Mapping[str, str], framing: str) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        if "Date" not in headers:
+            lines.append(self._conn.server.date_line())
+        if self._chunked:
+            lines.append(framing)
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif self.version != "1.1":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        text = "".join(lines)
+        ends = len(lines)
+        if text.count("\n") != ends or text.count("\r") != ends or "\0" in text:
+            raise ValueError("refusing to send a response header with CR, LF or NUL")
+        return text.encode("utf-8", "surrogateescape")
+
+    async def write(self, data: bytes) -> None:
+        if not data or self.method == "HEAD":
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        self._conn.write(data)
+        await self._conn.drain()
+
+    def finish(self) -> None:
+        end = b"0\r\n\r\n" if self._chunked and self.method != "HEAD" else b""
+        self._conn.write(self._pending + end if self._pending else end)
+        self._pending = b""
+        self.finished = True
+
+    def reply(self, reply: Reply) -> None:
+        """Send a complete response in one write."""
+        self.started = True
+        self.status = reply.status
+        if not self.content.eof:
+            self.keep_alive = False
+        headers = dict(reply.headers)
+        bodyless = self.method == "HEAD" or reply.status in _BODYLESS
+        if reply.status not in _BODYLESS:
+            headers["Content-Length"] = str(len(reply.body))
+        head = self._head(reply.status, headers, "")
+        self._conn.write(head if bodyless else head + reply.body)
+        self.finished = True
+
+
+Handler = Callable[[Request], Awaitable[Reply | None]]
+BadRequest = Callable[[int, str], Reply]
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    __slots__ = (
+        "_body",
+        "_closing",
+        "_drain",
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_heads",
+        "_loop",
+        "_parser",
+        "_paused_body",
+        "_paused_queue",
+        "_queue",
+        "_queue_waiter",
+        "_task",
+        "_url",
+        "_write_paused",
+        "busy",
+        "head_started",
+        "idle_since",
+        "remote",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Request | Reply] = deque()
+        self._queue_waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._paused_body = False
+        self._paused_queue = False
+        self._body: Body | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # bytes of the head parsed so far; -1 between heads
+        self._head_bytes = 0
+        self._heads = 0  # heads completed on this connection
+        self.busy = False  # a request is being answered
+        self.head_started: float | None = None  # first byte of an incomplete request head
+        self.idle_since = self._loop.time()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if peer else None
+        self.server.connections.add(self)
+        self._task = self._loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self.head_started is None and self._body is None:
+            self.head_started = self._loop.time()
+        heads = self._heads
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (h2c, websocket) and CONNECT: the request is answered as a plain one
+            # (Upgrade is hop-by-hop and never forwarded); nothing after it is read.
+            if self._body is not None:
+                self._body.end()
+                self._body = None
+            self._stop_reading()
+        except httptools.HttpParserError as exc:
+            self._refuse(400, "malformed request", exc)
+            return
+        if self._heads == heads and self._head_size >= 0:
+            # All of this read went into a head still incomplete: bound what llhttp and
+            # httptools hold for a header that never ends.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refuse(431, "request head too large")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.server.connections.discard(self)
+        if self._body is not None:
+            self._body.end(ConnectionResetError("client closed the connection"))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the handler stops: its upstream request is cancelled too
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("client closed the connection"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._head_bytes = 0
+        if self.head_started is None:
+            self.head_started = self._loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD:
+            raise _TooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
+            raise _TooLarge
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._headers
+            )
+        )
+        request = Request(
+            self,
+            parser.get_method().decode("ascii"),
+            self._url.decode("utf-8", "surrogateescape"),
+            headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+        )
+        self._head_size = -1
+        self._heads += 1
+        self.head_started = None
+        self._body = request.content
+        if not request.body_exists:
+            request.content.end()
+        elif headers.get("Expect", "").lower() == "100-continue" and request.version == "1.1":
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._enqueue(request)
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._body is not None:
+            self._body.end()
+            self._body = None
+
+    # -- flow control -------------------------------------------------------------------
+
+    def _enqueue(self, item: Request | Reply) -> None:
+        self._queue.append(item)
+        if len(self._queue) > _MAX_QUEUED and not self._paused_queue:
+            self._paused_queue = True
+            self._sync_reading()
+        waiter = self._queue_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_for_body(self) -> None:
+        if not self._paused_body:
+            self._paused_body = True
+            self._sync_reading()
+
+    def resume_for_body(self) -> None:
+        if self._paused_body:
+            self._paused_body = False
+            self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._closing or transport.is_closing():
+            return
+        if self._paused_body or self._paused_queue:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self._closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused:
+            self._drain = self._loop.create_future()
+            await self._drain
+
+    def _refuse(self, status: int, message: str, cause: BaseException | None = None) -> None:
+        """A request we will not parse further: answer it (in turn) and close."""
+        if cause is not None and isinstance(cause.__context__, _TooLarge):
+            status, message = 431, "request head too large"
+        self._stop_reading()
+        if self._body is not None:
+            self._body.end(ConnectionResetError("malformed request body"))
+            self._body = None
+        self._enqueue(self.server.bad_request(status, message))
+
+    # -- answering ----------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._queue_waiter = self._loop.create_future()
+                    await self._queue_waiter
+                item = self._queue.popleft()
+                if self._paused_queue and len(self._queue) <= _MAX_QUEUED // 2:
+                    self._paused_queue = False
+                    self._sync_reading()
+                if isinstance(item, Reply):
+                    item.headers = {**item.headers, "Connection": "close"}
+                    self.write(_raw_reply(item, self.server.date_line()))
+                    return
+                self.busy = True
+                keep_alive = await self._answer(item)
+                self.busy = False
+                self.idle_since = self._loop.time()
+                if not keep_alive or self.server.stopping:
+                    return
+        finally:
+            self.busy = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+    async def _answer(self, request: Request) -> bool:
+        try:
+            reply = await self.server.handler(request)
+            if reply is not None:
+                request.reply(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler_failed", path=request.raw_path.partition("?")[0])
+            if request.started:
+                return False  # a head is out: only closing tells the client it is cut
+            request.keep_alive = False
+            request.reply(self.server.bad_request(500, "internal error"))
+            return False
+        if not request.finished:
+            return False
+        return request.keep_alive
+
+
+def _raw_reply(reply: Reply, date_line: str) -> bytes:
+    lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in reply.headers.items())
+    lines.append(date_line)
+    lines.append(f"Content-Length: {len(reply.body)}\r\n\r\n")
+    return "".join(lines).encode("utf-8") + reply.body
+
+
+class _TooLarge(Exception):
+    """Raised from a parser callback: the head passed MAX_HEAD or MAX_HEADERS."""
+
+
+class Server:
+    """Listeners, their connections, the idle sweep and graceful shutdown."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        bad_request: BadRequest,
+        *,
+        keepalive_timeout: float = 75.0,
+        header_timeout: float = 10.0,
+    ) -> None:
+        self.handler = handler
+        self.bad_request = bad_request
+        self.connections: set[HttpConnection] = set()
+        self.stopping = False
+        self._keepalive = keepalive_timeout
+        self._header_timeout = header_timeout
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._date = ("", 0)
+
+    def date_line(self) -> str:
+        now = int(time.time())
+        if self._date[1] != now:
+            self._date = (f"Date: {formatdate(now, usegmt=True)}\r\n", now)
+        return self._date[0]
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: HttpConnection(self),
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=4096,
+        )
+        self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(1.0, self._sweep)
+        return [sock.getsockname() for sock in server.sockets]
+
+    def _sweep(self) -> None:
+        """Once a second: close idle keep-alive connections, and connections whose request
+        head is still incomplete after header_timeout (slowloris)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            if conn.busy:
+                continue
+            started = conn.head_started
+            if started is not None:
+                if now - started > self._header_timeout:
+                    conn.write(_raw_reply(self.bad_request(408, "request head too slow"), ""))
+                    if conn.transport is not None:
+                        conn.transport.close()
+            elif now - conn.idle_since > self._keepalive and conn.transport is not None:
+                conn.transport.close()
+        self._sweeper = loop.call_later(1.0, self._sweep)
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, close idle connections, let requests in flight finish for up
+        to ``grace`` seconds, then cut what is left."""
+        self.stopping = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if not conn.busy and conn.transport is not None:
+                conn.transport.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(c.busy for c in self.connections):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()

@@ -342,3 +342,23 @@ def test_token_fetch_outcomes_are_a_closed_set_of_labels(reason: str, label: str
     assert f'proxy_token_fetches_total{{auth="travis",outcome="{label}"}} 1.0' in text
     assert reason == label or reason not in text
     assert 'proxy_token_fetch_duration_seconds_count{auth="travis"} 1.0' in text
+
+
+def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    """A value equal to a bucket bound counts in that bucket (le), and buckets add up."""
+    from proxy.observe.metrics import Metrics, RouteMetrics
+
+    metrics = Metrics()
+    route = RouteMetrics(metrics, "/api")
+    for value in (0.005, 0.2, 90.0):
+        route.duration.observe(value)
+    text = metrics.exposition().decode()
+    assert _sample(text, "proxy_request_duration_seconds_bucket", route="/api", le="0.0025") == 0
+    assert _sample(text, "proxy_request_duration_seconds_bucket", route="/api", le="0.005") == 1
+    assert _sample(text, "proxy_request_duration_seconds_bucket", route="/api", le="0.25") == 2
+    assert _sample(text, "proxy_request_duration_seconds_bucket", route="/api", le="60.0") == 2
+    assert _sample(text, "proxy_request_duration_seconds_bucket", route="/api", le="+Inf") == 3
+    assert _sample(text, "proxy_request_duration_seconds_count", route="/api") == 3
+    assert _sample(text, "proxy_request_duration_seconds_sum", route="/api") == pytest.approx(
+        90.205
+    )

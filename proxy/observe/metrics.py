@@ -10,8 +10,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .fast import Buckets, CounterFamily, FastCollector, GaugeFamily, HistogramFamily, Value
 
 LATENCY_BUCKETS: Final = (
     0.001,
@@ -69,53 +71,61 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The per-request families: plain numbers, no lock (see fast.py).
+        self.requests = CounterFamily(
             "proxy_requests_total",
             "Requests answered, by route, method and status class.",
             ["route", "method", "status_class"],
-            registry=r,
         )
-        self.duration = Histogram(
+        self.duration = HistogramFamily(
             "proxy_request_duration_seconds",
             "Time from request to end of response.",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = HistogramFamily(
             "proxy_upstream_duration_seconds",
             "Time from first attempt to upstream headers.",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.attempts = Counter(
-            "proxy_upstream_attempts_total",
-            "Requests sent upstream, retries included.",
-            ["route"],
-            registry=r,
+        self.attempts = CounterFamily(
+            "proxy_upstream_attempts_total", "Requests sent upstream, retries included.", ["route"]
         )
-        self.retries = Counter(
-            "proxy_upstream_retries_total",
-            "Attempts repeated after a 429 (or 503).",
-            ["route"],
-            registry=r,
+        self.retries = CounterFamily(
+            "proxy_upstream_retries_total", "Attempts repeated after a 429 (or 503).", ["route"]
         )
-        self.limiter_wait = Histogram(
+        self.limiter_wait = HistogramFamily(
             "proxy_limiter_wait_seconds",
             "Time requests waited for rate-limit slots.",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.limiter_rejections = Counter(
-            "proxy_limiter_rejections_total",
-            "Requests refused with 429 rate_limited.",
-            ["route"],
-            registry=r,
+        self.limiter_rejections = CounterFamily(
+            "proxy_limiter_rejections_total", "Requests refused with 429 rate_limited.", ["route"]
         )
-        self.in_flight = Gauge(
-            "proxy_in_flight_requests", "Requests being handled now.", registry=r
+        in_flight = GaugeFamily("proxy_in_flight_requests", "Requests being handled now.", [])
+        self.in_flight = in_flight.labels()
+        self.token_age = HistogramFamily(
+            "proxy_token_age_seconds",
+            "Age of the token when a request used it.",
+            ["auth"],
+            AGE_BUCKETS,
+        )
+        r.register(
+            FastCollector(
+                [
+                    self.requests,
+                    self.duration,
+                    self.upstream_duration,
+                    self.attempts,
+                    self.retries,
+                    self.limiter_wait,
+                    self.limiter_rejections,
+                    in_flight,
+                    self.token_age,
+                ]
+            )
         )
         self.token_fetches = Counter(
             "proxy_token_fetches_total",
@@ -128,13 +138,6 @@ class Metrics:
             "Token request latency.",
             ["auth"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.token_age = Histogram(
-            "proxy_token_age_seconds",
-            "Age of the token when a request used it.",
-            ["auth"],
-            buckets=AGE_BUCKETS,
             registry=r,
         )
         self.refresh_lead = Histogram(
@@ -156,8 +159,8 @@ class Metrics:
             ["auth"],
             registry=r,
         )
-        self._status: dict[tuple[str, str, str], Counter] = {}
-        self._ages: dict[str, Histogram] = {}
+        self._status: dict[tuple[str, str, str], Value] = {}
+        self._ages: dict[str, Buckets] = {}
         self._sources: list[tuple[TokenStates, RoutePauses]] = []
         r.register(_LiveState(self._sources))
 

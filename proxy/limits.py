@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from aiolimiter import AsyncLimiter
 
 from .config import RateLimitConfig
 from .errors import RateLimitedError
+
+TRANSIT_MARGIN: Final = 0.02  # seconds of traffic held back from the bucket (see RateLimit)
 
 
 class RateLimit:
@@ -36,9 +39,18 @@ class RateLimit:
     def __init__(self, name: str, config: RateLimitConfig) -> None:
         self.name = name
         self._config = config
-        capacity = config.capacity
-        self._limiter = AsyncLimiter(capacity, capacity * config.per / config.rate)
         self._rate = config.rate / config.per
+        # The promise is kept at the upstream, not just at our door: requests released on
+        # schedule can bunch up on the way (event loop, pooled connections), so the bucket
+        # leaves room for TRANSIT_MARGIN of traffic. Arrivals delayed by up to that much
+        # still fit burst + rate*t; the sustained rate is unchanged.
+        # Whole requests only, never more than half the burst, never below one request:
+        # small limits keep every slot they were given.
+        margin = math.floor(
+            max(0.0, min(self._rate * TRANSIT_MARGIN, config.capacity / 2, config.capacity - 1))
+        )
+        capacity = config.capacity - margin
+        self._limiter = AsyncLimiter(capacity, capacity / self._rate)
         self._line: deque[asyncio.Future[None]] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
         self.rejected = 0

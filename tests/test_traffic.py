@@ -240,14 +240,12 @@ async def test_rate_limit_windows_hold_at_the_upstream(
         responses = await asyncio.gather(*(get(many, f"{proxy}/api/{i}") for i in range(total)))
     assert {r.status for r in responses} == {200}
     times = sorted(scripted.times())
-    # Arrival times carry the loop's and the network's jitter on top of the limiter's
-    # spacing: allow two requests' worth of it (10 ms at this rate).
-    slack = 2
-    for window in (0.05, 0.1, 0.5, 1.0):
+    # Measured where the promise is made: at the upstream, transit jitter included.
+    for window in (0.01, 0.05, 0.1, 0.5, 1.0):
         most = max(
             sum(1 for t in times[i:] if t - start <= window) for i, start in enumerate(times)
         )
-        assert most <= burst + rate * window + slack, (window, most)
+        assert most <= burst + rate * window, (window, most)
     steady = (total - burst) / (times[-1] - times[0])
     assert steady <= rate * 1.02
     assert steady >= rate * 0.8  # loose: this suite runs on a shared 2-core machine

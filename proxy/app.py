@@ -14,7 +14,7 @@ from .config import Config
 from .errors import BadRequestError, ForbiddenError, NoRouteError, ProxyError, error_response
 from .forward import Stats
 from .headers import request_id_from
-from .observe.logs import AccessLog, structlog_access_log
+from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
 from .server import Reply, Request, Server
@@ -153,8 +153,7 @@ ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
 async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     runtime = state.runtime  # read once: this request finishes on this config
     request_id = request_id_from(request.headers)
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    REQUEST_ID.set(request_id)  # every line logged while handling it carries the id
     path = request.raw_path
     if not runtime.access.peer_allowed(request.remote):
         # Before anything else: not even the route table is consulted.

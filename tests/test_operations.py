@@ -362,3 +362,25 @@ def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
     assert _sample(text, "proxy_request_duration_seconds_sum", route="/api") == pytest.approx(
         90.205
     )
+
+
+async def test_every_line_of_a_request_carries_its_request_id(tmp_path: Path) -> None:
+    """A warning logged while handling a request has the same request_id as its access line."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "/v"\nupstream = "http://127.0.0.1:1"\n')
+    proxy = await start_proxy(config)
+    try:
+        async with aiohttp.ClientSession() as client:
+            for rid in ("first-req", "second-req"):
+                async with client.get(f"{proxy.url}/v/x", headers={"X-Request-ID": rid}) as r:
+                    assert r.status == 502
+    finally:
+        await proxy.stop()
+    events = [json.loads(line) for line in proxy.lines if line.startswith("{")]
+    pairs = [(e["event"], e.get("request_id")) for e in events if e.get("request_id")]
+    assert pairs == [
+        ("upstream_unreachable", "first-req"),
+        ("access", "first-req"),
+        ("upstream_unreachable", "second-req"),
+        ("access", "second-req"),
+    ]

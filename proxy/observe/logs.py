@@ -13,12 +13,24 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, BinaryIO, Final, Literal, Protocol, TextIO, cast
 
 import orjson
 import structlog
 
 LEVELS: Final = ("debug", "info", "warning", "error")
+
+# The id of the request being handled, in the handling task's context. One ContextVar set
+# per request (~0.1 µs) where structlog's clear + bind_contextvars took ~2 µs.
+REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("request_id", default=None)
+
+
+def _add_request_id(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 class ByteSink(Protocol):
@@ -138,6 +150,7 @@ def configure(
     redactor = redactor or Redactor()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         # Tracebacks as plain text, never with frame locals: locals can hold secrets.

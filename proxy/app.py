@@ -11,7 +11,16 @@ from typing import Any, Final, Literal
 import structlog
 
 from .config import Config
-from .errors import BadRequestError, ForbiddenError, NoRouteError, ProxyError, error_response
+from .errors import (
+    BadRequestError,
+    ForbiddenError,
+    HeadTooLargeError,
+    InternalError,
+    NoRouteError,
+    ProxyError,
+    RequestTimeoutError,
+    error_response,
+)
 from .forward import Stats
 from .headers import request_id_from
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
@@ -165,6 +174,7 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     if path.startswith("/-/"):
         stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
+        answer.headers = {**answer.headers, "X-Request-ID": request_id}
         runtime.forwarder.account(request, stats, answer.status, local="/-/")
         return answer
     runtime.enter()
@@ -188,12 +198,18 @@ async def _admin(
     return await handler(request, state)
 
 
-def _bad_request(status: int, message: str) -> Reply:
-    """Our answer to a request that could not be parsed: nothing of it is echoed."""
-    error = BadRequestError(message)
-    reply = error_response(error, request_id_from(None))
-    reply.status = status
-    return reply
+_REFUSALS: Final[dict[int, type[ProxyError]]] = {
+    400: BadRequestError,
+    408: RequestTimeoutError,
+    431: HeadTooLargeError,
+    500: InternalError,
+}
+
+
+def _refusal(status: int, message: str) -> Reply:
+    """Our answer to a request the server could not take (unparsable, too large, too slow)
+    or a handler failure: nothing of the request is echoed."""
+    return error_response(_REFUSALS.get(status, BadRequestError)(message), request_id_from(None))
 
 
 class ProxyApp:
@@ -269,7 +285,7 @@ async def start(
 ) -> tuple[Runner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound."""
     await app.open()
-    server = Server(app.handle, _bad_request)
+    server = Server(app.handle, _refusal)
     try:
         addresses = await server.listen(host, port, reuse_port=reuse_port)
     except OSError:

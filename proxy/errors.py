@@ -7,7 +7,10 @@
         ├── UnauthorizedError     401 unauthorized (clients are configured; no valid key)
         ├── ForbiddenError        403 forbidden (source address, or a route the key may not use)
         ├── NoRouteError          404 no_route
+        ├── RequestTimeoutError   408 request_timeout (the request head came too slowly)
         ├── RateLimitedError      429 rate_limited (our own limit, or the route is paused)
+        ├── HeadTooLargeError     431 header_too_large (request head over 64 KiB or 128 fields)
+        ├── InternalError         500 internal_error (a bug: the handler failed)
         ├── UpstreamUnreachableError  502 upstream_unreachable
         ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
         └── UpstreamTimeoutError  504 upstream_timeout
@@ -64,6 +67,21 @@ class ForbiddenError(ProxyError):
 class NoRouteError(ProxyError):
     status = 404
     code = "no_route"
+
+
+class RequestTimeoutError(ProxyError):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadTooLargeError(ProxyError):
+    status = 431
+    code = "header_too_large"
+
+
+class InternalError(ProxyError):
+    status = 500
+    code = "internal_error"
 
 
 class RateLimitedError(ProxyError):

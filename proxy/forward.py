@@ -21,7 +21,7 @@ from multidict import CIMultiDict, istr
 
 from .access import Access, Client
 from .client import Response, UpstreamError
-from .errors import ProxyError, RateLimitedError, error_response
+from .errors import BadRequestError, ProxyError, RateLimitedError, error_response
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
@@ -84,10 +84,15 @@ class Forwarder:
             status = request.status
             return None
         except ProxyError as error:
-            status = error.status
-            if isinstance(error, RateLimitedError) and stats.route is not None:
+            # An attempt that failed because the client's body broke off malformed is the
+            # client's error, not the upstream's.
+            refused = (
+                BadRequestError("malformed request body") if request.content.malformed else error
+            )
+            status = refused.status
+            if isinstance(refused, RateLimitedError) and stats.route is not None:
                 self._targets[stats.route].metrics.rejections.inc()
-            return error_response(error, request_id)
+            return error_response(refused, request_id)
         finally:
             self._metrics.in_flight.dec()
             self.account(request, stats, status)

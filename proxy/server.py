@@ -37,10 +37,23 @@ _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _BODYLESS: Final = frozenset({204, 304})
 
 
+class MalformedBodyError(ConnectionError):
+    """The request's body broke HTTP/1.1 framing (a bad chunk) after its head was taken."""
+
+
 class Body:
     """A request body as it arrives; reading it resumes a connection paused for it."""
 
-    __slots__ = ("_chunks", "_conn", "_error", "_size", "_waiter", "eof", "total_bytes")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_size",
+        "_waiter",
+        "eof",
+        "malformed",
+        "total_bytes",
+    )
 
     def __init__(self, conn: HttpConnection) -> None:
         self._conn = conn
@@ -49,6 +62,7 @@ class Body:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.eof = False
+        self.malformed = False
         self.total_bytes = 0
 
     def feed(self, data: bytes) -> None:
@@ -175,7 +189,6 @@ class Request:
 
     def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Write the response head; the body follows with write() and finish()."""
-        self.started = True
         self.status = status
         bodyless = self.method == "HEAD" or status in _BODYLESS or status < 200
         length = headers.get("Content-Length")
@@ -184,11 +197,12 @@ class Request:
                 self._chunked = True
             else:
                 self.keep_alive = False  # HTTP/1.0: the body ends where the connection does
-        if not self.content.eof:
-            self.keep_alive = False  # an unread body: this connection cannot go on
+        if not self.content.eof or self._conn.closing:
+            self.keep_alive = False  # an unread body, or a connection being closed
         # Held back and sent with the first body bytes: one write (one send) for a small
         # answer instead of two.
         self._pending = self._head(status, headers, "Transfer-Encoding: chunked\r\n")
+        self.started = True
 
     def _head(self, status: int, headers: Mapping[str, str], framing: str) -> bytes:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
@@ -227,21 +241,21 @@ class Request:
 
     def reply(self, reply: Reply) -> None:
         """Send a complete response in one write."""
-        self.started = True
         self.status = reply.status
-        if not self.content.eof:
-            self.keep_alive = False
+        if not self.content.eof or self._conn.closing:
+            self.keep_alive = False  # an unread body, or a connection being closed
         headers = dict(reply.headers)
         bodyless = self.method == "HEAD" or reply.status in _BODYLESS
         if reply.status not in _BODYLESS:
             headers["Content-Length"] = str(len(reply.body))
         head = self._head(reply.status, headers, "")
+        self.started = True
         self._conn.write(head if bodyless else head + reply.body)
         self.finished = True
 
 
 Handler = Callable[[Request], Awaitable[Reply | None]]
-BadRequest = Callable[[int, str], Reply]
+Refusal = Callable[[int, str], Reply]  # status, message -> our JSON answer
 
 
 class HttpConnection(asyncio.Protocol):
@@ -295,6 +309,12 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False  # a request is being answered
         self.head_started: float | None = None  # first byte of an incomplete request head
         self.idle_since = self._loop.time()
+
+    @property
+    def closing(self) -> bool:
+        """Nothing more will be read, and nothing is queued behind the request being
+        answered: its answer is the connection's last."""
+        return self._closing and not self._queue
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -454,10 +474,16 @@ class HttpConnection(asyncio.Protocol):
         if cause is not None and isinstance(cause.__context__, _TooLarge):
             status, message = 431, "request head too large"
         self._stop_reading()
-        if self._body is not None:
-            self._body.end(ConnectionResetError("malformed request body"))
+        body = self._body
+        if body is not None:
+            # The head was fine and the request is (or will be) handled: its body ends in
+            # an error, so whatever was streamed upstream never completes, and the handler
+            # answers 400 (see Body.malformed). One answer per request, then the close.
             self._body = None
-        self._enqueue(self.server.bad_request(status, message))
+            body.malformed = True
+            body.end(MalformedBodyError(message))
+            return
+        self._enqueue(self.server.refusal(status, message))
 
     # -- answering ----------------------------------------------------------------------
 
@@ -500,7 +526,7 @@ class HttpConnection(asyncio.Protocol):
             if request.started:
                 return False  # a head is out: only closing tells the client it is cut
             request.keep_alive = False
-            request.reply(self.server.bad_request(500, "internal error"))
+            request.reply(self.server.refusal(500, "internal error"))
             return False
         if not request.finished:
             return False
@@ -525,13 +551,13 @@ class Server:
     def __init__(
         self,
         handler: Handler,
-        bad_request: BadRequest,
+        refusal: Refusal,
         *,
         keepalive_timeout: float = 75.0,
         header_timeout: float = 10.0,
     ) -> None:
         self.handler = handler
-        self.bad_request = bad_request
+        self.refusal = refusal
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self._keepalive = keepalive_timeout
@@ -571,7 +597,7 @@ class Server:
             started = conn.head_started
             if started is not None:
                 if now - started > self._header_timeout:
-                    conn.write(_raw_reply(self.bad_request(408, "request head too slow"), ""))
+                    conn.write(_raw_reply(self.refusal(408, "request head too slow"), ""))
                     if conn.transport is not None:
                         conn.transport.close()
             elif now - conn.idle_since > self._keepalive and conn.transport is not None:

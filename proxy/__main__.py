@@ -96,13 +96,7 @@ async def _serve(
 ) -> None:
     """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     log = structlog.get_logger("proxy")
-    log.info(
-        "config_loaded",
-        path=path,
-        routes=len(config.routes),
-        auth=len(config.auth),
-        clients=len(config.clients),
-    )
+    _loaded(log, path, config)
     app = build_app(
         per_worker(config, workers),
         on_secrets=redactor.update,
@@ -123,13 +117,7 @@ async def _serve(
             # Keep serving the running config; the problems never hold secret values.
             log.error("config_reload_failed", path=path, problems=exc.problems)
             return
-        log.info(
-            "config_loaded",
-            path=path,
-            routes=len(fresh.routes),
-            auth=len(fresh.auth),
-            clients=len(fresh.clients),
-        )
+        _loaded(log, path, fresh)
         app[STATE].reload(per_worker(fresh, workers))
 
     loop.add_signal_handler(signal.SIGHUP, reload)
@@ -153,6 +141,17 @@ async def _serve(
         log.info("proxy_stopping")
         await runner.cleanup()
         log.info("proxy_stopped")
+
+
+def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Config) -> None:
+    # Counts only: what a config holds, never a value from it.
+    log.info(
+        "config_loaded",
+        path=path,
+        routes=len(config.routes),
+        auth=len(config.auth),
+        clients=len(config.clients),
+    )
 
 
 def _is_loopback(host: str) -> bool:

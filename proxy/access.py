@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from multidict import CIMultiDictProxy
 
@@ -41,13 +41,19 @@ class Client:
         self.overrides = overrides
 
 
+def _address(remote: str | None) -> IPv4Address | IPv6Address | None:
+    if remote is None:
+        return None
+    try:
+        return ip_address(remote)
+    except ValueError:
+        return None
+
+
 def _is_loopback(remote: str | None) -> bool:
     # All of 127.0.0.0/8 and ::1 (and ::ffff:127.x on a dual-stack socket) are this host.
-    if remote is None:
-        return False
-    try:
-        address = ip_address(remote)
-    except ValueError:
+    address = _address(remote)
+    if address is None:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
@@ -74,13 +80,8 @@ class Access:
     def peer_allowed(self, remote: str | None) -> bool:
         if not self._allow:
             return True
-        if remote is None:
-            return False
-        try:
-            address = ip_address(remote)
-        except ValueError:
-            return False
-        return any(address in network for network in self._allow)
+        address = _address(remote)
+        return address is not None and any(address in network for network in self._allow)
 
     def identify(self, headers: CIMultiDictProxy[str]) -> Client | None:
         """The client whose key the request carries; None when no clients are configured."""

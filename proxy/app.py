@@ -16,9 +16,13 @@ from .errors import (
     ForbiddenError,
     HeadTooLargeError,
     InternalError,
+    MethodNotAllowedError,
     NoRouteError,
+    NotImplementedError_,
+    OverloadedError,
     ProxyError,
     RequestTimeoutError,
+    VersionError,
     error_response,
 )
 from .forward import Stats
@@ -171,6 +175,14 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         refused = error_response(ForbiddenError("source address not allowed"), request_id)
         runtime.forwarder.account(request, stats, refused.status, local="refused")
         return refused
+    if request.method in _REFUSED_METHODS:
+        # TRACE would echo our injected token back to the client; CONNECT asks for a
+        # tunnel to anywhere. Neither is ever forwarded.
+        stats = Stats(request_id)
+        error = MethodNotAllowedError(f"{request.method} is not allowed through this proxy")
+        refused = error_response(error, request_id)
+        runtime.forwarder.account(request, stats, refused.status, local="refused")
+        return refused
     if path.startswith("/-/"):
         stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
@@ -198,11 +210,15 @@ async def _admin(
     return await handler(request, state)
 
 
+_REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
 _REFUSALS: Final[dict[int, type[ProxyError]]] = {
     400: BadRequestError,
     408: RequestTimeoutError,
     431: HeadTooLargeError,
     500: InternalError,
+    501: NotImplementedError_,
+    503: OverloadedError,
+    505: VersionError,
 }
 
 
@@ -225,6 +241,10 @@ class ProxyApp:
         self._on_secrets = on_secrets
         self._access_log = access_log
         self._state: ProxyState | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
 
     def __getitem__(self, key: _StateKey) -> ProxyState:
         if self._state is None:
@@ -285,7 +305,15 @@ async def start(
 ) -> tuple[Runner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound."""
     await app.open()
-    server = Server(app.handle, _refusal)
+    settings = app.config.server  # listener settings: a reload does not change them
+    server = Server(
+        app.handle,
+        _refusal,
+        idle_timeout=settings.idle_timeout,
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections,
+        max_in_flight=settings.max_in_flight,
+    )
     try:
         addresses = await server.listen(host, port, reuse_port=reuse_port)
     except OSError:

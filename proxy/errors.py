@@ -10,7 +10,12 @@
         ├── RequestTimeoutError   408 request_timeout (the request head came too slowly)
         ├── RateLimitedError      429 rate_limited (our own limit, or the route is paused)
         ├── HeadTooLargeError     431 header_too_large (request head over 64 KiB or 128 fields)
+        ├── MethodNotAllowedError 405 method_not_allowed (TRACE, CONNECT)
         ├── InternalError         500 internal_error (a bug: the handler failed)
+        ├── NotImplementedError_  501 not_implemented (a transfer coding other than chunked)
+        ├── OverloadedError       503 overloaded (max_connections or max_in_flight reached)
+        ├── VersionError          505 http_version_not_supported (not HTTP/1.0 or 1.1)
+        ├── LoopDetectedError     508 loop_detected (the request carries our own Via)
         ├── UpstreamUnreachableError  502 upstream_unreachable
         ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
         └── UpstreamTimeoutError  504 upstream_timeout
@@ -82,6 +87,31 @@ class HeadTooLargeError(ProxyError):
 class InternalError(ProxyError):
     status = 500
     code = "internal_error"
+
+
+class MethodNotAllowedError(ProxyError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class NotImplementedError_(ProxyError):
+    status = 501
+    code = "not_implemented"
+
+
+class LoopDetectedError(ProxyError):
+    status = 508
+    code = "loop_detected"
+
+
+class OverloadedError(ProxyError):
+    status = 503
+    code = "overloaded"
+
+
+class VersionError(ProxyError):
+    status = 505
+    code = "http_version_not_supported"
 
 
 class RateLimitedError(ProxyError):

@@ -21,8 +21,14 @@ from multidict import CIMultiDict, istr
 
 from .access import Access, Client
 from .client import Response, UpstreamError
-from .errors import BadRequestError, ProxyError, RateLimitedError, error_response
-from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers
+from .errors import (
+    BadRequestError,
+    LoopDetectedError,
+    ProxyError,
+    RateLimitedError,
+    error_response,
+)
+from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .routing import RouteTable
@@ -80,6 +86,12 @@ class Forwarder:
             stats.route = route.prefix
             Access.check_route(client, route.prefix)
             target = self._targets[route.prefix]
+            if self._headers.is_loop(request.headers):
+                raise LoopDetectedError("this request has passed this proxy already")
+            if request.method == "OPTIONS" and _max_forwards(request) == 0:
+                # The hop count is used up: the request stops here, answered by us.
+                status = 200
+                return Reply(200, {"X-Request-ID": request_id})
             await self._forward(request, target, client, path, request_id, stats)
             status = request.status
             return None
@@ -160,6 +172,7 @@ class Forwarder:
             host=request.headers.get("Host"),
             scheme=request.scheme,
             request_id=request_id,
+            method=request.method,
         )
         provider = target.provider
         limits = target.limits
@@ -186,7 +199,9 @@ class Forwarder:
             result,
         )
         async with answer as upstream_response:
-            response_headers = client_response_headers(upstream_response.headers)
+            response_headers = client_response_headers(
+                upstream_response.headers, self._headers.via_entry
+            )
             response_headers[X_REQUEST_ID] = request_id
             response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
             if result.retry_after is not None and RETRY_AFTER not in response_headers:
@@ -224,6 +239,13 @@ class Forwarder:
             except ConnectionError as exc:
                 raise _ClientAborted from exc  # the client left; nothing to tell anyone
         request.finish()
+
+
+def _max_forwards(request: Request) -> int | None:
+    try:
+        return max_forwards(request.headers)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 async def _request_body(

@@ -10,6 +10,7 @@ import os
 import re
 import time
 from email.utils import parsedate_to_datetime
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -28,6 +29,7 @@ HOP_BY_HOP: Final[frozenset[str]] = frozenset(
         "Upgrade",
         "Proxy-Authorization",
         "Proxy-Authenticate",
+        "HTTP2-Settings",  # only meaningful with Upgrade: h2c, which is never forwarded
     )
 )
 
@@ -62,16 +64,66 @@ def _connection_listed(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> fro
     )
 
 
+# Names a client could spell with "_" or "." so that a server normalising them (CGI,
+# some frameworks) reads them as these: such aliases are dropped, never forwarded.
+_ALIAS_GUARDED: Final = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+        "forwarded",
+        "authorization",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "x-request-id",
+        "via",
+    }
+)
+VIA: Final = istr("Via")
+MAX_FORWARDS: Final = istr("Max-Forwards")
+
+
 class HeaderPolicy:
-    """The request-side header rules of one config (its client key header is never
-    forwarded: the key opens the proxy, not the vendor)."""
+    """The request-side header rules of one config: hop-by-hop and framing headers out,
+    forwarding headers ours (extended only for trusted proxies), Via added, loops refused,
+    the client key header never forwarded (the key opens the proxy, not the vendor)."""
 
-    __slots__ = ("_drop", "_drop_with_auth")
+    __slots__ = ("_drop", "_drop_with_auth", "_trusted", "via_entry", "via_name")
 
-    def __init__(self, client_key_header: str | None = None) -> None:
+    def __init__(
+        self,
+        client_key_header: str | None = None,
+        *,
+        via: str = "authproxy",
+        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
+    ) -> None:
         extra = frozenset({client_key_header.lower()}) if client_key_header else frozenset()
-        self._drop = _REQUEST_DROP | extra
-        self._drop_with_auth = _REQUEST_DROP_WITH_AUTH | extra
+        self._drop = _REQUEST_DROP | extra | {"via"}
+        self._drop_with_auth = _REQUEST_DROP_WITH_AUTH | extra | {"via"}
+        self._trusted = trusted_proxies
+        self.via_name = via.lower()
+        self.via_entry = f"1.1 {via}"
+
+    def is_loop(self, headers: CIMultiDictProxy[str]) -> bool:
+        """Does the request already carry our own Via entry (it came back to us)?"""
+        for value in headers.getall(VIA, ()):
+            for entry in value.split(","):
+                parts = entry.split()
+                if len(parts) >= 2 and parts[1].lower() == self.via_name:
+                    return True
+        return False
+
+    def _trusts(self, peer: str | None) -> bool:
+        if not self._trusted or peer is None:
+            return False
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
 
     def upstream_request(
         self,
@@ -82,32 +134,82 @@ class HeaderPolicy:
         host: str | None,
         scheme: str,
         request_id: str,
+        method: str = "GET",
     ) -> CIMultiDict[str]:
         """The client's headers as the upstream should see them (order and repeats kept)."""
         drop = self._drop_with_auth if strip_authorization else self._drop
         if "Connection" in headers:
-            # Names listed in Connection go too, except ones we set ourselves afterwards.
+            # Names listed in Connection go too; ours are set afterwards, so a client
+            # cannot list Authorization or X-Forwarded-For there to remove them.
             drop = drop | _connection_listed(headers)
         out: CIMultiDict[str] = CIMultiDict(
-            (name, value) for name, value in headers.items() if name.lower() not in drop
+            (name, value)
+            for name, value in headers.items()
+            if name.lower() not in drop and not _alias(name)
         )
-        if peer:
-            out["X-Forwarded-For"] = peer
-        out["X-Forwarded-Proto"] = scheme
-        if host:
-            out["X-Forwarded-Host"] = host
+        trusted = self._trusts(peer)
+        if trusted:
+            # Behind a proxy we trust, its forwarding headers describe the real client:
+            # extend them (RFC 7239 and the X-Forwarded-For convention) instead of
+            # replacing them.
+            chain = ", ".join(headers.getall("X-Forwarded-For", ()))
+            out["X-Forwarded-For"] = f"{chain}, {peer}" if chain else (peer or "")
+            out["X-Forwarded-Proto"] = headers.get("X-Forwarded-Proto", scheme)
+            if host or "X-Forwarded-Host" in headers:
+                out["X-Forwarded-Host"] = headers.get("X-Forwarded-Host", host or "")
+            forwarded = ", ".join(headers.getall("Forwarded", ()))
+            if forwarded:
+                out["Forwarded"] = f"{forwarded}, for={_forwarded_node(peer)}"
+        else:
+            if peer:
+                out["X-Forwarded-For"] = peer
+            out["X-Forwarded-Proto"] = scheme
+            if host:
+                out["X-Forwarded-Host"] = host
         out[X_REQUEST_ID] = request_id
+        via = ", ".join(headers.getall(VIA, ()))
+        out[VIA] = f"{via}, {self.via_entry}" if via else self.via_entry
+        if method == "OPTIONS" and MAX_FORWARDS in out:
+            out[MAX_FORWARDS] = str(int(out[MAX_FORWARDS]) - 1)  # checked by max_forwards()
         return out
 
 
+def _alias(name: str) -> bool:
+    if "_" not in name and "." not in name:
+        return False
+    return name.lower().replace("_", "-").replace(".", "-") in _ALIAS_GUARDED
+
+
+def _forwarded_node(peer: str | None) -> str:
+    if peer is None:
+        return "unknown"
+    return f'"[{peer}]"' if ":" in peer else peer
+
+
+def max_forwards(headers: CIMultiDictProxy[str]) -> int | None:
+    """The Max-Forwards value (RFC 9110 7.6.2), None when absent; ValueError when it is not
+    one whole number."""
+    values = headers.getall(MAX_FORWARDS, ())
+    if not values:
+        return None
+    if len(values) > 1 or not values[0].strip().isdigit():
+        raise ValueError("Max-Forwards must be one non-negative integer")
+    return int(values[0])
+
+
 def client_response_headers(
-    headers: CIMultiDict[str] | CIMultiDictProxy[str],
+    headers: CIMultiDict[str] | CIMultiDictProxy[str], via_entry: str | None = None
 ) -> CIMultiDict[str]:
-    """The upstream's response headers as the client should see them."""
+    """The upstream's response headers as the client should see them (with our Via entry
+    appended, as a proxy must in each message it forwards)."""
     drop: frozenset[str] = HOP_BY_HOP
     if "Connection" in headers:
         drop = HOP_BY_HOP | _connection_listed(headers)
-    return CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in drop)
+    out = CIMultiDict((name, value) for name, value in headers.items() if name.lower() not in drop)
+    if via_entry is not None:
+        via = ", ".join(out.popall(VIA, ()))
+        out[VIA] = f"{via}, {via_entry}" if via else via_entry
+    return out
 
 
 def request_id_from(headers: CIMultiDictProxy[str] | None) -> str:

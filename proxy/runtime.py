@@ -164,7 +164,11 @@ class Runtime:
             self.clients[name] = Client(name, routes, limit, overrides)
             clients[name] = (client.key.reveal(), self.clients[name])
         self.access = Access(config.server, clients)
-        headers = HeaderPolicy(config.server.client_key_header if clients else None)
+        headers = HeaderPolicy(
+            config.server.client_key_header if clients else None,
+            via=config.server.via,
+            trusted_proxies=config.server.trusted_proxies,
+        )
         self.forwarder = Forwarder(
             RouteTable(config.routes), self.targets, self.access, headers, metrics, access_log
         )

@@ -84,7 +84,12 @@ class Body:
 
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        conn = self._conn
+        conn.waiting_since = conn.server.now()  # the client owes us body bytes
+        try:
+            await self._waiter
+        finally:
+            conn.waiting_since = None
 
     def _take(self, limit: int = -1) -> bytes:
         chunks = self._chunks
@@ -284,6 +289,7 @@ class HttpConnection(asyncio.Protocol):
         "remote",
         "server",
         "transport",
+        "waiting_since",
     )
 
     def __init__(self, server: Server) -> None:
@@ -308,6 +314,7 @@ class HttpConnection(asyncio.Protocol):
         self._heads = 0  # heads completed on this connection
         self.busy = False  # a request is being answered
         self.head_started: float | None = None  # first byte of an incomplete request head
+        self.waiting_since: float | None = None  # since when a handler waits on the client
         self.idle_since = self._loop.time()
 
     @property
@@ -320,9 +327,16 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            # A fast, cheap no: past the cap a connection costs a write and a close.
+            self._closing = True
+            transport.write(_raw_reply(server.refusal(503, "too many connections"), ""))  # type: ignore[attr-defined]
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else None
-        self.server.connections.add(self)
+        server.connections.add(self)
         self._task = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -382,12 +396,12 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
         self._head_size += len(url)
         if self._head_size > MAX_HEAD:
-            raise _TooLarge
+            raise _Refused(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
-            raise _TooLarge
+            raise _Refused(431, "request head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -398,6 +412,9 @@ class HttpConnection(asyncio.Protocol):
                 for name, value in self._headers
             )
         )
+        problem = _framing_problem(parser.get_http_version(), headers, parser.should_upgrade())
+        if problem is not None:
+            raise problem  # parsing stops here: nothing of this request is handled
         request = Request(
             self,
             parser.get_method().decode("ascii"),
@@ -467,12 +484,16 @@ class HttpConnection(asyncio.Protocol):
     async def drain(self) -> None:
         if self._write_paused:
             self._drain = self._loop.create_future()
-            await self._drain
+            self.waiting_since = self._loop.time()  # the client is not reading
+            try:
+                await self._drain
+            finally:
+                self.waiting_since = None
 
     def _refuse(self, status: int, message: str, cause: BaseException | None = None) -> None:
         """A request we will not parse further: answer it (in turn) and close."""
-        if cause is not None and isinstance(cause.__context__, _TooLarge):
-            status, message = 431, "request head too large"
+        if cause is not None and isinstance(cause.__context__, _Refused):
+            status, message = cause.__context__.status, cause.__context__.message
         self._stop_reading()
         body = self._body
         if body is not None:
@@ -515,8 +536,14 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.close()
 
     async def _answer(self, request: Request) -> bool:
+        server = self.server
+        if server.in_flight >= server.max_in_flight:
+            request.keep_alive = False
+            request.reply(server.refusal(503, "too many requests in flight"))
+            return False
+        server.in_flight += 1
         try:
-            reply = await self.server.handler(request)
+            reply = await server.handler(request)
             if reply is not None:
                 request.reply(reply)
         except asyncio.CancelledError:
@@ -526,8 +553,10 @@ class HttpConnection(asyncio.Protocol):
             if request.started:
                 return False  # a head is out: only closing tells the client it is cut
             request.keep_alive = False
-            request.reply(self.server.refusal(500, "internal error"))
+            request.reply(server.refusal(500, "internal error"))
             return False
+        finally:
+            server.in_flight -= 1
         if not request.finished:
             return False
         return request.keep_alive
@@ -541,8 +570,39 @@ def _raw_reply(reply: Reply, date_line: str) -> bytes:
     return "".join(lines).encode("utf-8") + reply.body
 
 
-class _TooLarge(Exception):
-    """Raised from a parser callback: the head passed MAX_HEAD or MAX_HEADERS."""
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing: the request is answered with
+    ``status`` and the connection closed; nothing after it is read."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _framing_problem(
+    version: str, headers: CIMultiDictProxy[str], upgrade: bool
+) -> _Refused | None:
+    """What llhttp lets through but a proxy must not (request smuggling, RFC 9112):
+    every request is framed one way only, as both ends of the proxy will read it."""
+    if version not in ("1.0", "1.1"):
+        return _Refused(505, "HTTP version not supported")
+    hosts = headers.getall("Host", ())
+    if len(hosts) > 1 or (version == "1.1" and not hosts):
+        return _Refused(400, "exactly one Host header is required")
+    codings = headers.getall("Transfer-Encoding", ())
+    if codings:
+        if version == "1.0":
+            # An HTTP/1.0 hop may not understand chunking: the body's end would be
+            # ambiguous, and what follows it could run as a second request.
+            return _Refused(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        if len(codings) > 1 or "," in codings[0]:
+            return _Refused(400, "only a single Transfer-Encoding: chunked is accepted")
+        if codings[0].strip().lower() != "chunked":
+            return _Refused(501, "transfer coding not implemented")
+    if upgrade and (headers.get("Content-Length", "0") != "0" or codings):
+        return _Refused(400, "an upgrade request may not carry a body")
+    return None
 
 
 class Server:
@@ -553,18 +613,28 @@ class Server:
         handler: Handler,
         refusal: Refusal,
         *,
-        keepalive_timeout: float = 75.0,
+        idle_timeout: float = 60.0,
         header_timeout: float = 10.0,
+        max_connections: int = 10000,
+        max_in_flight: int = 4096,
     ) -> None:
         self.handler = handler
         self.refusal = refusal
         self.connections: set[HttpConnection] = set()
         self.stopping = False
-        self._keepalive = keepalive_timeout
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._idle = idle_timeout
         self._header_timeout = header_timeout
+        # The sweep looks often enough to keep each deadline within a quarter of itself.
+        self._tick = min(1.0, header_timeout / 4, idle_timeout / 4)
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._date = ("", 0)
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def date_line(self) -> str:
         now = int(time.time())
@@ -583,26 +653,34 @@ class Server:
         )
         self._servers.append(server)
         if self._sweeper is None:
-            self._sweeper = loop.call_later(1.0, self._sweep)
+            self._sweeper = loop.call_later(self._tick, self._sweep)
         return [sock.getsockname() for sock in server.sockets]
 
     def _sweep(self) -> None:
-        """Once a second: close idle keep-alive connections, and connections whose request
-        head is still incomplete after header_timeout (slowloris)."""
+        """Close what a client left hanging: a request head still incomplete after
+        header_timeout (slowloris: 408), a keep-alive connection idle past idle_timeout,
+        and a request whose client stopped sending its body or reading the answer for
+        idle_timeout (aborted: the handler and its upstream request are cancelled)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         for conn in list(self.connections):
+            transport = conn.transport
+            if transport is None:
+                continue
             if conn.busy:
+                waiting = conn.waiting_since
+                if waiting is not None and now - waiting > self._idle:
+                    log.info("client_idle_cut", remote=conn.remote)
+                    transport.abort()
                 continue
             started = conn.head_started
             if started is not None:
                 if now - started > self._header_timeout:
                     conn.write(_raw_reply(self.refusal(408, "request head too slow"), ""))
-                    if conn.transport is not None:
-                        conn.transport.close()
-            elif now - conn.idle_since > self._keepalive and conn.transport is not None:
-                conn.transport.close()
-        self._sweeper = loop.call_later(1.0, self._sweep)
+                    transport.close()
+            elif now - conn.idle_since > self._idle:
+                transport.close()
+        self._sweeper = loop.call_later(self._tick, self._sweep)
 
     async def stop(self, grace: float) -> None:
         """Stop listening, close idle connections, let requests in flight finish for up

@@ -123,7 +123,8 @@ def test_upstream_parts() -> None:
         (
             "[server]\nbind = 1\n",
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
-            "admin_access, shutdown_grace, workers)",
+            "admin_access, shutdown_grace, workers, trusted_proxies, via, header_timeout, "
+            "idle_timeout, max_connections, max_in_flight)",
         ),
         ("routes = 3\n", "routes: must be an array of tables ([[routes]]), got an integer"),
         ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients)"),

@@ -194,6 +194,12 @@ class _Checker(Checks):
             "admin_access",
             "shutdown_grace",
             "workers",
+            "trusted_proxies",
+            "via",
+            "header_timeout",
+            "idle_timeout",
+            "max_connections",
+            "max_in_flight",
         )
         table = self.table(raw, "server", names)
         default = _DEFAULT_SERVER
@@ -205,18 +211,14 @@ class _Checker(Checks):
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             self.fail("server.port", f"must be an integer from 0 to 65535, got {port!r}")
             port = default.port
-        allow: list[IPv4Network | IPv6Network] = []
-        listed = table.get("allow", [])
-        if not isinstance(listed, list):
-            self.fail("server.allow", "must be a list of CIDR networks")
-            listed = []
-        for index, cidr in enumerate(listed):
-            try:
-                if not isinstance(cidr, str):
-                    raise TypeError(cidr)  # ip_network(10) would be 0.0.0.10/32
-                allow.append(ip_network(cidr, strict=False))
-            except (TypeError, ValueError):
-                self.fail(f"server.allow[{index}]", f"not a CIDR network: {cidr!r}")
+        allow = self.networks(table, "allow")
+        trusted = self.networks(table, "trusted_proxies")
+        via = self.string(table, "server", "via")
+        if via is None:
+            via = default.via
+        elif not _HEADER_NAME.fullmatch(via):
+            self.fail("server.via", f"must be a token (letters, digits, -._~), got {via!r}")
+            via = default.via
         header = self.string(table, "server", "client_key_header")
         if header is None:
             header = default.client_key_header
@@ -228,14 +230,17 @@ class _Checker(Checks):
             admin = default.admin_access
         elif admin not in ("any", "loopback") and not admin.startswith("client:"):
             self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
-        workers = table.get("workers", default.workers)
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            self.fail("server.workers", f"must be a whole number of at least 1, got {workers!r}")
-            workers = default.workers
+        workers = self.whole(table, "workers", default.workers)
         return ServerConfig(
             host=host,
             port=port,
-            allow=tuple(allow),
+            allow=allow,
+            trusted_proxies=trusted,
+            via=via,
+            header_timeout=self.positive(table, "server", "header_timeout", default.header_timeout),
+            idle_timeout=self.positive(table, "server", "idle_timeout", default.idle_timeout),
+            max_connections=self.whole(table, "max_connections", default.max_connections),
+            max_in_flight=self.whole(table, "max_in_flight", default.max_in_flight),
             client_key_header=header,
             admin_access=admin,
             shutdown_grace=self.non_negative(
@@ -243,6 +248,28 @@ class _Checker(Checks):
             ),
             workers=workers,
         )
+
+    def networks(self, table: dict[str, Any], name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        found: list[IPv4Network | IPv6Network] = []
+        listed = table.get(name, [])
+        if not isinstance(listed, list):
+            self.fail(f"server.{name}", "must be a list of CIDR networks")
+            listed = []
+        for index, cidr in enumerate(listed):
+            try:
+                if not isinstance(cidr, str):
+                    raise TypeError(cidr)  # ip_network(10) would be 0.0.0.10/32
+                found.append(ip_network(cidr, strict=False))
+            except (TypeError, ValueError):
+                self.fail(f"server.{name}[{index}]", f"not a CIDR network: {cidr!r}")
+        return tuple(found)
+
+    def whole(self, table: dict[str, Any], name: str, default: int) -> int:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(f"server.{name}", f"must be a whole number of at least 1, got {value!r}")
+            return default
+        return value
 
     def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
         table = self.table(

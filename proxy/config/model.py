@@ -162,6 +162,13 @@ class ServerConfig:
     admin_access: str = "any"
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on stop/reload
     workers: int = 1
+    # Peers whose X-Forwarded-For / Forwarded we extend instead of replacing.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    via: str = "authproxy"  # our pseudonym in Via; a request already carrying it is a loop
+    header_timeout: float = 10.0  # seconds a client has to send a whole request head
+    idle_timeout: float = 60.0  # seconds of silence from a client (keep-alive, body, reads)
+    max_connections: int = 10000  # client connections; past it new ones get a fast 503
+    max_in_flight: int = 4096  # requests being handled; past it a fast 503
 
 
 @dataclass(frozen=True, slots=True)

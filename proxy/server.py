@@ -34,6 +34,8 @@ MAX_HEADERS: Final = 128  # header fields (431 past it)
 _BODY_HIGH_WATER: Final = 256 * 1024  # request body held for a handler that reads slowly
 _MAX_QUEUED: Final = 16  # pipelined requests parsed ahead of the one being answered
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
 _BODYLESS: Final = frozenset({204, 304})
 
 
@@ -247,6 +249,8 @@ class Request:
     def reply(self, reply: Reply) -> None:
         """Send a complete response in one write."""
         self.status = reply.status
+        if reply.status == 400:
+            self.keep_alive = False  # after a request we could not accept, trust no more
         if not self.content.eof or self._conn.closing:
             self.keep_alive = False  # an unread body, or a connection being closed
         headers = dict(reply.headers)
@@ -269,6 +273,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_closing",
+        "_discarded",
         "_drain",
         "_head_bytes",
         "_head_size",
@@ -302,6 +307,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._discarded = 0
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._paused_body = False
@@ -341,6 +347,11 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
+            # Lingering: what the client still sends after our last answer is dropped, up
+            # to a bound (see _linger).
+            self._discarded += len(data)
+            if self._discarded > _LINGER_BYTES and self.transport is not None:
+                self.transport.abort()
             return
         if self.head_started is None and self._body is None:
             self.head_started = self._loop.time()
@@ -532,8 +543,22 @@ class HttpConnection(asyncio.Protocol):
                     return
         finally:
             self.busy = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close without destroying our last answer. Closing a socket with unread input
+        makes the kernel send a reset, and a client still sending (a body we refused, a
+        pipelined burst after a bad request) may then lose the answer it has not read
+        yet. So: half-close (FIN after the answer), read and drop what still comes for up
+        to _LINGER_SECONDS or _LINGER_BYTES, then close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._closing = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        self._loop.call_later(_LINGER_SECONDS, transport.close)
 
     async def _answer(self, request: Request) -> bool:
         server = self.server

@@ -1,0 +1,335 @@
+"""Hostile input, as raw bytes on a socket: what must never get past the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import resource
+import time
+
+import pytest
+
+from .conftest import ProxyFactory, Scripted, Upstream
+
+TOKEN = "upstream-test-token"  # what the conftest token endpoint issues
+
+
+async def _send(base: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes and read until the proxy closes (or the timeout passes)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(-1), timeout)
+        except TimeoutError:
+            return b"<still open>"
+    finally:
+        writer.close()
+
+
+def _statuses(raw: bytes) -> list[int]:
+    """Status codes of the answers in a byte stream (bodies here never hold a status line)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+async def _proxy(make_proxy: ProxyFactory, upstream: Upstream, extra: str = "") -> str:
+    return await make_proxy(
+        f"[server]\n{extra}\n"
+        f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\nauth = "a"\n'
+        f'[auth.a]\ntype = "client_credentials"\ntoken_url = "{upstream.url}/oauth/token"\n'
+        'client_id = "id"\nclient_secret = "hardening-secret-1"\n'
+    )
+
+
+H = b"Host: p\r\n"
+FRAMING = {
+    "cl-and-te": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "cl-duplicate": b"POST /u/x HTTP/1.1\r\n"
+    + H
+    + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    "cl-plus": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: +2\r\n\r\nab",
+    "cl-minus": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n",
+    "cl-hex": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: 0x5\r\n\r\nabcde",
+    "cl-underscore": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: 1_0\r\n\r\n0123456789",
+    "cl-space-colon": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length : 3\r\n\r\nabc",
+    "te-chunked-chunked": b"POST /u/x HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    "te-chunked-identity": b"POST /u/x HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "te-xchunked": b"POST /u/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "te-gzip": b"POST /u/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
+    "te-two-lines": b"POST /u/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "http10-te-then-pipelined": b"POST /u/x HTTP/1.0\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /u/SMUGGLED HTTP/1.1\r\n"
+    + H
+    + b"\r\n",
+    "bad-chunk-size": b"POST /u/x HTTP/1.1\r\n"
+    + H
+    + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "bare-lf": b"GET /u/x HTTP/1.1\n" + H + b"\r\n",
+    "bare-cr": b"GET /u/x HTTP/1.1\r\nHost: p\rX: 1\r\n\r\n",
+    "nul-in-header": b"GET /u/x HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n",
+    "folded-header": b"GET /u/x HTTP/1.1\r\n" + H + b"X-A: a\r\n b\r\n\r\n",
+    "no-host": b"GET /u/x HTTP/1.1\r\n\r\n",
+    "two-hosts": b"GET /u/x HTTP/1.1\r\nHost: p\r\nHost: q\r\n\r\n",
+    "absolute-form": b"GET http://evil.example/u/x HTTP/1.1\r\n" + H + b"\r\n",
+    "http-0.9": b"GET /u/x\r\n\r\n",
+    "http-2.0": b"GET /u/x HTTP/2.0\r\n" + H + b"\r\n",
+    "asterisk": b"OPTIONS * HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+    "no-slash": b"GET u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+    "connect": b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+    "trace": b"TRACE /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
+    "websocket-with-body": b"POST /u/x HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello",
+}
+EXPECTED = {
+    "te-gzip": 501,
+    "te-xchunked": 501,
+    "http-0.9": 505,
+    "http-2.0": 505,
+    "connect": 405,
+    "trace": 405,
+}
+
+
+@pytest.mark.parametrize("name", list(FRAMING))
+async def test_ambiguous_or_forbidden_requests_are_refused_and_reach_nothing(
+    make_proxy: ProxyFactory, upstream: Upstream, name: str
+) -> None:
+    """Every request a proxy and an upstream could read two ways is refused by us (400,
+    or 405/501/505 as the case says) and no byte of it reaches any upstream."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(proxy, FRAMING[name])
+    statuses = _statuses(raw)
+    assert statuses[:1] == [EXPECTED.get(name, 400)], raw[:300]
+    assert len(statuses) == 1  # a pipelined request behind it never runs
+    assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
+
+
+async def test_malformed_authorization_is_not_echoed_anywhere(
+    make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header with a NUL gets a 400 whose bytes hold nothing of the request, and no log
+    line repeats it."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Authorization: Bearer S3CRET\x00\r\n\r\n"
+    )
+    assert _statuses(raw) == [400]
+    assert b"S3CRET" not in raw
+    assert "S3CRET" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/u/../x",
+        b"/u/%2e%2e/x",
+        b"/u/.%2e/x",
+        b"/u%2f..%2fx",
+        b"/u/..\\x",
+        b"/u/;/../x",
+        b"//evil.example/x",
+        b"/http://169.254.169.254/",
+    ],
+)
+async def test_paths_never_leave_the_routes_base(
+    make_proxy: ProxyFactory, upstream: Upstream, path: bytes
+) -> None:
+    """Traversal and scheme tricks get 400 or 404, and nothing reaches the upstream."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(proxy, b"GET " + path + b" HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert _statuses(raw)[0] in (400, 404)
+    assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
+
+
+async def test_connection_header_cannot_remove_our_token_or_forwarding_headers(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Listing Authorization or X-Forwarded-For in Connection removes the client's own,
+    never the token or the X-Forwarded-For the proxy sets; two client Authorization headers
+    never make two tokens upstream."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy,
+        b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: close, Authorization, X-Forwarded-For\r\n"
+        b"Authorization: Bearer client-1\r\nAuthorization: Bearer client-2\r\n"
+        b"X-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    assert _statuses(raw) == [200]
+    seen = upstream.last
+    assert seen.all("Authorization") == [f"Bearer {TOKEN}"]
+    assert seen.all("X-Forwarded-For") == ["127.0.0.1"]
+
+
+async def test_forwarding_header_aliases_are_dropped(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """X_Forwarded_For and X.Forwarded.For (read as X-Forwarded-For by some servers) and
+    similar spellings of Authorization or Host never reach the upstream."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy,
+        b"GET /u/x HTTP/1.1\r\n" + H + b"X_Forwarded_For: 6.6.6.6\r\nX.Forwarded.For: 6.6.6.6\r\n"
+        b"X_Real_IP: 6.6.6.6\r\nAuthorization_: x\r\nX_Custom_Header: kept\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert _statuses(raw) == [200]
+    names = [name.lower() for name, _ in upstream.last.headers]
+    assert "x_forwarded_for" not in names
+    assert "x.forwarded.for" not in names
+    assert "x_real_ip" not in names
+    assert "x_custom_header" in names
+
+
+async def test_forwarding_headers_are_extended_only_for_trusted_proxies(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """From a trusted proxy the chain grows; from anyone else it is replaced."""
+    request = (
+        b"GET /u/x HTTP/1.1\r\n" + H + b"X-Forwarded-For: 203.0.113.7\r\n"
+        b"X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.7\r\nConnection: close\r\n\r\n"
+    )
+    untrusted = await _proxy(make_proxy, upstream)
+    await _send(untrusted, request)
+    assert upstream.last.all("X-Forwarded-For") == ["127.0.0.1"]
+    assert upstream.last.all("X-Forwarded-Proto") == ["http"]
+    assert upstream.last.all("Forwarded") == []
+    trusted = await _proxy(make_proxy, upstream, 'trusted_proxies = ["127.0.0.0/8"]')
+    await _send(trusted, request)
+    assert upstream.last.all("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
+    assert upstream.last.all("X-Forwarded-Proto") == ["https"]
+    assert upstream.last.all("Forwarded") == ["for=203.0.113.7, for=127.0.0.1"]
+
+
+async def test_via_is_added_and_a_loop_is_refused(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Via carries our pseudonym both ways; a request that already carries it is a loop."""
+    proxy = await _proxy(make_proxy, upstream, 'via = "gw-test"')
+    raw = await _send(
+        proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Via: 1.0 edge\r\nConnection: close\r\n\r\n"
+    )
+    assert _statuses(raw) == [200]
+    assert upstream.last.all("Via") == ["1.0 edge, 1.1 gw-test"]
+    assert b"\r\nVia: 1.1 gw-test\r\n" in raw
+    count = len(upstream.seen)
+    raw = await _send(
+        proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Via: 1.1 gw-test\r\nConnection: close\r\n\r\n"
+    )
+    assert _statuses(raw) == [508]
+    assert len(upstream.seen) == count
+
+
+async def test_max_forwards_is_honoured_for_options(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """OPTIONS with Max-Forwards: 0 is answered by the proxy; otherwise it is decremented."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy, b"OPTIONS /u/x HTTP/1.1\r\n" + H + b"Max-Forwards: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert _statuses(raw) == [200]
+    assert [s for s in upstream.seen if s.method == "OPTIONS"] == []
+    await _send(
+        proxy, b"OPTIONS /u/x HTTP/1.1\r\n" + H + b"Max-Forwards: 3\r\nConnection: close\r\n\r\n"
+    )
+    assert upstream.last.all("Max-Forwards") == ["2"]
+
+
+async def test_h2c_upgrade_is_stripped_never_a_tunnel(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """An h2c upgrade request is answered as plain HTTP/1.1; Upgrade and HTTP2-Settings
+    never reach the upstream and nothing after the request is read as a tunnel."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy,
+        b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    assert _statuses(raw) == [200]
+    names = {name.lower() for name, _ in upstream.last.headers}
+    assert not names & {"upgrade", "http2-settings"}
+    assert [s for s in upstream.seen if s.method == "PRI"] == []
+
+
+async def test_byte_by_byte_oversized_header_gets_431_with_bounded_memory(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """A 100 KB header trickled in small segments is cut off at the head limit."""
+    proxy = await _proxy(make_proxy, upstream)
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    writer.write(b"GET /u/x HTTP/1.1\r\n" + H + b"X-Long: ")
+    sent = 0
+    try:
+        while sent < 100_000:
+            writer.write(b"a" * 100)
+            await writer.drain()
+            sent += 100
+            if sent % 10_000 == 0:
+                await asyncio.sleep(0)
+    except ConnectionError:
+        pass  # the proxy answered and closed before we were done: what we want
+    raw = await asyncio.wait_for(reader.read(-1), 5)
+    writer.close()
+    assert _statuses(raw) == [431]
+    # ru_maxrss is KiB: the proxy (in this process) held nothing like the whole header.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 10_000
+
+
+async def test_many_pipelined_requests_answer_in_order(
+    make_proxy: ProxyFactory, scripted: Scripted
+) -> None:
+    """Thousands of pipelined GETs on one connection are all answered, in order."""
+    proxy = await make_proxy(f'[[routes]]\nprefix = "/api"\nupstream = "{scripted.url}"\n')
+    count = 2000
+    requests = b"".join(b"GET /api/%d HTTP/1.1\r\n" % i + H + b"\r\n" for i in range(count))
+    requests += b"GET /api/last HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+    started = time.monotonic()
+    raw = await _send(proxy, requests, timeout=60)
+    assert _statuses(raw) == [200] * (count + 1)
+    assert [p for _, p, _ in scripted.arrivals] == [f"/{i}" for i in range(count)] + ["/last"]
+    assert time.monotonic() - started < 60
+
+
+async def test_connection_cap_answers_a_fast_503(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Past max_connections a new connection gets 503 overloaded at once."""
+    proxy = await _proxy(make_proxy, upstream, "max_connections = 2")
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
+    assert _statuses(raw) == [503]
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "overloaded"
+    for _, writer in held:
+        writer.close()
+
+
+async def test_client_that_stops_sending_its_body_is_cut_off(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """A body that stops arriving for idle_timeout ends the request and its connection."""
+    proxy = await _proxy(make_proxy, upstream, "idle_timeout = 0.5")
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    # Larger than max_body, so it streams upstream while the client stalls.
+    writer.write(b"POST /u/stream-upload HTTP/1.1\r\n" + H + b"Content-Length: 5000000\r\n\r\nabc")
+    await writer.drain()
+    started = time.monotonic()
+    raw = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert time.monotonic() - started < 5
+    assert b"200 OK" not in raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,15 @@ class Sandbox:
             if name.lower() == "authorization" and value.lower().startswith("bearer ")
         }
 
+    async def refresh_tokens(self) -> set[str]:
+        """Every refresh token presented in a refresh_token grant, for the same scan."""
+        return {
+            entry["fields"]["refresh_token"]
+            for entry in await self.log(kind="token")
+            if entry["grant_type"] == "refresh_token"
+            and (entry["fields"] or {}).get("refresh_token")
+        }
+
     async def log(self, vendor: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
         async with self._client.get(f"{self.url}/-/sandbox/log") as r:
             entries: list[dict[str, Any]] = (await r.json())["entries"]
@@ -59,6 +69,7 @@ async def sandbox(aiohttp_server) -> AsyncIterator[Sandbox]:  # type: ignore[no-
         box = Sandbox(f"http://127.0.0.1:{server.port}", client)
         yield box
         LEAK_WATCH.update(await box.issued_tokens())
+        LEAK_WATCH.update(await box.refresh_tokens())
 
 
 @pytest.fixture
@@ -109,6 +120,20 @@ async def call(
     async with client.request(method, f"{proxy}{path}", json=body, headers=headers) as r:
         await r.read()
         return r.status, dict(r.headers)
+
+
+async def scrape(client: aiohttp.ClientSession, proxy: str) -> str:
+    async with client.get(f"{proxy}/-/metrics") as r:
+        assert r.status == 200
+        return await r.text()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition (0 when absent), labels in any order."""
+    for found in re.finditer(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', found.group(1))) == labels:
+            return float(found.group(2))
+    return 0.0
 
 
 EXPECTED_FIELDS = {
@@ -186,6 +211,11 @@ async def test_cold_burst_makes_one_token_request_per_auth(
     assert {status for status, _ in results} <= {200, 201}
     for vendor in CALLS:
         assert len(await sandbox.log(vendor, "token")) == 1
+    metrics = await scrape(client, proxy)
+    for auth in CALLS:
+        # The requests that found the one token request under way are counted as waiting.
+        assert sample(metrics, "proxy_token_single_flight_waits_total", auth=auth) > 0, auth
+        assert sample(metrics, "proxy_token_fetches_total", auth=auth, outcome="ok") == 1
 
 
 async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
@@ -212,6 +242,10 @@ async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
     grants = [e["grant_type"] for e in await sandbox.log("travis", "token")]
     assert grants[0] == "password"
     assert set(grants[1:]) == {"refresh_token"}
+    # Rotation: each renewal presented the refresh token the one before it was given.
+    presented = await sandbox.refresh_tokens()
+    assert len(presented) == len(grants) - 1
+    LEAK_WATCH.update(presented)  # the end-of-run log scan looks for these too
 
 
 async def test_refused_refresh_token_falls_back_to_password(
@@ -231,6 +265,11 @@ async def test_refused_refresh_token_falls_back_to_password(
         ("refresh_token", 400),
         ("password", 200),
     ]
+    # The refused refresh token is a credential too: the end-of-run log scan looks for it.
+    refused = fetches[1]["fields"]["refresh_token"]
+    assert refused.count(".") == 2  # the issuer's JWT, as it was given to the proxy
+    assert refused in await sandbox.refresh_tokens()
+    LEAK_WATCH.add(refused)
     status, _ = await call(client, proxy, "travis")
     assert status == 200
 
@@ -400,6 +439,27 @@ async def test_token_metrics_status_and_ready_show_state_never_secrets(
     for secret in (*EXPECTED_FIELDS["travis"].values(), *tokens):
         if len(secret) > 8:
             assert all(secret not in text for text in texts), secret
+
+
+async def test_token_metrics_move_with_traffic(
+    sandbox: Sandbox, vendor_proxy: StartProxy, client: aiohttp.ClientSession
+) -> None:
+    """Each auth's token fetches and their latency match what the issuer saw, and every
+    request's use of a token is observed in the token-age histogram."""
+    proxy = await vendor_proxy()
+    rounds = 3
+    for _ in range(rounds):
+        for vendor in CALLS:
+            status, _ = await call(client, proxy, vendor)
+            assert status in (200, 201)
+    metrics = await scrape(client, proxy)
+    for auth in CALLS:
+        fetched = len(await sandbox.log(auth, "token"))
+        assert fetched >= 1
+        assert sample(metrics, "proxy_token_fetches_total", auth=auth, outcome="ok") == fetched
+        assert sample(metrics, "proxy_token_fetch_duration_seconds_count", auth=auth) == fetched
+        assert sample(metrics, "proxy_token_fetch_duration_seconds_sum", auth=auth) > 0
+        assert sample(metrics, "proxy_token_age_seconds_count", auth=auth) == rounds, auth
 
 
 async def test_a_client_can_bring_its_own_identity_for_a_route(

@@ -132,6 +132,23 @@ async def test_metrics_move_with_traffic(
     assert "proxy_in_flight_requests 0.0" in text
 
 
+async def test_upstream_and_limiter_timings_count_each_forwarded_request(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """Upstream latency and limiter waits are observed once per forwarded request, and not
+    for requests the limiter refused."""
+    proxy = await make_proxy(route(scripted, "rate_limit = { rate = 3, per = 60, max_wait = 0 }"))
+    statuses = [(await get(client, f"{proxy}/api/{i}")).status for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    assert len(scripted.arrivals) == 3
+    async with client.get(f"{proxy}/-/metrics") as r:
+        text = await r.text()
+    assert _sample(text, "proxy_upstream_duration_seconds_count", route="/api") == 3
+    assert _sample(text, "proxy_limiter_wait_seconds_count", route="/api") == 3
+    assert _sample(text, "proxy_upstream_duration_seconds_sum", route="/api") > 0
+    assert _sample(text, "proxy_request_duration_seconds_count", route="/api") == 5
+
+
 async def test_access_control_keys_and_routes(
     upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
@@ -227,22 +244,84 @@ def test_redactor_blanks_credential_keys_and_scrubs_values() -> None:
     assert event["count"] == 3
 
 
+async def _status_and_text(client: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with client.get(url) as response:
+        return response.status, await response.text()
+
+
 async def test_sigterm_drains_a_slow_request_then_exits_0(
     upstream: Upstream, tmp_path: Path
 ) -> None:
-    """On SIGTERM a request in flight still gets its whole answer, then the process ends."""
+    """On SIGTERM the port refuses new connections while a request in flight still gets its
+    whole answer, then the process ends."""
     config = tmp_path / "routes.toml"
     config.write_text(f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n')
     proxy = await start_proxy(config)
-    async with aiohttp.ClientSession() as client:
-        slow = asyncio.create_task(get(client, f"{proxy.url}/v/slow?s=1"))
-        async with asyncio.timeout(5):
-            while not upstream.seen:
-                await asyncio.sleep(0.01)
-        proxy.process.send_signal(signal.SIGTERM)
-        response = await slow
-    assert response.status == 200
-    assert await proxy.stop() == 0
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        async with aiohttp.ClientSession() as client:
+            slow = asyncio.create_task(_status_and_text(client, f"{proxy.url}/v/slow?s=3"))
+            async with asyncio.timeout(5):
+                while not upstream.seen:
+                    await asyncio.sleep(0.01)
+            proxy.process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(2.5):
+                while True:
+                    try:
+                        _, writer = await asyncio.open_connection(host, int(port))
+                    except ConnectionRefusedError:
+                        break
+                    except ConnectionResetError:
+                        continue  # queued for accept as the listener closed: not served
+                    writer.close()
+                    await asyncio.sleep(0.02)
+            assert not slow.done()  # refused while the slow request was still draining
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await get(client, f"{proxy.url}/v/fast")
+            assert await slow == (200, "late")
+    finally:
+        code = await proxy.stop()
+    assert code == 0
+    assert [seen.raw_path for seen in upstream.seen] == ["/slow?s=3"]
+
+
+async def test_requests_in_flight_finish_on_their_config_across_a_reload(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Requests in flight during a SIGHUP reload, sent or waiting for a rate-limit slot,
+    are answered by the upstream they started with; requests after it follow the new file."""
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n'
+        "rate_limit = { rate = 1, per = 2, max_wait = 5 }\n"
+    )
+    proxy = await start_proxy(config)
+    try:
+        async with aiohttp.ClientSession() as client:
+            slow = asyncio.create_task(_status_and_text(client, f"{proxy.url}/v/slow?s=3"))
+            async with asyncio.timeout(5):
+                while not upstream.seen:
+                    await asyncio.sleep(0.01)
+            # The limit's one slot is spent: this one waits in line for about 2 s.
+            queued = asyncio.create_task(_status_and_text(client, f"{proxy.url}/v/queued"))
+            await asyncio.sleep(0.2)
+            config.write_text('[[routes]]\nprefix = "/v"\nupstream = "http://127.0.0.1:1"\n')
+            proxy.process.send_signal(signal.SIGHUP)
+            assert proxy.process.stdout is not None
+            async with asyncio.timeout(2):
+                while '"config_reloaded"' not in proxy.lines[-1]:
+                    proxy.lines.append((await proxy.process.stdout.readline()).decode().rstrip())
+            after = await get(client, f"{proxy.url}/v/after")
+            assert after.status == 502
+            assert after.headers["X-Proxy-Error"] == "upstream_unreachable"
+            assert not slow.done()  # both were still in flight after the reload
+            assert not queued.done()
+            assert await queued == (200, '{"ok": true}')
+            assert await slow == (200, "late")
+    finally:
+        assert await proxy.stop() == 0
+    assert [seen.raw_path for seen in upstream.seen] == ["/slow?s=3", "/queued"]
+    assert not upstream.cancelled.is_set()
 
 
 async def test_sighup_reloads_a_good_file_and_keeps_a_bad_ones_predecessor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -224,7 +225,7 @@ async def test_rate_limit_windows_hold_at_the_upstream(
     scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """Under saturation no window of t seconds sees more than burst + rate*t arrivals, and
-    the achieved rate is close to the configured one."""
+    the achieved rate is within 2% of the configured one."""
     rate, burst, total = 200.0, 20, 400
     proxy = await make_proxy(
         route(scripted, f"rate_limit = {{ rate = {rate}, burst = {burst}, max_wait = 10 }}")
@@ -237,7 +238,15 @@ async def test_rate_limit_windows_hold_at_the_upstream(
         await asyncio.gather(*(get(many, f"{proxy}/api/warm") for _ in range(burst)))
         await asyncio.sleep(2 * burst / rate)
         scripted.arrivals.clear()
-        responses = await asyncio.gather(*(get(many, f"{proxy}/api/{i}") for i in range(total)))
+        # Client, proxy and upstream share this process: a full garbage collection in the
+        # middle (45 ms was seen) stamps requests the proxy sent on time as arriving
+        # together when it ends. Old objects are frozen so a collection stays short.
+        gc.collect()
+        gc.freeze()
+        try:
+            responses = await asyncio.gather(*(get(many, f"{proxy}/api/{i}") for i in range(total)))
+        finally:
+            gc.unfreeze()
     assert {r.status for r in responses} == {200}
     times = sorted(scripted.times())
     # Measured where the promise is made: at the upstream, transit jitter included.
@@ -247,8 +256,7 @@ async def test_rate_limit_windows_hold_at_the_upstream(
         )
         assert most <= burst + rate * window, (window, most)
     steady = (total - burst) / (times[-1] - times[0])
-    assert steady <= rate * 1.02
-    assert steady >= rate * 0.8  # loose: this suite runs on a shared 2-core machine
+    assert rate * 0.98 <= steady <= rate * 1.02, steady / rate
 
 
 async def test_rate_limited_requests_never_reach_the_upstream(
@@ -322,3 +330,59 @@ async def test_absurd_retry_after_pauses_the_route_for_ten_minutes_at_most(
     async with client.get(f"{proxy}/-/status") as r:
         cooldown = (await r.json())["routes"]["/api"]["cooldown"]
     assert 590 <= cooldown["remaining_s"] <= 600
+
+
+def _auth_table(up: Scripted, name: str, extra: str = "") -> str:
+    return (
+        f'[auth.{name}]\ntype = "client_credentials"\ntoken_url = "{up.url}/token"\n'
+        f'client_id = "id"\nclient_secret = "secret-{name}-123"\n{extra}\n'
+    )
+
+
+async def test_a_request_takes_a_slot_from_both_route_and_auth_limits(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A request spends a slot of its route's limit and one of its auth table's limit."""
+    proxy = await make_proxy(
+        route(scripted, 'auth = "x"\nrate_limit = { rate = 1, per = 60, max_wait = 0 }', "/a")
+        + route(scripted, 'auth = "x"', "/b")
+        + _auth_table(scripted, "x", "rate_limit = { rate = 2, per = 60, max_wait = 0 }")
+    )
+
+    async def rejected() -> dict[str, int]:
+        async with client.get(f"{proxy}/-/status") as r:
+            limits = (await r.json())["routes"]["/a"]["limits"]
+        return {name: limit["rejected"] for name, limit in limits.items()}
+
+    assert (await get(client, f"{proxy}/a/1")).status == 200
+    # The route's one slot is gone while the auth table still has one.
+    refused = await get(client, f"{proxy}/a/2")
+    assert refused.status == 429
+    assert refused.headers["X-Proxy-Error"] == "rate_limited"
+    assert await rejected() == {"route /a": 1, "auth x": 0}
+    assert (await get(client, f"{proxy}/b/3")).status == 200
+    # /a/1 and /b/3 spent the auth table's two slots.
+    refused = await get(client, f"{proxy}/b/4")
+    assert refused.status == 429
+    assert refused.headers["X-Proxy-Error"] == "rate_limited"
+    assert await rejected() == {"route /a": 1, "auth x": 1}
+    assert [p for _, p, _ in scripted.arrivals] == ["/1", "/3"]
+
+
+async def test_a_401_replay_takes_a_limiter_slot(
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """The replay after a 401 spends a rate-limit slot like any other upstream attempt."""
+    proxy = await make_proxy(
+        route(scripted, 'auth = "x"\nrate_limit = { rate = 2, per = 60, max_wait = 0 }')
+        + _auth_table(scripted, "x")
+    )
+    scripted.script = [(401, {}), (200, {})]
+    first = await get(client, f"{proxy}/api/1")
+    assert first.status == 200
+    assert first.headers["X-Proxy-Attempts"] == "2"
+    assert len(scripted.arrivals) == 2
+    refused = await get(client, f"{proxy}/api/2")
+    assert refused.status == 429
+    assert refused.headers["X-Proxy-Error"] == "rate_limited"
+    assert [p for _, p, _ in scripted.arrivals] == ["/1", "/1"]

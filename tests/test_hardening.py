@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import resource
+import socket
 import time
 
 import pytest
@@ -333,3 +335,130 @@ async def test_client_that_stops_sending_its_body_is_cut_off(
     writer.close()
     assert time.monotonic() - started < 5
     assert b"200 OK" not in raw
+
+
+class _RawUpstream:
+    """An upstream that answers every request with the next scripted bytes."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = list(answers)
+        self.requests = 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while self.answers:
+                await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                writer.write(self.answers.pop(0))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_upstream():  # type: ignore[no-untyped-def]
+    servers: list[asyncio.Server] = []
+
+    async def start(*answers: bytes) -> _RawUpstream:
+        upstream = _RawUpstream(*answers)
+        server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+        servers.append(server)
+        upstream.port = server.sockets[0].getsockname()[1]
+        return upstream
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"4\r\nevil\r\n0\r\n\r\n",
+            502,
+        ),
+        (b"HTTP/1.1 200 OK\r\nX-Evil: a\x01b\r\nContent-Length: 4\r\n\r\nevil", 502),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Big: "
+            + b"e" * (1024 * 1024)
+            + b"\r\nContent-Length: 4\r\n\r\nevil",
+            502,
+        ),
+        # Four bytes as announced, then bytes nobody asked for: the answer stands, the
+        # connection (and what came after it) is thrown away.
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfineHTTP/1.1 200 OK\r\n"
+            b"Content-Length: 4\r\n\r\nEVIL",
+            200,
+        ),
+    ],
+    ids=["cl-and-te", "control-byte", "1mb-header", "longer-than-length"],
+)
+async def test_broken_upstream_answers_never_reach_a_client(
+    make_proxy: ProxyFactory,
+    raw_upstream,  # type: ignore[no-untyped-def]
+    answer: bytes,
+    status: int,
+) -> None:
+    """An upstream answer that breaks HTTP/1.1 is a 502 (or, for bytes past its length,
+    dropped with the connection): nothing of it reaches this client or the next one."""
+    upstream = await raw_upstream(answer, GOOD, GOOD)
+    proxy = await make_proxy(
+        f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{upstream.port}"\n'
+    )
+    first = await _send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    second = await _send(proxy, b"GET /r/b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert _statuses(first) == [status]
+    for forbidden in (b"evil", b"EVIL", b"X-Evil", b"X-Big"):
+        assert forbidden not in first
+        assert forbidden not in second
+    assert _statuses(second) == [200]
+    assert second.endswith(b"good")
+
+
+async def test_upstream_reason_phrase_is_never_copied(
+    make_proxy: ProxyFactory,
+    raw_upstream,  # type: ignore[no-untyped-def]
+) -> None:
+    """The client sees the standard phrase for the status, never the upstream's text."""
+    upstream = await raw_upstream(
+        b"HTTP/1.1 404 <script>alert(1)</script>\r\nContent-Length: 0\r\n\r\n"
+    )
+    proxy = await make_proxy(
+        f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{upstream.port}"\n'
+    )
+    raw = await _send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"script" not in raw
+
+
+async def test_client_that_never_reads_is_cut_off_and_its_upstream_request_ends(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """A client that stops reading a large answer is cut after idle_timeout: the proxy
+    does not hold the stream (or the upstream connection) for ever."""
+    proxy = await _proxy(make_proxy, upstream, "idle_timeout = 0.5")
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, int(port)))
+        await loop.sock_sendall(sock, b"GET /u/download?size=50000000 HTTP/1.1\r\n" + H + b"\r\n")
+        await asyncio.sleep(3)  # read nothing
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5):
+                received += len(chunk)
+    finally:
+        sock.close()
+    assert received < 50_000_000  # the stream was cut, not delivered late

@@ -212,3 +212,30 @@ async def test_handler_failure_is_a_500_and_nothing_more() -> None:
         await server.stop(0)
     assert raw.startswith(b"HTTP/1.1 500 ")
     assert b"bug" not in raw
+
+
+def test_both_legs_parse_http_with_compiled_llhttp() -> None:
+    """The proxy's request and response parsers are llhttp compiled in C (httptools has no
+    pure-Python fallback that could disagree with it)."""
+    import httptools
+    import httptools.parser.parser as compiled
+
+    from proxy import client, server
+
+    assert compiled.__file__ is not None
+    assert compiled.__file__.endswith(".so")
+    assert server.httptools is httptools
+    assert client.httptools is httptools
+    assert httptools.HttpRequestParser is compiled.HttpRequestParser
+    assert httptools.HttpResponseParser is compiled.HttpResponseParser
+
+
+def test_aiohttp_parser_is_the_one_ci_asked_for() -> None:
+    """aiohttp still parses token-endpoint answers and runs the sandbox: CI runs the suite
+    with its C parser and the raw-socket part again with AIOHTTP_NO_EXTENSIONS=1."""
+    import os
+
+    from aiohttp import http_parser
+
+    c_parser = http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy
+    assert c_parser is not bool(os.environ.get("AIOHTTP_NO_EXTENSIONS"))

@@ -24,8 +24,11 @@ from hypothesis import strategies as st
 from proxy import config as config_module
 from proxy.app import build_app, start
 
+from .conftest import LEAK_WATCH
+
 TOKEN = "fuzz-token-0123456789"
 SECRET = "fuzz-client-secret-42"
+LEAK_WATCH.update({TOKEN, SECRET})  # the end-of-run scan of every log line watches these
 
 
 @dataclass
@@ -244,3 +247,15 @@ def test_the_fuzzer_reaches_the_upstream(running: Running) -> None:
     raw = _exchange(running.port, b"GET /api/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert len(running.seen) == before + 1
+
+
+def test_status_and_metrics_never_show_a_credential(running: Running) -> None:
+    """After all that traffic, /-/status and /-/metrics hold no token or secret (metric
+    labels included)."""
+    for path in (b"/-/status", b"/-/metrics"):
+        raw = _exchange(
+            running.port, b"GET " + path + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.startswith(b"HTTP/1.1 200 OK")
+        assert TOKEN.encode() not in raw
+        assert SECRET.encode() not in raw

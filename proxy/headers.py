@@ -142,12 +142,12 @@ class HeaderPolicy:
             # Names listed in Connection go too; ours are set afterwards, so a client
             # cannot list Authorization or X-Forwarded-For there to remove them.
             drop = drop | _connection_listed(headers)
+        trusted = self._trusts(peer)
         out: CIMultiDict[str] = CIMultiDict(
             (name, value)
             for name, value in headers.items()
-            if name.lower() not in drop and not _alias(name)
+            if name.lower() not in drop and not _alias(name) and (trusted or not _forwarding(name))
         )
-        trusted = self._trusts(peer)
         if trusted:
             # Behind a proxy we trust, its forwarding headers describe the real client:
             # extend them (RFC 7239 and the X-Forwarded-For convention) instead of
@@ -172,6 +172,13 @@ class HeaderPolicy:
         if method == "OPTIONS" and MAX_FORWARDS in out:
             out[MAX_FORWARDS] = str(int(out[MAX_FORWARDS]) - 1)  # checked by max_forwards()
         return out
+
+
+def _forwarding(name: str) -> bool:
+    # Any X-Forwarded-* (Port, Prefix, Server, Ssl, ...) or X-Real-IP from an untrusted
+    # client is a claim about the connection that only a proxy may make.
+    lowered = name.lower()
+    return lowered.startswith("x-forwarded-") or lowered == "x-real-ip"
 
 
 def _alias(name: str) -> bool:

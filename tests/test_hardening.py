@@ -497,3 +497,78 @@ async def test_a_thousand_slowloris_connections_are_cut_while_others_are_served(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert served == 3
     assert cut == 1000
+
+
+class _CountingUpstream:
+    """Counts every byte that reaches it; answers nothing (nothing should arrive)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                self.received += len(data)
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nab\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n3\r\nab\r\n0\r\n\r\n",  # a chunk shorter than its size line
+        b"5\r\nhello\r\n" + b"1\r\nx\r\n" * 100 + b"g\r\n",
+    ],
+    ids=["bad-size", "short-chunk", "bad-size-later"],
+)
+async def test_malformed_chunked_body_sends_not_a_byte_upstream(
+    make_proxy: ProxyFactory, upstream: Upstream, body: bytes
+) -> None:
+    """A small chunked body is read ahead before anything is sent: a malformed chunk in it
+    gets our 400, and the upstream receives not one byte (not even the head and token)."""
+    counting = _CountingUpstream()
+    server = await asyncio.start_server(counting.handle, "127.0.0.1", 0)
+    counting.port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await make_proxy(
+            f'[[routes]]\nprefix = "/c"\nupstream = "http://127.0.0.1:{counting.port}"\n'
+            "retry = { attempts = 1 }\n"
+        )
+        raw = await _send(
+            proxy, b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + body
+        )
+        await asyncio.sleep(0.1)
+    finally:
+        server.close()
+    assert _statuses(raw) == [400]
+    assert counting.received == 0
+
+
+async def test_small_chunked_body_is_forwarded_whole_with_its_length(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """A well-formed small chunked body reaches the upstream intact, framed by length."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(
+        proxy,
+        b"POST /u/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    assert _statuses(raw) == [200]
+    assert upstream.last.body == b"hello world"
+    assert upstream.last.all("Content-Length") == ["11"]
+
+
+async def test_every_client_forwarding_claim_is_dropped_from_untrusted_peers(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """X-Forwarded-Port, -Prefix, -Ssl and X-Real-IP from an untrusted client never pass."""
+    proxy = await _proxy(make_proxy, upstream)
+    await _send(
+        proxy,
+        b"GET /u/x HTTP/1.1\r\n" + H + b"X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\n"
+        b"X-Forwarded-Ssl: on\r\nX-Real-IP: 10.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    names = {name.lower() for name, _ in upstream.last.headers}
+    assert not names & {"x-forwarded-port", "x-forwarded-prefix", "x-forwarded-ssl", "x-real-ip"}

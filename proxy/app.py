@@ -258,6 +258,14 @@ class ProxyApp:
         self._state = state
         state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
 
+    def refusal(self, status: int, message: str) -> Reply:
+        """The server's own refusals (before any handler: malformed, too large, too slow,
+        overloaded) are counted and logged too, by status and reason only."""
+        if self._state is not None:
+            self._state.metrics.count_request("refused", "other", status)
+        log.info("request_refused", status=status, reason=message)
+        return _refusal(status, message)
+
     async def handle(self, request: Request) -> Reply | None:
         assert self._state is not None
         return await _dispatch(self._state, request)
@@ -308,7 +316,7 @@ async def start(
     settings = app.config.server  # listener settings: a reload does not change them
     server = Server(
         app.handle,
-        _refusal,
+        app.refusal,
         idle_timeout=settings.idle_timeout,
         header_timeout=settings.header_timeout,
         max_connections=settings.max_connections,

@@ -343,6 +343,8 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else None
         server.connections.add(self)
+        # A connection that never sends a byte is held no longer than a slow head.
+        self.head_started = self._loop.time()
         self._task = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:

@@ -489,9 +489,13 @@ async def test_a_thousand_slowloris_connections_are_cut_while_others_are_served(
             await asyncio.sleep(1)
         cut = 0
         for reader, writer in slow:
-            with contextlib.suppress(ConnectionError, TimeoutError):
+            try:
                 data = await asyncio.wait_for(reader.read(-1), 2)
                 cut += data.startswith(b"HTTP/1.1 408 ") or data == b""
+            except ConnectionError:
+                cut += 1  # closed by the proxy while we were still trickling bytes
+            except TimeoutError:
+                pass  # still open: not cut
             writer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -572,3 +576,71 @@ async def test_every_client_forwarding_claim_is_dropped_from_untrusted_peers(
     )
     names = {name.lower() for name, _ in upstream.last.headers}
     assert not names & {"x-forwarded-port", "x-forwarded-prefix", "x-forwarded-ssl", "x-real-ip"}
+
+
+async def test_silent_connection_is_closed_after_header_timeout(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """A connection that never sends a byte is closed after header_timeout, not held."""
+    proxy = await _proxy(make_proxy, upstream, "header_timeout = 0.5")
+    host, port = proxy.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    data = await asyncio.wait_for(reader.read(-1), 5)
+    writer.close()
+    assert data == b"" or data.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_in_flight_cap_answers_a_fast_503(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Past max_in_flight a request gets 503 overloaded at once, never queued upstream."""
+    proxy = await _proxy(make_proxy, upstream, "max_in_flight = 1")
+    slow = asyncio.create_task(
+        _send(proxy, b"GET /u/slow?s=1 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    )
+    await asyncio.sleep(0.3)
+    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert _statuses(raw) == [503]
+    assert b'"overloaded"' in raw
+    assert _statuses(await slow) == [200]
+
+
+async def test_refusals_are_counted_and_methods_never_mint_labels(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Requests refused before any handler are counted; an unusual method is counted as
+    'other', never as a label of the client's choosing."""
+    proxy = await _proxy(make_proxy, upstream)
+    await _send(proxy, b"GET /u/x HTTP/2.0\r\n" + H + b"\r\n")
+    await _send(proxy, b"PROPFIND /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await _send(proxy, b"GET /-/metrics HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    assert b'proxy_requests_total{method="other",route="refused",status_class="5xx"} 1.0' in raw
+    assert b'method="other",route="/u"' in raw
+    assert b"PROPFIND" not in raw
+
+
+async def test_upstream_connect_timeout_is_a_504(make_proxy: ProxyFactory) -> None:
+    """An upstream that never accepts the connection is a 504 after timeout.connect."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # a backlog that is full at once: further SYNs go unanswered
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        proxy = await make_proxy(
+            f'[[routes]]\nprefix = "/t"\nupstream = "http://127.0.0.1:{port}"\n'
+            "timeout = { connect = 0.5, read = 5 }\n"
+        )
+        raw = await _send(proxy, b"GET /t/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert _statuses(raw) == [504]
+    assert b'"upstream_timeout"' in raw

@@ -15,7 +15,7 @@ import pytest
 from .conftest import LEAK_WATCH, ProxyFactory, Scripted, Upstream
 
 TOKEN = "upstream-test-token"  # what the conftest token endpoint issues
-LEAK_WATCH.add("hardening-secret-1")  # the client secret of the proxies here
+LEAK_WATCH.update({"hardening-secret-1", TOKEN})  # the secret and token of the proxies here
 
 
 async def _send(base: str, data: bytes, timeout: float = 5.0) -> bytes:
@@ -178,7 +178,7 @@ async def test_forwarding_header_aliases_are_dropped(
     make_proxy: ProxyFactory, upstream: Upstream
 ) -> None:
     """X_Forwarded_For and X.Forwarded.For (read as X-Forwarded-For by some servers) and
-    similar spellings of Authorization or Host never reach the upstream."""
+    X_Real_IP never reach the upstream; other names with '_' pass."""
     proxy = await _proxy(make_proxy, upstream)
     raw = await _send(
         proxy,

@@ -104,6 +104,9 @@ def table(results: dict[str, Any]) -> str:
         f"{h['many_connections_rss_growth_mb']} MB | <= 50 MB each |",
         f"| rate achieved/configured | {min(rates):.4f}-{max(rates):.4f} | 0.99-1.01 |",
         f"| worst window / (burst + rate*t) | {worst:.4f} | <= 1 |",
+        f"| p50 at c8 beside 1,000 slowloris connections | {results['slowloris']['p50_ms_with_slowloris']:.2f} ms "
+        f"(quiet {results['slowloris']['p50_ms_quiet']:.2f} ms, "
+        f"{results['slowloris']['p50_ratio']}x) | normal traffic keeps its latency |",
         f"| access log CPU µs/request (on - off) | {h['access_log_cpu_us_per_request']:.1f} "
         f"({h['access_log_cpu_ratio']:.3f}x) | - |",
         "",

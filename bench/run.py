@@ -38,6 +38,8 @@ def scenarios(stream_bytes: int) -> dict[str, Any]:
                 results["many_connections"] = throughput.many_connections(
                     directory, up_port, token_url
                 )
+                print("scenario 7b: 1,000 slowloris connections beside normal traffic", flush=True)
+                results["slowloris"] = throughput.slowloris(directory, up_port, token_url)
                 print("scenario 6: streaming", flush=True)
                 with python_server("-m", "bench.upstream", "--port", "0") as (_, sink):
                     results["streaming"] = stream.run(

@@ -110,3 +110,47 @@ def many_connections(directory: Path, upstream_port: int, token_url: str) -> dic
     out = summarise(rounds)
     out["rss_growth_mb"] = round(growth, 1)
     return out
+
+
+def slowloris(directory: Path, upstream_port: int, token_url: str) -> dict[str, Any]:
+    """Normal traffic's latency (wrk -c8) without, then with, 1,000 slowloris connections
+    trickling a head into the same proxy: the ratio shows what they cost the others."""
+    import subprocess
+    import sys
+
+    config = proxy_config(directory, "slowloris", upstream_port, token_url)
+    with Proxy(config, directory / "slowloris.log", "--log-level", "warning") as proxy:
+        url = f"{proxy.url}/api/x"
+        wrk.run(url, 8, 1.0)
+        quiet = wrk.run(url, 8, SECONDS)
+        port = int(proxy.url.rsplit(":", 1)[1])
+        loris = subprocess.Popen(  # noqa: S603
+            [
+                sys.executable,
+                "-m",
+                "bench.slowloris",
+                "--port",
+                str(port),
+                "--connections",
+                "1000",
+                "--seconds",
+                str(SECONDS + 4),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert loris.stdout is not None
+            loris.stdout.readline()  # all connections open
+            busy = wrk.run(url, 8, SECONDS)
+            loris.wait(SECONDS + 30)
+        finally:
+            if loris.poll() is None:
+                loris.kill()
+    return {
+        "p50_ms_quiet": quiet["p50_ms"],
+        "p50_ms_with_slowloris": busy["p50_ms"],
+        "p99_ms_quiet": quiet["p99_ms"],
+        "p99_ms_with_slowloris": busy["p99_ms"],
+        "p50_ratio": round(busy["p50_ms"] / quiet["p50_ms"], 2),
+        "errors_with_slowloris": sum(busy["errors"].values()) + busy["non_2xx"],
+    }

@@ -471,6 +471,9 @@ async def test_client_that_never_reads_is_cut_off_and_its_upstream_request_ends(
     finally:
         sock.close()
     assert received < 50_000_000  # the stream was cut, not delivered late
+    raw = await _send(proxy, b"GET /-/status HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    status = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert status["routes"]["/u"]["in_flight"] == 0  # its upstream request ended too
 
 
 async def test_a_thousand_slowloris_connections_are_cut_while_others_are_served(

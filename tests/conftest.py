@@ -242,6 +242,22 @@ class RawResponse:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
+async def send_raw(base: str, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the proxy and read until it closes (b"<still open>" if it has not
+    after ``timeout``)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(-1), timeout)
+        except TimeoutError:
+            return b"<still open>"
+    finally:
+        writer.close()
+
+
 async def raw_http(base: str, data: bytes, timeout: float = 5.0) -> RawResponse:
     """Send raw bytes to the proxy and read one response until the server closes."""
     host, port = base.removeprefix("http://").rsplit(":", 1)

@@ -13,24 +13,10 @@ import time
 import pytest
 
 from .conftest import LEAK_WATCH, ProxyFactory, Scripted, Upstream
+from .conftest import send_raw as _send
 
 TOKEN = "upstream-test-token"  # what the conftest token endpoint issues
 LEAK_WATCH.update({"hardening-secret-1", TOKEN})  # the secret and token of the proxies here
-
-
-async def _send(base: str, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes and read until the proxy closes (or the timeout passes)."""
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        try:
-            return await asyncio.wait_for(reader.read(-1), timeout)
-        except TimeoutError:
-            return b"<still open>"
-    finally:
-        writer.close()
 
 
 def _statuses(raw: bytes) -> list[int]:

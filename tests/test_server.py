@@ -10,18 +10,7 @@ import pytest
 from proxy.server import MAX_HEAD, Reply, Request, Server
 
 from .conftest import ProxyFactory, Upstream
-
-
-async def _exchange(base: str, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read everything until the proxy closes the connection."""
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        writer.close()
+from .conftest import send_raw as _exchange
 
 
 def _responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:

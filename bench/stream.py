@@ -11,32 +11,17 @@ from typing import Any
 import aiohttp
 
 from .procs import Proxy, memory_kib
+from .throughput import proxy_config
 
 CHUNK = 256 * 1024
 
 
 def config(directory: Path, nginx_port: int, sink_port: int, token_url: str) -> Path:
-    path = directory / "stream.toml"
-    path.write_text(
-        f"""
-[[routes]]
-prefix = "/api"
-upstream = "http://127.0.0.1:{nginx_port}"
-auth = "bench"
-
-[[routes]]
-prefix = "/up"
-upstream = "http://127.0.0.1:{sink_port}"
-auth = "bench"
-
-[auth.bench]
-type = "client_credentials"
-token_url = "{token_url}"
-client_id = "sandbox-travtus-client"
-client_secret = "sandbox-travtus-secret"
-"""
+    """The throughput scenarios' config (downloads from nginx) plus a route to the sink."""
+    upload = (
+        f'[[routes]]\nprefix = "/up"\nupstream = "http://127.0.0.1:{sink_port}"\nauth = "bench"\n'
     )
-    return path
+    return proxy_config(directory, "stream", nginx_port, token_url, upload)
 
 
 async def _download(url: str) -> int:

@@ -21,7 +21,9 @@ SECONDS = 5.0
 CONNECTIONS = (64, 8)
 
 
-def proxy_config(directory: Path, name: str, upstream_port: int, token_url: str) -> Path:
+def proxy_config(
+    directory: Path, name: str, upstream_port: int, token_url: str, more_routes: str = ""
+) -> Path:
     """Every feature on: a token from the token manager, a rate limit too high to bind,
     the retry machinery (default), the access log and metrics (always on)."""
     path = directory / f"{name}.toml"
@@ -32,7 +34,7 @@ prefix = "/api"
 upstream = "http://127.0.0.1:{upstream_port}"
 auth = "bench"
 rate_limit = {{ rate = 1000000, burst = 100000, max_wait = 5 }}
-
+{more_routes}
 [auth.bench]
 type = "client_credentials"
 token_url = "{token_url}"

@@ -170,19 +170,13 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     path = request.raw_path
     if not runtime.access.peer_allowed(request.remote):
         # Before anything else: not even the route table is consulted.
-        stats = Stats(request_id)
         log.warning("source_refused", remote=request.remote)
-        refused = error_response(ForbiddenError("source address not allowed"), request_id)
-        runtime.forwarder.account(request, stats, refused.status, local="refused")
-        return refused
+        return _refused(runtime, request, request_id, ForbiddenError("source address not allowed"))
     if request.method in _REFUSED_METHODS:
         # TRACE would echo our injected token back to the client; CONNECT asks for a
         # tunnel to anywhere. Neither is ever forwarded.
-        stats = Stats(request_id)
         error = MethodNotAllowedError(f"{request.method} is not allowed through this proxy")
-        refused = error_response(error, request_id)
-        runtime.forwarder.account(request, stats, refused.status, local="refused")
-        return refused
+        return _refused(runtime, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
@@ -194,6 +188,13 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         return await runtime.forwarder.handle(request, request_id)
     finally:
         runtime.leave()
+
+
+def _refused(runtime: Runtime, request: Request, request_id: str, error: ProxyError) -> Reply:
+    """Answered by the proxy before routing: counted and logged under route "refused"."""
+    refused = error_response(error, request_id)
+    runtime.forwarder.account(request, Stats(request_id), refused.status, local="refused")
+    return refused
 
 
 async def _admin(

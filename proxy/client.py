@@ -25,6 +25,8 @@ from typing import Final, Protocol
 import httptools
 from multidict import CIMultiDict
 
+from .flow import WriteFlow
+
 # An upstream answer's head is bounded: a 1 MB header block is an attack or a bug.
 MAX_HEAD: Final = 64 * 1024
 # Body bytes held for a client that reads slower than the upstream sends.
@@ -82,13 +84,12 @@ class Response:
         self._conn.finish()
 
 
-class Connection(asyncio.Protocol):
+class Connection(WriteFlow):
     """One keep-alive connection; carries one request at a time."""
 
     __slots__ = (
         "_body_waiter",
         "_counted",
-        "_drain",
         "_error",
         "_head",
         "_head_bytes",
@@ -96,13 +97,11 @@ class Connection(asyncio.Protocol):
         "_head_waiter",
         "_headers",
         "_last",
-        "_loop",
         "_new_parser",
         "_parser",
         "_pool",
         "_reading_paused",
         "_sent",
-        "_write_paused",
         "_writer",
         "body",
         "buffered",
@@ -118,15 +117,13 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(self, pool: Pool) -> None:
+        super().__init__()
         self._pool = pool
-        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.in_use = False
         self.idle_since = 0.0
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._counted = True  # holds one of the pool's places until forgotten
         self._new_parser = False
@@ -184,16 +181,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._fail(UpstreamClosedError("upstream closed the connection"))
         self._pool.forget(self)
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self.release_writers()  # the body writer sees self.closed and stops
 
     # -- parser callbacks (httptools) ---------------------------------------------------
 
@@ -320,9 +308,7 @@ class Connection(asyncio.Protocol):
                 if self.closed:
                     return
                 transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if self._write_paused:
-                    self._drain = self._loop.create_future()
-                    await self._drain
+                await self.writable()
             if chunked and not self.closed:
                 transport.write(b"0\r\n\r\n")
             self._sent = True

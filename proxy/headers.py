@@ -143,11 +143,12 @@ class HeaderPolicy:
             # cannot list Authorization or X-Forwarded-For there to remove them.
             drop = drop | _connection_listed(headers)
         trusted = self._trusts(peer)
-        out: CIMultiDict[str] = CIMultiDict(
-            (name, value)
-            for name, value in headers.items()
-            if name.lower() not in drop and not _alias(name) and (trusted or not _forwarding(name))
-        )
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers.items():
+            lowered = name.lower()
+            if lowered in drop or _alias(lowered) or (not trusted and _forwarding(lowered)):
+                continue
+            out.add(name, value)
         if trusted:
             # Behind a proxy we trust, its forwarding headers describe the real client:
             # extend them (RFC 7239 and the X-Forwarded-For convention) instead of
@@ -174,17 +175,16 @@ class HeaderPolicy:
         return out
 
 
-def _forwarding(name: str) -> bool:
+def _forwarding(lowered: str) -> bool:
     # Any X-Forwarded-* (Port, Prefix, Server, Ssl, ...) or X-Real-IP from an untrusted
     # client is a claim about the connection that only a proxy may make.
-    lowered = name.lower()
     return lowered.startswith("x-forwarded-") or lowered == "x-real-ip"
 
 
-def _alias(name: str) -> bool:
-    if "_" not in name and "." not in name:
+def _alias(lowered: str) -> bool:
+    if "_" not in lowered and "." not in lowered:
         return False
-    return name.lower().replace("_", "-").replace(".", "-") in _ALIAS_GUARDED
+    return lowered.replace("_", "-").replace(".", "-") in _ALIAS_GUARDED
 
 
 def _forwarded_node(peer: str | None) -> str:

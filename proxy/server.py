@@ -26,6 +26,8 @@ import httptools
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .flow import WriteFlow
+
 log = structlog.get_logger("proxy.server")
 
 # Bounds on what a client may send before its request is complete.
@@ -204,12 +206,15 @@ class Request:
                 self._chunked = True
             else:
                 self.keep_alive = False  # HTTP/1.0: the body ends where the connection does
-        if not self.content.eof or self._conn.closing:
-            self.keep_alive = False  # an unread body, or a connection being closed
+        self._check_last()
         # Held back and sent with the first body bytes: one write (one send) for a small
         # answer instead of two.
         self._pending = self._head(status, headers, "Transfer-Encoding: chunked\r\n")
         self.started = True
+
+    def _check_last(self) -> None:
+        if not self.content.eof or self._conn.closing:
+            self.keep_alive = False  # an unread body, or a connection being closed
 
     def _head(self, status: int, headers: Mapping[str, str], framing: str) -> bytes:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
@@ -251,8 +256,7 @@ class Request:
         self.status = reply.status
         if reply.status == 400:
             self.keep_alive = False  # after a request we could not accept, trust no more
-        if not self.content.eof or self._conn.closing:
-            self.keep_alive = False  # an unread body, or a connection being closed
+        self._check_last()
         headers = dict(reply.headers)
         bodyless = self.method == "HEAD" or reply.status in _BODYLESS
         if reply.status not in _BODYLESS:
@@ -267,19 +271,17 @@ Handler = Callable[[Request], Awaitable[Reply | None]]
 Refusal = Callable[[int, str], Reply]  # status, message -> our JSON answer
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlow):
     """One client connection: parse, queue, answer in order."""
 
     __slots__ = (
         "_body",
         "_closing",
         "_discarded",
-        "_drain",
         "_head_bytes",
         "_head_size",
         "_headers",
         "_heads",
-        "_loop",
         "_parser",
         "_paused_body",
         "_paused_queue",
@@ -287,7 +289,6 @@ class HttpConnection(asyncio.Protocol):
         "_queue_waiter",
         "_task",
         "_url",
-        "_write_paused",
         "busy",
         "head_started",
         "idle_since",
@@ -298,8 +299,8 @@ class HttpConnection(asyncio.Protocol):
     )
 
     def __init__(self, server: Server) -> None:
+        super().__init__()
         self.server = server
-        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -308,8 +309,6 @@ class HttpConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._discarded = 0
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
         self._paused_body = False
         self._paused_queue = False
         self._body: Body | None = None
@@ -384,16 +383,7 @@ class HttpConnection(asyncio.Protocol):
             self._body.end(ConnectionResetError("client closed the connection"))
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the handler stops: its upstream request is cancelled too
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(ConnectionResetError("client closed the connection"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self.release_writers(ConnectionResetError("client closed the connection"))
 
     # -- parser callbacks ---------------------------------------------------------------
 
@@ -496,10 +486,9 @@ class HttpConnection(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self._write_paused:
-            self._drain = self._loop.create_future()
             self.waiting_since = self._loop.time()  # the client is not reading
             try:
-                await self._drain
+                await self.writable()
             finally:
                 self.waiting_since = None
 

@@ -185,10 +185,11 @@ async def _admit(
     started = time.monotonic()
     # One deadline for all limits: a request passing a route, an auth and a client limit
     # waits at most the smallest max_wait in all, not the sum of them.
-    if first:
-        deadline = started + min((limit.config.max_wait for limit in limits), default=0.0)
-    else:
+    deadline: float | None = None  # no limits: nothing to wait for
+    if not first:
         deadline = arrival + target.retry.max_wait
+    elif limits:
+        deadline = started + min(limit.config.max_wait for limit in limits)
     paused = target.cooldown.remaining()
     if paused > 0:
         if started + paused > arrival + target.retry.max_wait:

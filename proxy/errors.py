@@ -79,6 +79,11 @@ class RequestTimeoutError(ProxyError):
     code = "request_timeout"
 
 
+class BodyTooLargeError(ProxyError):
+    status = 413
+    code = "body_too_large"
+
+
 class HeadTooLargeError(ProxyError):
     status = 431
     code = "header_too_large"

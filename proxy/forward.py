@@ -1,7 +1,7 @@
 """The catch-all handler: route -> upstream URL -> headers -> exchange -> stream back.
 
-Bodies stream in both directions with backpressure; nothing is buffered whole (small bodies
-are held only where a retry or 401 replay may need them again). The upstream leg never
+Bodies stream in both directions with backpressure. A request body is held only where a
+retry or 401 replay may need it again, or when it is chunked (see bodies.py). The upstream leg never
 follows redirects, never decompresses, keeps no cookies and adds no headers of its own, so
 what the upstream sends is what the client gets (minus hop-by-hop headers).
 """
@@ -20,7 +20,8 @@ import structlog
 from multidict import CIMultiDict, istr
 
 from .access import Access, Client
-from .client import BodyStream, Response, UpstreamError
+from .bodies import Spooled, request_body
+from .client import Response, UpstreamError
 from .errors import (
     BadRequestError,
     LoopDetectedError,
@@ -32,7 +33,7 @@ from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_fo
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .routing import RouteTable
-from .server import Body, MalformedBodyError, Reply, Request
+from .server import Reply, Request
 from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
 
 log = structlog.get_logger("proxy.forward")
@@ -183,30 +184,41 @@ class Forwarder:
             if override is not None:
                 provider, limits = override
             limits = limits + client.limits
-        body, length, replayable = await _request_body(request, target.replay_limit)
-        result = stats.exchange = Exchange()
-        # The path and query go out byte for byte, as received: no URL object re-encodes them.
-        answer = await exchange(
-            target,
-            request.method,
-            path,
-            headers,
-            body,
-            length,
-            replayable,
-            provider,
-            limits,
-            result,
+        body, length, replayable = await request_body(
+            request,
+            target.replay_limit,
+            buffering=target.route.request_buffering,
+            max_buffered=target.max_buffered_body,
+            spool_dir=target.spool_dir,
         )
-        async with answer as upstream_response:
-            response_headers = client_response_headers(
-                upstream_response.headers, self._headers.via_entry
+        try:
+            result = stats.exchange = Exchange()
+            # The path and query go out byte for byte, as received: no URL object
+            # re-encodes them.
+            answer = await exchange(
+                target,
+                request.method,
+                path,
+                headers,
+                body,
+                length,
+                replayable,
+                provider,
+                limits,
+                result,
             )
-            response_headers[X_REQUEST_ID] = request_id
-            response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
-            if result.retry_after is not None and RETRY_AFTER not in response_headers:
-                response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
-            await self._stream_back(request, upstream_response, response_headers, target, stats)
+            async with answer as upstream_response:
+                response_headers = client_response_headers(
+                    upstream_response.headers, self._headers.via_entry
+                )
+                response_headers[X_REQUEST_ID] = request_id
+                response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
+                if result.retry_after is not None and RETRY_AFTER not in response_headers:
+                    response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
+                await self._stream_back(request, upstream_response, response_headers, target, stats)
+        finally:
+            if isinstance(body, Spooled):
+                body.close()  # frees its disk space at once
 
     async def _stream_back(
         self,
@@ -246,65 +258,6 @@ def _max_forwards(request: Request) -> int | None:
         return max_forwards(request.headers)
     except ValueError as exc:
         raise BadRequestError(str(exc)) from None
-
-
-# Chunked bodies are read ahead this far before anything is sent: a malformed chunk in a
-# small body is then refused (400) with nothing at all sent upstream, not even the head.
-READ_AHEAD: Final = 64 * 1024
-
-
-async def _request_body(
-    request: Request, replay_limit: int
-) -> tuple[bytes | BodyStream | None, int | None, bool]:
-    """The body to send upstream, its framing, and whether it can be sent again.
-
-    Framing: None (no body, no framing header), -1 (chunked: length unknown), else the
-    Content-Length. Bodies of known length up to ``replay_limit`` are read into memory so a
-    retry or 401 replay sends them again exactly; a chunked body is read ahead up to the
-    larger of ``replay_limit`` and READ_AHEAD and, when it ends there, sent with its length
-    (but not replayed: bodies without a length never are).
-    Anything else streams once, because a consumed stream would replay as an empty body
-    (and the upstream would answer 200 to it).
-    """
-    length = request.content_length
-    if not request.body_exists:
-        # An explicit "Content-Length: 0" (a bodiless POST) is forwarded as such.
-        return None, (0 if length == 0 else None), True
-    body = request.content
-    try:
-        if length is not None:
-            if length <= replay_limit:
-                return await body.readexactly(length), length, True
-            return body, length, False
-        ahead: list[bytes] = []
-        size = 0
-        while size <= max(replay_limit, READ_AHEAD):
-            chunk = await body.readany()
-            if not chunk:
-                # Sent with its length now; still never replayed, as documented for bodies
-                # that arrive without one.
-                whole = b"".join(ahead)
-                return whole, len(whole), False
-            ahead.append(chunk)
-            size += len(chunk)
-    except MalformedBodyError as exc:
-        raise BadRequestError("malformed request body") from exc
-    return _Prefixed(ahead, body), -1, False
-
-
-class _Prefixed:
-    """A body stream whose first chunks were already read (see _request_body)."""
-
-    __slots__ = ("_ahead", "_rest")
-
-    def __init__(self, ahead: list[bytes], rest: Body) -> None:
-        self._ahead = ahead
-        self._rest = rest
-
-    async def readany(self) -> bytes:
-        if self._ahead:
-            return self._ahead.pop(0)
-        return await self._rest.readany()
 
 
 def _reset(request: Request) -> None:

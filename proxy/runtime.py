@@ -145,7 +145,7 @@ class Runtime:
                 provider = self.tokens[route.auth]
                 if route.auth in auth_limits:
                     limits = (*own, auth_limits[route.auth])
-            target = Target(route, self._sessions[key], provider, limits, metrics)
+            target = Target(route, self._sessions[key], provider, limits, metrics, config.server)
             old = previous.targets.get(route.prefix) if previous is not None else None
             if old is not None and old.route.upstream == route.upstream:
                 target.cooldown = old.cooldown

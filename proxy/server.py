@@ -39,6 +39,7 @@ _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
 _BODYLESS: Final = frozenset({204, 304})
+_CLOSING: Final = frozenset({400, 413, 500})  # replies after which the connection closes
 
 
 class MalformedBodyError(ConnectionError):
@@ -254,8 +255,10 @@ class Request:
     def reply(self, reply: Reply) -> None:
         """Send a complete response in one write."""
         self.status = reply.status
-        if reply.status == 400:
-            self.keep_alive = False  # after a request we could not accept, trust no more
+        if reply.status in _CLOSING:
+            # After a request we could not accept, trust no more of the stream (and for a
+            # 413 its body's rest would have to be read to find the next request).
+            self.keep_alive = False
         self._check_last()
         headers = dict(reply.headers)
         bodyless = self.method == "HEAD" or reply.status in _BODYLESS

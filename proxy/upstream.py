@@ -18,7 +18,7 @@ from multidict import CIMultiDict, istr
 
 from .auth.base import TokenProvider
 from .client import BodyStream, Pool, Response, UpstreamError
-from .config import RouteConfig
+from .config import RouteConfig, ServerConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
 from .observe.metrics import Metrics, RouteMetrics
@@ -38,6 +38,7 @@ class Target:
         "connect_timeout",
         "cooldown",
         "limits",
+        "max_buffered_body",
         "metrics",
         "pool",
         "provider",
@@ -45,6 +46,7 @@ class Target:
         "replay_limit",
         "retry",
         "route",
+        "spool_dir",
         "strip_authorization",
     )
 
@@ -55,6 +57,7 @@ class Target:
         provider: TokenProvider | None = None,
         limits: tuple[RateLimit, ...] = (),
         metrics: Metrics | None = None,
+        server: ServerConfig | None = None,
     ) -> None:
         self.route = route
         self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
@@ -75,6 +78,9 @@ class Target:
         # upstream instead, and connect also bounds the wait for a free pooled connection.
         self.connect_timeout = route.timeout.connect
         self.read_timeout = route.timeout.read
+        server = server or ServerConfig()
+        self.spool_dir = server.spool_dir
+        self.max_buffered_body = server.max_buffered_body
 
 
 @dataclass(slots=True)

@@ -124,7 +124,15 @@ def test_upstream_parts() -> None:
             "[server]\nbind = 1\n",
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
             "admin_access, shutdown_grace, workers, trusted_proxies, via, header_timeout, "
-            "idle_timeout, max_connections, max_in_flight)",
+            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body)",
+        ),
+        (
+            '[server]\nspool_dir = "/nonexistent/spool"\n',
+            "server.spool_dir: not a writable directory: '/nonexistent/spool'",
+        ),
+        (
+            "[server]\nmax_buffered_body = 0\n",
+            "server.max_buffered_body: must be a whole number of at least 1, got 0",
         ),
         ("routes = 3\n", "routes: must be an array of tables ([[routes]]), got an integer"),
         ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients)"),
@@ -295,7 +303,11 @@ def test_upstream_parts() -> None:
         (
             ROUTE + "retries = 1\n",
             "routes[0].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
-            "rate_limit, retry)",
+            "rate_limit, retry, request_buffering)",
+        ),
+        (
+            ROUTE + 'request_buffering = "yes"\n',
+            "routes[0].request_buffering: must be true or false, got 'yes'",
         ),
         (ROUTE + "rate_limit = { per = 1 }\n", "routes[0].rate_limit.rate: is required"),
         (

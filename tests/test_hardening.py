@@ -9,6 +9,8 @@ import re
 import resource
 import socket
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -506,11 +508,28 @@ class _CountingUpstream:
         self.received = 0
         self.port = 0
 
+    def route(self, before: str = "", route_extra: str = "") -> str:
+        return (
+            f'{before}[[routes]]\nprefix = "/c"\nupstream = "http://127.0.0.1:{self.port}"\n'
+            f"retry = {{ attempts = 1 }}\n{route_extra}"
+        )
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 self.received += len(data)
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _counting_upstream() -> AsyncIterator[_CountingUpstream]:
+    counting = _CountingUpstream()
+    server = await asyncio.start_server(counting.handle, "127.0.0.1", 0)
+    counting.port = server.sockets[0].getsockname()[1]
+    try:
+        yield counting
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize(
@@ -519,30 +538,92 @@ class _CountingUpstream:
         b"zz\r\nab\r\n0\r\n\r\n",
         b"5\r\nhello\r\n3\r\nab\r\n0\r\n\r\n",  # a chunk shorter than its size line
         b"5\r\nhello\r\n" + b"1\r\nx\r\n" * 100 + b"g\r\n",
+        # Past the 64 KiB kept in memory: buffered on disk, still checked to the end.
+        b"5\r\nhello\r\n" + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 64 + b"zz\r\n",
     ],
-    ids=["bad-size", "short-chunk", "bad-size-later"],
+    ids=["bad-size", "short-chunk", "bad-size-later", "bad-size-after-1MiB"],
 )
 async def test_malformed_chunked_body_sends_not_a_byte_upstream(
     make_proxy: ProxyFactory, upstream: Upstream, body: bytes
 ) -> None:
-    """A small chunked body is read ahead before anything is sent: a malformed chunk in it
-    gets our 400, and the upstream receives not one byte (not even the head and token)."""
-    counting = _CountingUpstream()
-    server = await asyncio.start_server(counting.handle, "127.0.0.1", 0)
-    counting.port = server.sockets[0].getsockname()[1]
-    try:
-        proxy = await make_proxy(
-            f'[[routes]]\nprefix = "/c"\nupstream = "http://127.0.0.1:{counting.port}"\n'
-            "retry = { attempts = 1 }\n"
-        )
+    """A chunked body is read whole before anything is sent: a malformed chunk anywhere in
+    it gets our 400, and the upstream receives not one byte (not even the head and token)."""
+    async with _counting_upstream() as counting:
+        proxy = await make_proxy(counting.route())
         raw = await _send(
             proxy, b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + body
         )
         await asyncio.sleep(0.1)
-    finally:
-        server.close()
     assert _statuses(raw) == [400]
     assert counting.received == 0
+
+
+async def test_chunked_body_over_the_buffer_limit_gets_413_and_sends_nothing(
+    make_proxy: ProxyFactory,
+) -> None:
+    """A chunked body longer than server.max_buffered_body is refused (413) before the
+    upstream sees a byte; one just under it goes through."""
+    chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # 16 KiB of data
+    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+    async with _counting_upstream() as counting:
+        proxy = await make_proxy(counting.route("[server]\nmax_buffered_body = 131072\n"))
+        # The whole body is sent: the connection closes after the 413 all the same.
+        raw = await _send(proxy, head + chunk * 9 + b"0\r\n\r\n")
+        await asyncio.sleep(0.1)
+        refused = counting.received
+        fits = await _send(proxy, head + chunk * 8 + b"0\r\n\r\n", timeout=1)
+        await asyncio.sleep(0.1)
+    assert _statuses(raw) == [413]
+    assert b'"body_too_large"' in raw
+    assert refused == 0
+    assert _statuses(fits) == []  # forwarded: the counting upstream never answers
+    assert counting.received > 8 * 0x4000
+
+
+async def test_chunked_body_that_cannot_be_buffered_gets_500_and_sends_nothing(
+    make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """When the spool directory is gone (or the disk full), a large chunked body gets our
+    500, not a half-written request upstream."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    async with _counting_upstream() as counting:
+        proxy = await make_proxy(counting.route(f'[server]\nspool_dir = "{spool}"\n'))
+        spool.rmdir()
+        raw = await _send(
+            proxy,
+            b"POST /c/x HTTP/1.1\r\n"
+            + H
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8
+            + b"0\r\n\r\n",
+        )
+        await asyncio.sleep(0.1)
+    assert _statuses(raw) == [500]
+    assert b'"internal_error"' in raw
+    assert counting.received == 0
+
+
+async def test_unbuffered_route_streams_a_long_chunked_body(
+    make_proxy: ProxyFactory,
+) -> None:
+    """With request_buffering off the upstream sees the head before the body has ended:
+    the documented trade (a malformed chunk later on reaches it unterminated)."""
+    async with _counting_upstream() as counting:
+        proxy = await make_proxy(counting.route(route_extra="request_buffering = false\n"))
+        host, port = proxy.removeprefix("http://").rsplit(":", 1)
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /c/x HTTP/1.1\r\n"
+            + H
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8
+        )
+        async with asyncio.timeout(5):
+            while counting.received < 64 * 1024:
+                await asyncio.sleep(0.01)
+        writer.close()
+    assert counting.received >= 64 * 1024
 
 
 async def test_small_chunked_body_is_forwarded_whole_with_its_length(

@@ -4,6 +4,7 @@ and records a problem (naming the dotted key) instead of raising."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -157,6 +158,19 @@ class Checks:
             path = self.base_dir / path
         if not path.is_file():
             self.fail(_join(key, name), f"file not found: {value!r}")
+            return None
+        return str(path)
+
+    def directory(self, table: dict[str, Any], key: str, name: str) -> str | None:
+        """A directory the proxy writes into (relative paths as for ``file``)."""
+        value = self.string(table, key, name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
+            self.fail(_join(key, name), f"not a writable directory: {value!r}")
             return None
         return str(path)
 

@@ -200,6 +200,8 @@ class _Checker(Checks):
             "idle_timeout",
             "max_connections",
             "max_in_flight",
+            "spool_dir",
+            "max_buffered_body",
         )
         table = self.table(raw, "server", names)
         default = _DEFAULT_SERVER
@@ -231,6 +233,7 @@ class _Checker(Checks):
         elif admin not in ("any", "loopback") and not admin.startswith("client:"):
             self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
         workers = self.whole(table, "workers", default.workers)
+        spool_dir = self.directory(table, "server", "spool_dir")
         return ServerConfig(
             host=host,
             port=port,
@@ -241,6 +244,8 @@ class _Checker(Checks):
             idle_timeout=self.positive(table, "server", "idle_timeout", default.idle_timeout),
             max_connections=self.whole(table, "max_connections", default.max_connections),
             max_in_flight=self.whole(table, "max_in_flight", default.max_in_flight),
+            spool_dir=spool_dir,
+            max_buffered_body=self.whole(table, "max_buffered_body", default.max_buffered_body),
             client_key_header=header,
             admin_access=admin,
             shutdown_grace=self.non_negative(
@@ -275,7 +280,16 @@ class _Checker(Checks):
         table = self.table(
             raw,
             key,
-            ("prefix", "upstream", "auth", "timeout", "ca_file", "rate_limit", "retry"),
+            (
+                "prefix",
+                "upstream",
+                "auth",
+                "timeout",
+                "ca_file",
+                "rate_limit",
+                "retry",
+                "request_buffering",
+            ),
         )
         prefix = self.string(table, key, "prefix", required=True)
         upstream_text = self.string(table, key, "upstream", required=True)
@@ -284,6 +298,10 @@ class _Checker(Checks):
         ca_file = self.file(table, key, "ca_file")
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         retry = self.retry(table.get("retry", {}), f"{key}.retry")
+        buffering = table.get("request_buffering", True)
+        if not isinstance(buffering, bool):
+            self.fail(f"{key}.request_buffering", f"must be true or false, got {buffering!r}")
+            buffering = True
         if prefix is not None:
             prefix = self.prefix(prefix, f"{key}.prefix")
         upstream = None
@@ -302,6 +320,7 @@ class _Checker(Checks):
             ca_file=ca_file,
             rate_limit=rate_limit,
             retry=retry,
+            request_buffering=buffering,
         )
 
     def rate_limit(self, raw: Any, key: str) -> RateLimitConfig | None:

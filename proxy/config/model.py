@@ -110,6 +110,9 @@ class RouteConfig:
     ca_file: str | None = None
     rate_limit: RateLimitConfig | None = None
     retry: RetryConfig = field(default_factory=RetryConfig)
+    # Chunked request bodies are read whole before anything is sent, so a malformed chunk
+    # never reaches the upstream; off, they stream after a 64 KiB read-ahead.
+    request_buffering: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,8 @@ class ServerConfig:
     idle_timeout: float = 60.0  # seconds of silence from a client (keep-alive, body, reads)
     max_connections: int = 10000  # client connections; past it new ones get a fast 503
     max_in_flight: int = 4096  # requests being handled; past it a fast 503
+    spool_dir: str | None = None  # buffered chunked bodies past 64 KiB; None: the temp dir
+    max_buffered_body: int = 1024**3  # a longer buffered chunked body gets 413
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,162 @@
+"""The request body as it goes upstream: held for a replay, buffered whole, or streamed.
+
+    Content-Length, small enough to replay  -> bytes, sent again on a retry or 401 replay
+    Content-Length, larger                  -> streamed once, as it arrives
+    chunked, request_buffering on (default) -> read whole before anything is sent (past
+                                               64 KiB into an unlinked temp file), then sent
+                                               with its Content-Length
+    chunked, request_buffering off          -> read ahead 64 KiB, then streamed, chunked
+
+Buffering a chunked body whole is what keeps a malformed chunk from ever reaching the
+upstream: the chunk framing is checked end to end before the upstream sees the head. A
+Content-Length body cannot be malformed, only cut short, and a cut body never ends its
+upstream request either.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import IO, Final
+
+import structlog
+
+from .client import BodyStream
+from .errors import BadRequestError, BodyTooLargeError, InternalError
+from .server import Body, MalformedBodyError, Request
+
+log = structlog.get_logger("proxy.bodies")
+
+# A chunked body is held in memory up to this size; past it, it goes to a temp file (as
+# nginx's client_body_buffer_size), so a thousand slow uploads cost disk, not memory.
+READ_AHEAD: Final = 64 * 1024
+_SPOOL_READ: Final = 64 * 1024
+
+
+async def request_body(
+    request: Request,
+    replay_limit: int,
+    *,
+    buffering: bool,
+    max_buffered: int,
+    spool_dir: str | None,
+) -> tuple[bytes | BodyStream | None, int | None, bool]:
+    """The body to send upstream, its framing, and whether it can be sent again.
+
+    Framing: None (no body, no framing header), -1 (chunked: length unknown), else the
+    Content-Length. Bodies of known length up to ``replay_limit`` are read into memory so a
+    retry or 401 replay sends them again exactly; anything else streams once, because a
+    consumed stream would replay as an empty body (and the upstream would answer 200 to
+    it). A chunked body is never replayed, even when buffered: bodies that arrive without
+    a length are not retried. A :class:`Spooled` body must be closed by the caller.
+    """
+    length = request.content_length
+    if not request.body_exists:
+        # An explicit "Content-Length: 0" (a bodiless POST) is forwarded as such.
+        return None, (0 if length == 0 else None), True
+    body = request.content
+    try:
+        if length is not None:
+            if length <= replay_limit:
+                return await body.readexactly(length), length, True
+            return body, length, False
+        if buffering:
+            whole = await _buffer(body, max_buffered, spool_dir)
+            return whole, len(whole), False
+        ahead: list[bytes] = []
+        size = 0
+        while size <= max(replay_limit, READ_AHEAD):
+            chunk = await body.readany()
+            if not chunk:
+                joined = b"".join(ahead)
+                return joined, len(joined), False
+            ahead.append(chunk)
+            size += len(chunk)
+    except MalformedBodyError as exc:
+        raise BadRequestError("malformed request body") from exc
+    return _Prefixed(ahead, body), -1, False
+
+
+async def _buffer(body: Body, limit: int, spool_dir: str | None) -> bytes | Spooled:
+    """Read a chunked body to its end: in memory while small, then into a temp file."""
+    ahead: list[bytes] = []
+    size = 0
+    spooled: Spooled | None = None
+    try:
+        while chunk := await body.readany():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(f"a chunked request body may hold at most {limit} bytes")
+            if spooled is not None:
+                spooled.write(chunk)
+            elif size <= READ_AHEAD:
+                ahead.append(chunk)
+            else:
+                spooled = Spooled(spool_dir)
+                for held in ahead:
+                    spooled.write(held)
+                spooled.write(chunk)
+                ahead.clear()
+    except BaseException:
+        if spooled is not None:
+            spooled.close()
+        raise
+    if spooled is None:
+        return b"".join(ahead)
+    spooled.rewind()
+    return spooled
+
+
+class Spooled:
+    """A buffered body in an already-unlinked temp file: nothing is left on disk if the
+    process dies, and the space is freed when the file is closed.
+
+    The file is written and read in the event loop, not a thread: these are page-cache
+    copies of at most 64 KiB, cheaper than a thread hop (as nginx writes its temp files).
+    """
+
+    __slots__ = ("_file", "_size")
+
+    def __init__(self, directory: str | None) -> None:
+        self._size = 0
+        try:
+            # Closed by close(): the file outlives this call by design.
+            self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+        except OSError as exc:
+            log.error("body_spool_failed", error=type(exc).__name__, detail=exc.strerror)
+            raise InternalError("could not buffer the request body") from None
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._file.write(chunk)
+        except OSError as exc:  # a full disk: the client's request is lost, not corrupted
+            log.error("body_spool_failed", error=type(exc).__name__, detail=exc.strerror)
+            raise InternalError("could not buffer the request body") from None
+        self._size += len(chunk)
+
+    def rewind(self) -> None:
+        self._file.flush()
+        self._file.seek(0)
+
+    def __len__(self) -> int:
+        return self._size
+
+    async def readany(self) -> bytes:
+        return self._file.read(_SPOOL_READ)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Prefixed:
+    """A body stream whose first chunks were already read (see request_body)."""
+
+    __slots__ = ("_ahead", "_rest")
+
+    def __init__(self, ahead: list[bytes], rest: Body) -> None:
+        self._ahead = ahead
+        self._rest = rest
+
+    async def readany(self) -> bytes:
+        if self._ahead:
+            return self._ahead.pop(0)
+        return await self._rest.readany()

@@ -115,7 +115,7 @@ def table(results: dict[str, Any]) -> str:
         "| direction | complete | seconds | MB/s |",
         "|---|---|---|---|",
     ]
-    for direction in ("download", "upload"):
+    for direction in ("download", "upload", "upload_buffered"):
         row = s[direction]
         lines.append(f"| {direction} | {row['complete']} | {row['seconds']} | {row['mb_per_s']} |")
     lines += [

@@ -84,6 +84,11 @@ class BodyTooLargeError(ProxyError):
     code = "body_too_large"
 
 
+class MisdirectedError(ProxyError):
+    status = 421
+    code = "misdirected_request"
+
+
 class HeadTooLargeError(ProxyError):
     status = 431
     code = "header_too_large"

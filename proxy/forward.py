@@ -83,7 +83,7 @@ class Forwarder:
         try:
             client = self._access.identify(request.headers)
             stats.client = client.name if client is not None else None
-            route, path = self._table.resolve(request.raw_path)
+            route, path = self._table.resolve(request.raw_path, request.headers.get("Host"))
             stats.route = route.prefix
             Access.check_route(client, route.prefix)
             target = self._targets[route.prefix]

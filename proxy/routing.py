@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote
 
+from .authority import split_authority
 from .config import RouteConfig
-from .errors import BadRequestError, NoRouteError
+from .errors import BadRequestError, MisdirectedError, NoRouteError
 
 RESERVED_PREFIX: Final = "/-/"
 
@@ -27,19 +28,24 @@ _PIECE_SEPARATORS: Final = re.compile(r"[/\\]")
 class RouteTable:
     """Longest-prefix match on whole path segments; built once at start-up."""
 
-    __slots__ = ("_by_prefix", "_catch_all")
+    __slots__ = ("_by_prefix", "_catch_all", "_hosts")
 
-    def __init__(self, routes: Iterable[RouteConfig]) -> None:
+    def __init__(self, routes: Iterable[RouteConfig], hosts: Iterable[str] = ()) -> None:
         self._by_prefix = {r.prefix: r for r in routes if r.prefix != "/"}
         self._catch_all = next((r for r in routes if r.prefix == "/"), None)
+        # server.hosts, as (name, port) pairs; empty: any Host, and no absolute-form.
+        self._hosts = frozenset(split_authority(host) for host in hosts)
 
-    def resolve(self, raw_target: str) -> tuple[RouteConfig, str]:
+    def resolve(self, raw_target: str, host: str | None = None) -> tuple[RouteConfig, str]:
         """Return the route and the upstream request target: base path + rest of the path,
         then the query exactly as received (a bare trailing ``?`` included).
 
         Raises BadRequestError for targets that are not origin-form or hold dot segments,
-        NoRouteError when no prefix matches.
+        MisdirectedError for a Host that server.hosts does not list, NoRouteError when no
+        prefix matches.
         """
+        if self._hosts:
+            raw_target = self._check_host(raw_target, host)
         if not raw_target.startswith("/") or raw_target.startswith("//"):
             # Absolute-form (http://host/...), authority-form and "*" never reach an upstream.
             raise BadRequestError("request target must be a path starting with a single '/'")
@@ -58,6 +64,34 @@ class RouteTable:
             # network-path reference to whatever parses it as a URL.
             raise BadRequestError("path must not start with '//' once the prefix is removed")
         return route, (upstream_path or "/") + mark + query
+
+    def _check_host(self, raw_target: str, host: str | None) -> str:
+        """Refuse a Host we do not serve (a DNS-rebinding page, a misrouted client); accept
+        an absolute-form target naming one we do, if its Host says the same, as the
+        origin-form path it carries (RFC 9112 3.2.2)."""
+        if host is None or self._named(host) is None:
+            raise MisdirectedError("this proxy does not serve that Host")
+        scheme, sep, rest = raw_target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or "/" in scheme:
+            return raw_target  # origin-form (or refused as a bad target below)
+        authority, slash, path = rest.partition("/")
+        named = self._named(authority)
+        if named is None or named != self._named(host):
+            raise BadRequestError("the request target and Host name different hosts")
+        return slash + path if slash else "/"
+
+    def _named(self, authority: str) -> tuple[str, int] | None:
+        """The listed (name, port) an authority matches, if any (no port: 80)."""
+        try:
+            name, given = split_authority(authority)
+        except ValueError:
+            return None
+        port = 80 if given is None else given
+        if (name, port) in self._hosts:
+            return name, port
+        if (name, None) in self._hosts:
+            return name, port
+        return None
 
     def _match(self, path: str) -> RouteConfig:
         candidate = path

@@ -170,7 +170,12 @@ class Runtime:
             trusted_proxies=config.server.trusted_proxies,
         )
         self.forwarder = Forwarder(
-            RouteTable(config.routes), self.targets, self.access, headers, metrics, access_log
+            RouteTable(config.routes, config.server.hosts),
+            self.targets,
+            self.access,
+            headers,
+            metrics,
+            access_log,
         )
 
     def _limit(self, name: str, config: RateLimitConfig, previous: Runtime | None) -> RateLimit:

@@ -124,7 +124,19 @@ def test_upstream_parts() -> None:
             "[server]\nbind = 1\n",
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
             "admin_access, shutdown_grace, workers, trusted_proxies, via, header_timeout, "
-            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body)",
+            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body, hosts)",
+        ),
+        (
+            '[server]\nhosts = ["proxy.internal", "bad host", "h:99999", "[::1"]\n',
+            "server.hosts[1]: not a host name or name:port (IPv6 in brackets): 'bad host'",
+        ),
+        (
+            '[server]\nhosts = ["h:99999"]\n',
+            "server.hosts[0]: not a host name or name:port (IPv6 in brackets): 'h:99999'",
+        ),
+        (
+            '[server]\nhosts = "proxy.internal"\n',
+            "server.hosts: must be a list of host names (name or name:port)",
         ),
         (
             '[server]\nspool_dir = "/nonexistent/spool"\n',

@@ -105,6 +105,77 @@ async def test_ambiguous_or_forbidden_requests_are_refused_and_reach_nothing(
     assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
 
 
+HOSTS = 'hosts = ["proxy.internal", "gateway.internal:8080", "[::1]"]'
+CLOSE = b"Connection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "upstream_path"),
+    [
+        # Host names the proxy serves, however spelled: forwarded.
+        (b"GET /u/x HTTP/1.1\r\nHost: proxy.internal\r\n", 200, "/x"),
+        (b"GET /u/x HTTP/1.1\r\nHost: PROXY.Internal.:9000\r\n", 200, "/x"),
+        (b"GET /u/x HTTP/1.1\r\nHost: gateway.internal:8080\r\n", 200, "/x"),
+        (b"GET /u/x HTTP/1.1\r\nHost: [::1]:8080\r\n", 200, "/x"),
+        # Absolute-form naming a served host that Host repeats: routed on its path.
+        (
+            b"GET http://proxy.internal/u/abs?q=1 HTTP/1.1\r\nHost: proxy.internal\r\n",
+            200,
+            "/abs?q=1",
+        ),
+        (
+            b"GET http://gateway.internal:8080/u/abs HTTP/1.1\r\nHost: gateway.internal:8080\r\n",
+            200,
+            "/abs",
+        ),
+        # A Host the proxy does not serve (a DNS-rebinding page, a misrouted client): 421.
+        (b"GET /u/x HTTP/1.1\r\nHost: evil.example\r\n", 421, None),
+        (b"GET /u/x HTTP/1.1\r\nHost: gateway.internal:8081\r\n", 421, None),
+        (b"GET /u/x HTTP/1.1\r\nHost: gateway.internal\r\n", 421, None),
+        (b"GET /u/x HTTP/1.1\r\nHost: user@proxy.internal\r\n", 421, None),
+        # Target and Host disagree, or the target names a host we do not serve: 400.
+        (b"GET http://evil.example/u/x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
+        (b"GET http://proxy.internal/u/x HTTP/1.1\r\nHost: gateway.internal:8080\r\n", 400, None),
+        (b"GET http://proxy.internal:81/u/x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
+        (b"GET http://user@proxy.internal/u/x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
+        (b"GET http://proxy.internal/u/../x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
+        (b"GET http://proxy.internal//evil/x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
+    ],
+)
+async def test_server_hosts_refuses_hosts_it_does_not_serve(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    request_bytes: bytes,
+    status: int,
+    upstream_path: str | None,
+) -> None:
+    """With server.hosts set, a request is forwarded only when its Host is listed, and an
+    absolute-form target only when it names the same listed host as Host (RFC 9112
+    3.2.2); a mismatch is a 400 and reaches nothing."""
+    proxy = await _proxy(make_proxy, upstream, HOSTS)
+    raw = await _send(proxy, request_bytes + CLOSE)
+    assert _statuses(raw) == [status], raw[:300]
+    forwarded = [s.raw_path for s in upstream.seen if s.raw_path != "/oauth/token"]
+    assert forwarded == ([upstream_path] if upstream_path else [])
+    if status == 421:
+        assert b'"misdirected_request"' in raw
+
+
+async def test_without_server_hosts_any_host_passes_and_absolute_form_is_refused(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """The default serves every Host name; absolute-form cannot then be told ours or not,
+    so it is refused whatever it names."""
+    proxy = await _proxy(make_proxy, upstream)
+    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\nHost: anything.example\r\n" + CLOSE)
+    refused = await _send(
+        proxy, b"GET http://anything.example/u/x HTTP/1.1\r\nHost: anything.example\r\n" + CLOSE
+    )
+    assert _statuses(raw) == [200]
+    assert _statuses(refused) == [400]
+    assert [s.raw_path for s in upstream.seen if s.raw_path != "/oauth/token"] == ["/x"]
+
+
 async def test_malformed_authorization_is_not_echoed_anywhere(
     make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
+from ..authority import split_authority
 from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
@@ -202,6 +203,7 @@ class _Checker(Checks):
             "max_in_flight",
             "spool_dir",
             "max_buffered_body",
+            "hosts",
         )
         table = self.table(raw, "server", names)
         default = _DEFAULT_SERVER
@@ -234,6 +236,7 @@ class _Checker(Checks):
             self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
         workers = self.whole(table, "workers", default.workers)
         spool_dir = self.directory(table, "server", "spool_dir")
+        hosts = self.hosts(table.get("hosts", []))
         return ServerConfig(
             host=host,
             port=port,
@@ -245,6 +248,7 @@ class _Checker(Checks):
             max_connections=self.whole(table, "max_connections", default.max_connections),
             max_in_flight=self.whole(table, "max_in_flight", default.max_in_flight),
             spool_dir=spool_dir,
+            hosts=hosts,
             max_buffered_body=self.whole(table, "max_buffered_body", default.max_buffered_body),
             client_key_header=header,
             admin_access=admin,
@@ -267,6 +271,25 @@ class _Checker(Checks):
                 found.append(ip_network(cidr, strict=False))
             except (TypeError, ValueError):
                 self.fail(f"server.{name}[{index}]", f"not a CIDR network: {cidr!r}")
+        return tuple(found)
+
+    def hosts(self, listed: Any) -> tuple[str, ...]:
+        if not isinstance(listed, list):
+            self.fail("server.hosts", "must be a list of host names (name or name:port)")
+            return ()
+        found = []
+        for index, host in enumerate(listed):
+            try:
+                if not isinstance(host, str):
+                    raise TypeError(host)
+                split_authority(host)
+            except (TypeError, ValueError):
+                self.fail(
+                    f"server.hosts[{index}]",
+                    f"not a host name or name:port (IPv6 in brackets): {host!r}",
+                )
+                continue
+            found.append(host)
         return tuple(found)
 
     def whole(self, table: dict[str, Any], name: str, default: int) -> int:

@@ -172,6 +172,9 @@ class ServerConfig:
     idle_timeout: float = 60.0  # seconds of silence from a client (keep-alive, body, reads)
     max_connections: int = 10000  # client connections; past it new ones get a fast 503
     max_in_flight: int = 4096  # requests being handled; past it a fast 503
+    # Host names (name or name:port) this proxy answers for; empty: any Host, and
+    # absolute-form targets are refused. Guards against DNS rebinding.
+    hosts: tuple[str, ...] = ()
     spool_dir: str | None = None  # buffered chunked bodies past 64 KiB; None: the temp dir
     max_buffered_body: int = 1024**3  # a longer buffered chunked body gets 413
 

@@ -46,6 +46,8 @@ def _serve(ready: threading.Event, holder: dict[str, object]) -> None:
                 return web.json_response(
                     {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600}
                 )
+            # Noted on the head, before the body is read: a forwarded head whose body never
+            # completes still counts.
             running.seen.append(request.raw_path.encode("utf-8", "surrogateescape"))
             await request.read()
             return web.json_response({"ok": True})
@@ -229,12 +231,22 @@ def test_generated_requests_never_break_the_proxy_or_leak(running: Running, requ
     # A health check pipelined behind it ends the connection once the request is answered
     # (or, if the request swallowed it as a body, the read times out: also fine).
     raw = _exchange(running.port, request + SENTINEL)
-    assert TOKEN.encode() not in raw
-    assert SECRET.encode() not in raw
-    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
-    for match in re.finditer(rb"HTTP/1\.1 (5\d\d) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", raw):
-        assert b"X-Proxy-Error: " in match.group(2), raw[:400]
-    if statuses and statuses[0] in (400, 405, 431, 501, 505, 508):
+    for credential in (TOKEN.encode(), SECRET.encode()):
+        # Not the whole value, nor any 8-byte piece of it.
+        for offset in range(len(credential) - 7):
+            assert credential[offset : offset + 8] not in raw
+    answers = list(re.finditer(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", raw))
+    for match in answers:
+        if match.group(1).startswith(b"5"):
+            assert b"X-Proxy-Error: " in match.group(2), raw[:400]
+    first = answers[0] if answers else None
+    if (
+        first is not None
+        and first.group(1).startswith(b"4")
+        and b"X-Proxy-Error: " in first.group(2)
+    ):
+        # The proxy refused it (no route, bad framing, bad target, unknown Host...): the
+        # upstream saw not even its head (the recorder notes heads before any body).
         assert len(running.seen) == before, (raw[:300], running.seen[before:])
     # Still serving: a plain request right after gets its answer.
     assert _exchange(running.port, SENTINEL).startswith(b"HTTP/1.1 200 OK")

@@ -26,7 +26,7 @@ from .errors import (
     error_response,
 )
 from .forward import Stats
-from .headers import request_id_from
+from .headers import RequestIds
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
@@ -38,10 +38,16 @@ log = structlog.get_logger("proxy.app")
 class ProxyState:
     """The running Runtime (swapped on reload) and what outlives reloads."""
 
-    __slots__ = ("_retiring", "access_log", "metrics", "on_secrets", "runtime")
+    __slots__ = ("_retiring", "access_log", "metrics", "on_secrets", "request_ids", "runtime")
 
-    def __init__(self, config: Config, access_log: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        access_log: AccessLog | None = None,
+        request_ids: RequestIds | None = None,
+    ) -> None:
         self.metrics = Metrics()
+        self.request_ids = request_ids or RequestIds()
         self.access_log = access_log
         self.runtime = Runtime(config, self.metrics, access_log)
         self._retiring: set[asyncio.Task[None]] = set()
@@ -165,7 +171,7 @@ ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
 
 async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     runtime = state.runtime  # read once: this request finishes on this config
-    request_id = request_id_from(request.headers)
+    request_id = state.request_ids.for_request(request.headers)
     REQUEST_ID.set(request_id)  # every line logged while handling it carries the id
     path = request.raw_path
     if not runtime.access.peer_allowed(request.remote):
@@ -223,12 +229,6 @@ _REFUSALS: Final[dict[int, type[ProxyError]]] = {
 }
 
 
-def _refusal(status: int, message: str) -> Reply:
-    """Our answer to a request the server could not take (unparsable, too large, too slow)
-    or a handler failure: nothing of the request is echoed."""
-    return error_response(_REFUSALS.get(status, BadRequestError)(message), request_id_from(None))
-
-
 class ProxyApp:
     """The proxy before and while it serves: its state exists from start() to cleanup()."""
 
@@ -242,6 +242,7 @@ class ProxyApp:
         self._on_secrets = on_secrets
         self._access_log = access_log
         self._state: ProxyState | None = None
+        self._request_ids = RequestIds()
 
     @property
     def config(self) -> Config:
@@ -253,7 +254,7 @@ class ProxyApp:
         return self._state
 
     async def open(self) -> None:
-        state = ProxyState(self._config, self._access_log)
+        state = ProxyState(self._config, self._access_log, self._request_ids)
         state.on_secrets = self._on_secrets
         state._watch()
         self._state = state
@@ -265,7 +266,10 @@ class ProxyApp:
         if self._state is not None:
             self._state.metrics.count_request("refused", "other", status)
         log.info("request_refused", status=status, reason=message)
-        return _refusal(status, message)
+        # Nothing of the request is echoed, its X-Request-ID included: it may not even
+        # have been parsed.
+        error = _REFUSALS.get(status, BadRequestError)(message)
+        return error_response(error, self._request_ids.new())
 
     async def handle(self, request: Request) -> Reply | None:
         assert self._state is not None

@@ -219,16 +219,35 @@ def client_response_headers(
     return out
 
 
-def request_id_from(headers: CIMultiDictProxy[str] | None) -> str:
-    """The client's X-Request-ID when it is a sane token, else a new random one.
+class RequestIds:
+    """Request ids: the client's X-Request-ID when it is a sane token, else 128 fresh
+    random bits.
 
     A client's id is kept so its own logs and ours line up; anything odd (too long, spaces,
     control bytes) is replaced rather than copied into our logs and the upstream request.
+    Randomness is drawn 4 KiB at a time: one getrandom call per 256 ids, not one per
+    request (a system call costs more than the rest of this together).
     """
-    given = headers.get(X_REQUEST_ID) if headers is not None else None
-    if given is not None and _REQUEST_ID_OK.fullmatch(given):
-        return given
-    return os.urandom(16).hex()  # as unique as a uuid4, at a third of its cost
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def for_request(self, headers: CIMultiDictProxy[str]) -> str:
+        given = headers.get(X_REQUEST_ID)
+        if given is not None and _REQUEST_ID_OK.fullmatch(given):
+            return given
+        return self.new()
+
+    def new(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool = os.urandom(4096)
+            at = 0
+        self._at = at + 16
+        return self._pool[at : at + 16].hex()
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

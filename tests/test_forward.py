@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 
 import aiohttp
 import pytest
@@ -195,6 +196,21 @@ async def test_request_id_is_generated_when_missing_or_unsafe(
         assert generated is not None
         assert len(generated) == 32
         assert upstream.last.header("X-Request-ID") == generated
+
+
+async def test_generated_request_ids_stay_unique_past_each_batch_of_randomness(
+    upstream: Upstream, make_proxy: ProxyFactory
+) -> None:
+    """Ids come from randomness drawn 256 at a time: 600 requests (over two refills) get
+    600 different 128-bit ids."""
+    proxy = await make_proxy(routes(upstream))
+    ids = set()
+    async with aiohttp.ClientSession() as client:
+        for _ in range(600):
+            async with client.get(f"{proxy}/travtus/x") as response:
+                ids.add(response.headers["X-Request-ID"])
+    assert len(ids) == 600
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
 
 async def test_no_automatic_headers_are_added(upstream: Upstream, make_proxy: ProxyFactory) -> None:

@@ -25,6 +25,7 @@ from .errors import (
     VersionError,
     error_response,
 )
+from .fds import connection_cap
 from .forward import Stats
 from .headers import RequestIds
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
@@ -319,12 +320,22 @@ async def start(
     """Serve app on host:port; return the runner and the addresses actually bound."""
     await app.open()
     settings = app.config.server  # listener settings: a reload does not change them
+    cap, fd_limit = connection_cap(settings.max_connections)
+    if cap < settings.max_connections:
+        log.warning(
+            "fd_limit_low",
+            setting="server.max_connections",
+            configured=settings.max_connections,
+            serving=cap,
+            fd_limit=fd_limit,
+            hint="raise the hard limit on open files (ulimit -Hn, systemd LimitNOFILE=)",
+        )
     server = Server(
         app.handle,
         app.refusal,
         idle_timeout=settings.idle_timeout,
         header_timeout=settings.header_timeout,
-        max_connections=settings.max_connections,
+        max_connections=cap,
         max_in_flight=settings.max_in_flight,
     )
     try:

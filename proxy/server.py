@@ -38,6 +38,9 @@ _MAX_QUEUED: Final = 16  # pipelined requests parsed ahead of the one being answ
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
+# Connections turned away past max_connections that may linger at once (fds.RESERVE
+# keeps descriptors for them).
+_MAX_LINGERING_REFUSALS: Final = 64
 _BODYLESS: Final = frozenset({204, 304})
 _CLOSING: Final = frozenset({400, 413, 500})  # replies after which the connection closes
 
@@ -290,6 +293,7 @@ class HttpConnection(WriteFlow):
         "_paused_queue",
         "_queue",
         "_queue_waiter",
+        "_refused",
         "_task",
         "_url",
         "busy",
@@ -311,6 +315,7 @@ class HttpConnection(WriteFlow):
         self._queue_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._refused = False  # turned away past max_connections
         self._discarded = 0
         self._paused_body = False
         self._paused_queue = False
@@ -337,10 +342,18 @@ class HttpConnection(WriteFlow):
         self.transport = transport  # type: ignore[assignment]
         server = self.server
         if len(server.connections) >= server.max_connections:
-            # A fast, cheap no: past the cap a connection costs a write and a close.
+            # A fast, cheap no: past the cap a connection costs a write and a close. The
+            # close lingers (see _linger) so that a client whose request is already on its
+            # way reads the 503 rather than a reset, but only for a few at a time: in a
+            # flood the rest are closed at once, keeping descriptors for those served.
             self._closing = True
             transport.write(_raw_reply(server.refusal(503, "too many connections"), ""))  # type: ignore[attr-defined]
-            transport.close()
+            if server.lingering_refusals < _MAX_LINGERING_REFUSALS:
+                server.lingering_refusals += 1
+                self._refused = True
+                self._linger()
+            else:
+                transport.close()
             return
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else None
@@ -381,6 +394,9 @@ class HttpConnection(WriteFlow):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._refused:
+            self.server.lingering_refusals -= 1
+            return
         self.server.connections.discard(self)
         if self._body is not None:
             self._body.end(ConnectionResetError("client closed the connection"))
@@ -642,6 +658,7 @@ class Server:
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.max_connections = max_connections
+        self.lingering_refusals = 0
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._idle = idle_timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,18 @@ class ProxyProcess:
 
 
 async def start_proxy(
-    config_path: Path, *extra: str, env: dict[str, str] | None = None
+    config_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    fd_limit: tuple[int, int] | None = None,
 ) -> ProxyProcess:
-    """Start `python -m proxy serve` on a free port and wait for its start-up log line."""
+    """Start `python -m proxy serve` on a free port and wait for its start-up log line
+    (``fd_limit``: the soft and hard RLIMIT_NOFILE it starts with, as a shell's ulimit)."""
+
+    def limit_fds() -> None:
+        if fd_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit)
+
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -66,6 +76,7 @@ async def start_proxy(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        preexec_fn=limit_fds if fd_limit is not None else None,
     )
     assert process.stdout is not None
     lines: list[str] = []

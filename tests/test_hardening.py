@@ -16,6 +16,7 @@ import pytest
 
 from .conftest import LEAK_WATCH, ProxyFactory, Scripted, Upstream
 from .conftest import send_raw as _send
+from .processes import start_proxy
 
 TOKEN = "upstream-test-token"  # what the conftest token endpoint issues
 LEAK_WATCH.update({"hardening-secret-1", TOKEN})  # the secret and token of the proxies here
@@ -410,6 +411,64 @@ async def test_connection_cap_answers_a_fast_503(
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "overloaded"
     for _, writer in held:
         writer.close()
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line")
+
+
+async def test_low_soft_descriptor_limit_is_raised_to_fit_max_connections(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Started under a shell's usual soft limit (here 256), the proxy raises its own soft
+    limit so that max_connections can really be reached (3 descriptors a connection)."""
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        "[server]\nmax_connections = 1000\n"
+        f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\n'
+    )
+    proxy = await start_proxy(config, fd_limit=(256, 8192))
+    try:
+        limits = _open_files_limit(proxy.pid)
+    finally:
+        await proxy.stop()
+    assert limits == (3 * 1000 + 128, 8192)
+    assert not any('"fd_limit_low"' in line for line in proxy.lines)
+
+
+async def test_too_low_hard_descriptor_limit_lowers_the_cap_and_says_so(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """When even the hard limit cannot hold max_connections, the cap is lowered to what
+    fits and a start-up warning names the key: connections past it get the fast 503,
+    rather than accept() failing and clients hanging."""
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        "[server]\nmax_connections = 1000\n"
+        f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\n'
+    )
+    proxy = await start_proxy(config, fd_limit=(200, 200))  # (200 - 128) // 3 = 24 fit
+    held: list[asyncio.StreamWriter] = []
+    try:
+        warnings = [json.loads(line) for line in proxy.lines if '"fd_limit_low"' in line]
+        host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(24):
+            held.append((await asyncio.open_connection(host, int(port)))[1])
+        await asyncio.sleep(0.1)
+        raw = await _send(proxy.url, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
+    finally:
+        for writer in held:
+            writer.close()
+        await proxy.stop()
+    assert _statuses(raw) == [503]
+    assert b'"overloaded"' in raw
+    assert len(warnings) == 1
+    assert warnings[0]["setting"] == "server.max_connections"
+    assert (warnings[0]["configured"], warnings[0]["serving"]) == (1000, 24)
 
 
 async def test_client_that_stops_sending_its_body_is_cut_off(

@@ -1,0 +1,38 @@
+"""File descriptors: enough for ``server.max_connections``, or a cap that fits the limit.
+
+A client connection holds up to three descriptors at once: its socket, the upstream socket
+its request is on and a spooled request body. A soft RLIMIT_NOFILE of 1,024 (the usual
+default, systemd's included) would run out near 340 connections, long before the default
+cap of 10,000: accept() would then fail with EMFILE and asyncio would stop accepting for a
+second at a time, so clients would hang instead of getting the fast 503 the cap promises.
+So the soft limit is raised as far as the hard limit allows (what a process may do for
+itself), and when even that is too low the connection cap is lowered to what fits.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import Final
+
+PER_CONNECTION: Final = 3
+# Listeners, log output, token fetches, the event loop's own descriptors.
+RESERVE: Final = 128
+
+
+def connection_cap(max_connections: int) -> tuple[int, int]:
+    """Raise the soft descriptor limit toward what ``max_connections`` needs; return the
+    connections that fit (``max_connections`` when all do) and the soft limit now set."""
+    need = max_connections * PER_CONNECTION + RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return max_connections, soft
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # not allowed here (a sandbox): work within the current limit
+    if soft >= need:
+        return max_connections, soft
+    return max(1, (soft - RESERVE) // PER_CONNECTION), soft

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -150,27 +150,33 @@ class Checks:
         return None if missing else resolved
 
     def file(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        value = self.string(table, key, name)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.base_dir / path
-        if not path.is_file():
-            self.fail(_join(key, name), f"file not found: {value!r}")
-            return None
-        return str(path)
+        """A file to read; a relative path is read from the config's directory."""
+        return self._path(table, key, name, Path.is_file, "file not found")
 
     def directory(self, table: dict[str, Any], key: str, name: str) -> str | None:
         """A directory the proxy writes into (relative paths as for ``file``)."""
+
+        def writable(path: Path) -> bool:
+            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+        return self._path(table, key, name, writable, "not a writable directory")
+
+    def _path(
+        self,
+        table: dict[str, Any],
+        key: str,
+        name: str,
+        usable: Callable[[Path], bool],
+        problem: str,
+    ) -> str | None:
         value = self.string(table, key, name)
         if value is None:
             return None
         path = Path(value)
         if not path.is_absolute():
             path = self.base_dir / path
-        if not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
-            self.fail(_join(key, name), f"not a writable directory: {value!r}")
+        if not usable(path):
+            self.fail(_join(key, name), f"{problem}: {value!r}")
             return None
         return str(path)
 

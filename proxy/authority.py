@@ -13,7 +13,12 @@ from typing import Final
 def split_authority(authority: str) -> tuple[str, int | None]:
     """``name[:port]`` (IPv6 in brackets) as a lower-cased name without a trailing dot,
     and its port. Raises ValueError for anything else (userinfo, a bad port, spaces)."""
-    if "@" in authority or not authority or authority != authority.strip():
+    if (
+        "@" in authority
+        or not authority
+        or not authority.isascii()  # else lower() maps e.g. the Kelvin sign to "k"
+        or authority != authority.strip()
+    ):
         raise ValueError(authority)
     if authority.startswith("["):
         name, bracket, rest = authority.partition("]")

@@ -15,6 +15,8 @@ upstream request either.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import tempfile
 from typing import IO, Final
 
@@ -60,7 +62,10 @@ async def request_body(
                 return await body.readexactly(length), length, True
             return body, length, False
         if buffering:
-            whole = await _buffer(body, max_buffered, spool_dir)
+            # Held in memory as far as a replay would hold it: a bytes body may still be
+            # resent when a pooled upstream connection turns out to be closed.
+            in_memory = max(replay_limit, READ_AHEAD)
+            whole = await _buffer(body, max_buffered, in_memory, spool_dir)
             return whole, len(whole), False
         ahead: list[bytes] = []
         size = 0
@@ -76,8 +81,9 @@ async def request_body(
     return _Prefixed(ahead, body), -1, False
 
 
-async def _buffer(body: Body, limit: int, spool_dir: str | None) -> bytes | Spooled:
-    """Read a chunked body to its end: in memory while small, then into a temp file."""
+async def _buffer(body: Body, limit: int, in_memory: int, spool_dir: str | None) -> bytes | Spooled:
+    """Read a chunked body to its end: in memory up to ``in_memory``, then into a temp
+    file."""
     ahead: list[bytes] = []
     size = 0
     spooled: Spooled | None = None
@@ -88,7 +94,7 @@ async def _buffer(body: Body, limit: int, spool_dir: str | None) -> bytes | Spoo
                 raise BodyTooLargeError(f"a chunked request body may hold at most {limit} bytes")
             if spooled is not None:
                 spooled.write(chunk)
-            elif size <= READ_AHEAD:
+            elif size <= in_memory:
                 ahead.append(chunk)
             else:
                 spooled = Spooled(spool_dir)
@@ -96,55 +102,77 @@ async def _buffer(body: Body, limit: int, spool_dir: str | None) -> bytes | Spoo
                     spooled.write(held)
                 spooled.write(chunk)
                 ahead.clear()
+        if spooled is None:
+            return b"".join(ahead)
+        spooled.rewind()
     except BaseException:
         if spooled is not None:
             spooled.close()
         raise
-    if spooled is None:
-        return b"".join(ahead)
-    spooled.rewind()
     return spooled
 
 
 class Spooled:
     """A buffered body in an already-unlinked temp file: nothing is left on disk if the
-    process dies, and the space is freed when the file is closed.
+    process dies, and the space is freed as soon as the body has been sent (or the request
+    ends).
 
     The file is written and read in the event loop, not a thread: these are page-cache
     copies of at most 64 KiB, cheaper than a thread hop (as nginx writes its temp files).
+    Reading yields to the loop after each block, so sending a large body to a fast
+    upstream never holds up the other connections.
     """
 
-    __slots__ = ("_file", "_size")
+    __slots__ = ("_file", "_sent", "_size")
 
     def __init__(self, directory: str | None) -> None:
         self._size = 0
+        self._sent = False
         try:
             # Closed by close(): the file outlives this call by design.
             self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
         except OSError as exc:
-            log.error("body_spool_failed", error=type(exc).__name__, detail=exc.strerror)
-            raise InternalError("could not buffer the request body") from None
+            raise _spool_failed(exc) from None
 
     def write(self, chunk: bytes) -> None:
         try:
             self._file.write(chunk)
         except OSError as exc:  # a full disk: the client's request is lost, not corrupted
-            log.error("body_spool_failed", error=type(exc).__name__, detail=exc.strerror)
-            raise InternalError("could not buffer the request body") from None
+            raise _spool_failed(exc) from None
         self._size += len(chunk)
 
     def rewind(self) -> None:
-        self._file.flush()
-        self._file.seek(0)
+        try:
+            self._file.flush()  # a write error held in the buffer surfaces here
+            self._file.seek(0)
+        except OSError as exc:
+            raise _spool_failed(exc) from None
 
     def __len__(self) -> int:
         return self._size
 
     async def readany(self) -> bytes:
-        return self._file.read(_SPOOL_READ)
+        await asyncio.sleep(0)
+        if self._sent:
+            return b""
+        # Closed before its end (the request is over): raises ValueError, so the upstream
+        # request fails rather than ending short.
+        block = self._file.read(_SPOOL_READ)
+        if not block:
+            self._sent = True
+            self.close()  # all sent: free the disk space now, not when the answer ends
+        return block
 
     def close(self) -> None:
-        self._file.close()
+        # Closing flushes what is still buffered: after a write error it fails the same
+        # way, but the file is closed all the same, and its contents are unwanted.
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+def _spool_failed(exc: OSError) -> InternalError:
+    log.error("body_spool_failed", error=type(exc).__name__, detail=exc.strerror)
+    return InternalError("could not buffer the request body")
 
 
 class _Prefixed:

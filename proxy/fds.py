@@ -27,12 +27,21 @@ def connection_cap(max_connections: int) -> tuple[int, int]:
     if soft == resource.RLIM_INFINITY or soft >= need:
         return max_connections, soft
     target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if target > soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass  # not allowed here (a sandbox): work within the current limit
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (ValueError, OSError):
+        # The kernel may take less than the hard limit says (macOS caps an "unlimited"
+        # hard limit at OPEN_MAX): settle for the largest value it takes.
+        low, high = soft, target - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (middle, hard))
+                low = middle
+            except (ValueError, OSError):
+                high = middle - 1
+        soft = low
     if soft >= need:
         return max_connections, soft
     return max(1, (soft - RESERVE) // PER_CONNECTION), soft

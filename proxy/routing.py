@@ -74,11 +74,13 @@ class RouteTable:
         scheme, sep, rest = raw_target.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or "/" in scheme:
             return raw_target  # origin-form (or refused as a bad target below)
-        authority, slash, path = rest.partition("/")
-        named = self._named(authority)
+        # The authority ends at the path, or straight at a query (RFC 3986 3.2).
+        end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        named = self._named(rest[:end])
         if named is None or named != self._named(host):
             raise BadRequestError("the request target and Host name different hosts")
-        return slash + path if slash else "/"
+        tail = rest[end:]
+        return tail if tail.startswith("/") else "/" + tail
 
     def _named(self, authority: str) -> tuple[str, int] | None:
         """The listed (name, port) an authority matches, if any (no port: 80)."""

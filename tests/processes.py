@@ -52,14 +52,14 @@ async def start_proxy(
     config_path: Path,
     *extra: str,
     env: dict[str, str] | None = None,
-    fd_limit: tuple[int, int] | None = None,
+    limits: dict[int, tuple[int, int]] | None = None,
 ) -> ProxyProcess:
     """Start `python -m proxy serve` on a free port and wait for its start-up log line
-    (``fd_limit``: the soft and hard RLIMIT_NOFILE it starts with, as a shell's ulimit)."""
+    (``limits``: resource limits it starts with, as a shell's ulimit would set them)."""
 
-    def limit_fds() -> None:
-        if fd_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, fd_limit)
+    def set_limits() -> None:
+        for which, values in (limits or {}).items():
+            resource.setrlimit(which, values)
 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -76,7 +76,7 @@ async def start_proxy(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
-        preexec_fn=limit_fds if fd_limit is not None else None,
+        preexec_fn=set_limits if limits else None,
     )
     assert process.stdout is not None
     lines: list[str] = []

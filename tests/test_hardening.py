@@ -106,7 +106,7 @@ async def test_ambiguous_or_forbidden_requests_are_refused_and_reach_nothing(
     assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
 
 
-HOSTS = 'hosts = ["proxy.internal", "gateway.internal:8080", "[::1]"]'
+HOSTS = 'hosts = ["proxy.internal", "gateway.internal:8080", "[::1]", "kube.internal"]'
 CLOSE = b"Connection: close\r\n\r\n"
 
 
@@ -135,6 +135,11 @@ CLOSE = b"Connection: close\r\n\r\n"
         (b"GET /u/x HTTP/1.1\r\nHost: gateway.internal\r\n", 421, None),
         (b"GET /u/x HTTP/1.1\r\nHost: user@proxy.internal\r\n", 421, None),
         (b"GET /u/x HTTP/1.0\r\n", 421, None),  # no Host at all: not one we serve
+        # U+212A KELVIN SIGN lower-cases to "k": only ASCII names are compared.
+        (b"GET /u/x HTTP/1.1\r\nHost: \xe2\x84\xaaube.internal\r\n", 421, None),
+        # A query straight after the authority is the root path with that query (no
+        # route for "/" here: a 404, not a refused target).
+        (b"GET http://proxy.internal?q=1 HTTP/1.1\r\nHost: proxy.internal\r\n", 404, None),
         # Target and Host disagree, or the target names a host we do not serve: 400.
         (b"GET http://evil.example/u/x HTTP/1.1\r\nHost: proxy.internal\r\n", 400, None),
         (b"GET http://proxy.internal/u/x HTTP/1.1\r\nHost: gateway.internal:8080\r\n", 400, None),
@@ -431,7 +436,7 @@ async def test_low_soft_descriptor_limit_is_raised_to_fit_max_connections(
         "[server]\nmax_connections = 1000\n"
         f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\n'
     )
-    proxy = await start_proxy(config, fd_limit=(256, 8192))
+    proxy = await start_proxy(config, limits={resource.RLIMIT_NOFILE: (256, 8192)})
     try:
         limits = _open_files_limit(proxy.pid)
     finally:
@@ -451,7 +456,8 @@ async def test_too_low_hard_descriptor_limit_lowers_the_cap_and_says_so(
         "[server]\nmax_connections = 1000\n"
         f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\n'
     )
-    proxy = await start_proxy(config, fd_limit=(200, 200))  # (200 - 128) // 3 = 24 fit
+    # (200 - 128) // 3 = 24 fit
+    proxy = await start_proxy(config, limits={resource.RLIMIT_NOFILE: (200, 200)})
     held: list[asyncio.StreamWriter] = []
     try:
         warnings = [json.loads(line) for line in proxy.lines if '"fd_limit_low"' in line]
@@ -617,6 +623,50 @@ async def test_stray_upstream_bytes_on_an_idle_pooled_connection_reach_no_client
     assert connections == 2  # the desynchronised connection was not reused
 
 
+async def test_buffered_chunked_put_survives_a_stale_pooled_connection(
+    make_proxy: ProxyFactory,
+) -> None:
+    """A buffered chunked body within retry.max_body (here 100 KiB) is held in memory, so
+    an idempotent PUT whose pooled connection turns out closed is sent again on a fresh
+    one, as a body with a length would be."""
+    writers: list[asyncio.StreamWriter] = []
+    bodies: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        first_connection = len(writers) == 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if first_connection and bodies:
+                    writer.close()  # keep-alive ended as the proxy reuses the connection
+                    return
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                bodies.append(len(await reader.readexactly(int(length.group(1)) if length else 0)))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    size = 100 * 1024
+    put = (
+        b"PUT /r/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"%x\r\n%b\r\n0\r\n\r\n" % (size, b"y" * size)
+    )
+    try:
+        proxy = await make_proxy(
+            f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{port}"\n'
+        )
+        answers = [await _send(proxy, put), await _send(proxy, put)]
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+    assert [_statuses(a) for a in answers] == [[200], [200]]
+    assert bodies == [size, size]
+    assert len(writers) == 2  # the second PUT went out again on a new connection
+
+
 async def test_upstream_reason_phrase_is_never_copied(
     make_proxy: ProxyFactory,
     raw_upstream,  # type: ignore[no-untyped-def]
@@ -704,6 +754,7 @@ class _CountingUpstream:
         self.received = 0
         self.port = 0
         self.writers: list[asyncio.StreamWriter] = []
+        self.closed = 0
 
     def route(self, before: str = "", route_extra: str = "") -> str:
         return (
@@ -716,6 +767,7 @@ class _CountingUpstream:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 self.received += len(data)
+            self.closed += 1  # the proxy closed its end
         writer.close()
 
 
@@ -804,26 +856,62 @@ async def test_chunked_body_that_cannot_be_buffered_gets_500_and_sends_nothing(
     assert counting.received == 0
 
 
+async def test_a_full_disk_while_buffering_is_a_logged_500_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """A spool file that cannot grow (here RLIMIT_FSIZE; a full disk behaves alike) ends
+    the request with our 500 and a body_spool_failed line, not a traceback, and the
+    upstream sees nothing."""
+    async with _counting_upstream() as counting:
+        config = tmp_path / "routes.toml"
+        config.write_text(counting.route())
+        proxy = await start_proxy(config, limits={resource.RLIMIT_FSIZE: (100_000, 100_000)})
+        host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /c/x HTTP/1.1\r\n"
+                + H
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+                + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 6  # 96 KiB: still fits
+            )
+            await asyncio.sleep(0.3)
+            # A last small chunk waits in the file's write buffer: the limit is crossed
+            # only when the spool is flushed, after the body's end.
+            writer.write(b"1388\r\n" + b"x" * 5000 + b"\r\n0\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
+            await asyncio.sleep(0.1)
+        finally:
+            await proxy.stop()
+    assert _statuses(raw) == [500]
+    assert counting.received == 0
+    assert any('"body_spool_failed"' in line for line in proxy.lines)
+    assert not any('"handler_failed"' in line for line in proxy.lines)
+
+
 async def test_unbuffered_route_streams_a_long_chunked_body(
     make_proxy: ProxyFactory,
 ) -> None:
-    """With request_buffering off the upstream sees the head before the body has ended:
-    the documented trade (a malformed chunk later on reaches it unterminated)."""
+    """With request_buffering off the upstream gets the head and the first 64 KiB before
+    the body has ended: the documented trade. A bad chunk after that is still a 400 for
+    the client, and the upstream's request is left unterminated on a closed connection."""
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route(route_extra="request_buffering = false\n"))
-        host, port = proxy.removeprefix("http://").rsplit(":", 1)
-        _reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
+        raw = await _send(
+            proxy,
             b"POST /c/x HTTP/1.1\r\n"
             + H
             + b"Transfer-Encoding: chunked\r\n\r\n"
             + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8
+            + b"zz\r\n",
         )
         async with asyncio.timeout(5):
-            while counting.received < 64 * 1024:
+            while not counting.writers or not counting.closed:
                 await asyncio.sleep(0.01)
-        writer.close()
+    assert _statuses(raw) == [400]
     assert counting.received >= 64 * 1024
+    assert counting.closed == 1  # the proxy dropped the upstream connection
 
 
 async def test_small_chunked_body_is_forwarded_whole_with_its_length(

@@ -1,10 +1,12 @@
 """File descriptors: enough for ``server.max_connections``, or a cap that fits the limit.
 
-A client connection holds up to three descriptors at once: its socket, the upstream socket
-its request is on and a spooled request body. A soft RLIMIT_NOFILE of 1,024 (the usual
-default, systemd's included) would run out near 340 connections, long before the default
-cap of 10,000: accept() would then fail with EMFILE and asyncio would stop accepting for a
-second at a time, so clients would hang instead of getting the fast 503 the cap promises.
+A client connection holds two descriptors while its request is answered: its socket and
+the upstream socket the request is on (a spooled request body, rarer, comes out of the
+reserve, and fails alone with a 500 if that runs dry). A soft RLIMIT_NOFILE of 1,024 (the
+usual default, systemd's included) would run out near 450 connections, long before the
+default cap of 10,000: accept() would then fail with EMFILE and asyncio would stop
+accepting for a second at a time, so clients would hang instead of getting the fast 503
+the cap promises.
 So the soft limit is raised as far as the hard limit allows (what a process may do for
 itself), and when even that is too low the connection cap is lowered to what fits.
 """
@@ -14,8 +16,8 @@ from __future__ import annotations
 import resource
 from typing import Final
 
-PER_CONNECTION: Final = 3
-# Listeners, log output, token fetches, the event loop's own descriptors.
+PER_CONNECTION: Final = 2
+# Listeners, log output, token fetches, spooled bodies, the event loop's own descriptors.
 RESERVE: Final = 128
 
 

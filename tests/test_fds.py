@@ -27,5 +27,5 @@ def test_a_kernel_that_takes_less_than_the_hard_limit_still_gets_the_most_it_tak
 
     monkeypatch.setattr(resource, "getrlimit", getrlimit)
     monkeypatch.setattr(resource, "setrlimit", setrlimit)
-    assert connection_cap(10000) == ((10240 - RESERVE) // 3, 10240)
+    assert connection_cap(10000) == ((10240 - RESERVE) // 2, 10240)
     assert state["soft"] == 10240

@@ -430,7 +430,7 @@ async def test_low_soft_descriptor_limit_is_raised_to_fit_max_connections(
     upstream: Upstream, tmp_path: Path
 ) -> None:
     """Started under a shell's usual soft limit (here 256), the proxy raises its own soft
-    limit so that max_connections can really be reached (3 descriptors a connection)."""
+    limit so that max_connections can really be reached (2 descriptors a connection)."""
     config = tmp_path / "routes.toml"
     config.write_text(
         "[server]\nmax_connections = 1000\n"
@@ -441,7 +441,7 @@ async def test_low_soft_descriptor_limit_is_raised_to_fit_max_connections(
         limits = _open_files_limit(proxy.pid)
     finally:
         await proxy.stop()
-    assert limits == (3 * 1000 + 128, 8192)
+    assert limits == (2 * 1000 + 128, 8192)
     assert not any('"fd_limit_low"' in line for line in proxy.lines)
 
 
@@ -456,13 +456,13 @@ async def test_too_low_hard_descriptor_limit_lowers_the_cap_and_says_so(
         "[server]\nmax_connections = 1000\n"
         f'[[routes]]\nprefix = "/u"\nupstream = "{upstream.url}"\n'
     )
-    # (200 - 128) // 3 = 24 fit
+    # (200 - 128) // 2 = 36 fit
     proxy = await start_proxy(config, limits={resource.RLIMIT_NOFILE: (200, 200)})
     held: list[asyncio.StreamWriter] = []
     try:
         warnings = [json.loads(line) for line in proxy.lines if '"fd_limit_low"' in line]
         host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
-        for _ in range(24):
+        for _ in range(36):
             held.append((await asyncio.open_connection(host, int(port)))[1])
         await asyncio.sleep(0.1)
         raw = await _send(proxy.url, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
@@ -474,7 +474,7 @@ async def test_too_low_hard_descriptor_limit_lowers_the_cap_and_says_so(
     assert b'"overloaded"' in raw
     assert len(warnings) == 1
     assert warnings[0]["setting"] == "server.max_connections"
-    assert (warnings[0]["configured"], warnings[0]["serving"]) == (1000, 24)
+    assert (warnings[0]["configured"], warnings[0]["serving"]) == (1000, 36)
 
 
 async def test_client_that_stops_sending_its_body_is_cut_off(

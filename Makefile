@@ -30,8 +30,8 @@ check: $(STAMP)
 	$(BIN)/python -m proxy check --config routes.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
 	$(BIN)/mypy
 
 clean:

@@ -116,10 +116,12 @@ class Proxy:
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer:  # noqa: S310
-                    if answer.status == 200:
-                        return self
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as answer,  # noqa: S310
+            ):
+                if answer.status == 200:
+                    return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"proxy exited:\n{self.log.read_text()}")
             time.sleep(0.05)

@@ -37,7 +37,7 @@ async def trickle(port: int, seconds: float, stats: dict[str, int]) -> None:
 
 
 async def main(port: int, connections: int, seconds: float) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     stats = {"cut": 0}
     tasks = [asyncio.create_task(trickle(port, seconds, stats)) for _ in range(connections)]

@@ -23,7 +23,8 @@ from typing import IO, Final
 import structlog
 
 from .client import BodyStream
-from .errors import BadRequestError, BodyTooLargeError, InternalError
+from .config import ServerConfig
+from .errors import BadRequestError, BodyTooLargeError, InternalError, OverloadedError
 from .server import Body, MalformedBodyError, Request
 
 log = structlog.get_logger("proxy.bodies")
@@ -34,13 +35,29 @@ READ_AHEAD: Final = 64 * 1024
 _SPOOL_READ: Final = 64 * 1024
 
 
+class Spool:
+    """Where buffered bodies go, and how much disk they may take: each (``max_body``) and
+    all of them at once (``max_total``). One per process; it outlives reloads, so bodies
+    spooled under the old config still count."""
+
+    __slots__ = ("directory", "max_body", "max_total", "used")
+
+    def __init__(self, server: ServerConfig | None = None) -> None:
+        self.used = 0
+        self.configure(server or ServerConfig())
+
+    def configure(self, server: ServerConfig) -> None:
+        self.directory = server.spool_dir
+        self.max_body = server.max_buffered_body
+        self.max_total = server.max_spooled_total
+
+
 async def request_body(
     request: Request,
     replay_limit: int,
     *,
     buffering: bool,
-    max_buffered: int,
-    spool_dir: str | None,
+    spool: Spool,
 ) -> tuple[bytes | BodyStream | None, int | None, bool]:
     """The body to send upstream, its framing, and whether it can be sent again.
 
@@ -65,7 +82,7 @@ async def request_body(
             # Held in memory as far as a replay would hold it: a bytes body may still be
             # resent when a pooled upstream connection turns out to be closed.
             in_memory = max(replay_limit, READ_AHEAD)
-            whole = await _buffer(body, max_buffered, in_memory, spool_dir)
+            whole = await _buffer(body, in_memory, spool)
             return whole, len(whole), False
         ahead: list[bytes] = []
         size = 0
@@ -81,9 +98,10 @@ async def request_body(
     return _Prefixed(ahead, body), -1, False
 
 
-async def _buffer(body: Body, limit: int, in_memory: int, spool_dir: str | None) -> bytes | Spooled:
+async def _buffer(body: Body, in_memory: int, spool: Spool) -> bytes | Spooled:
     """Read a chunked body to its end: in memory up to ``in_memory``, then into a temp
     file."""
+    limit = spool.max_body
     ahead: list[bytes] = []
     size = 0
     spooled: Spooled | None = None
@@ -97,7 +115,7 @@ async def _buffer(body: Body, limit: int, in_memory: int, spool_dir: str | None)
             elif size <= in_memory:
                 ahead.append(chunk)
             else:
-                spooled = Spooled(spool_dir)
+                spooled = Spooled(spool)
                 for held in ahead:
                     spooled.write(held)
                 spooled.write(chunk)
@@ -123,22 +141,30 @@ class Spooled:
     upstream never holds up the other connections.
     """
 
-    __slots__ = ("_file", "_sent", "_size")
+    __slots__ = ("_file", "_sent", "_size", "_spool")
 
-    def __init__(self, directory: str | None) -> None:
+    def __init__(self, spool: Spool) -> None:
         self._size = 0
         self._sent = False
+        self._spool = spool
         try:
             # Closed by close(): the file outlives this call by design.
-            self._file: IO[bytes] = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+            self._file: IO[bytes] = tempfile.TemporaryFile(dir=spool.directory)  # noqa: SIM115
         except OSError as exc:
             raise _spool_failed(exc) from None
 
     def write(self, chunk: bytes) -> None:
+        spool = self._spool
+        if spool.used + len(chunk) > spool.max_total:
+            # Every buffered body together may take only so much disk: past it, this one
+            # is turned away (and may be sent again later), not the disk filled.
+            log.warning("spool_full", max_spooled_total=spool.max_total)
+            raise OverloadedError("no room to buffer the request body; try again later")
         try:
             self._file.write(chunk)
         except OSError as exc:  # a full disk: the client's request is lost, not corrupted
             raise _spool_failed(exc) from None
+        spool.used += len(chunk)
         self._size += len(chunk)
 
     def rewind(self) -> None:
@@ -164,6 +190,9 @@ class Spooled:
         return block
 
     def close(self) -> None:
+        if self._file.closed:
+            return
+        self._spool.used -= self._size
         # Closing flushes what is still buffered: after a write error it fails the same
         # way, but the file is closed all the same, and its contents are unwanted.
         with contextlib.suppress(OSError):

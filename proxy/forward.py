@@ -188,8 +188,7 @@ class Forwarder:
             request,
             target.replay_limit,
             buffering=target.route.request_buffering,
-            max_buffered=target.max_buffered_body,
-            spool_dir=target.spool_dir,
+            spool=target.spool,
         )
         try:
             result = stats.exchange = Exchange()

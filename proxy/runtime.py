@@ -17,6 +17,7 @@ import structlog
 from .access import Access, Client, Override
 from .auth import TokenManager
 from .auth.base import TokenProvider
+from .bodies import Spool
 from .client import Pool
 from .config import AuthConfig, Config, RateLimitConfig, RouteConfig
 from .forward import Forwarder
@@ -80,6 +81,7 @@ class Runtime:
         "forwarder",
         "idle",
         "in_flight",
+        "spool",
         "targets",
         "tokens",
     )
@@ -92,6 +94,9 @@ class Runtime:
         previous: Runtime | None = None,
     ) -> None:
         self.config = config
+        # One spool budget per process: bodies buffered under the old config still count.
+        self.spool: Spool = previous.spool if previous is not None else Spool()
+        self.spool.configure(config.server)
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -145,7 +150,7 @@ class Runtime:
                 provider = self.tokens[route.auth]
                 if route.auth in auth_limits:
                     limits = (*own, auth_limits[route.auth])
-            target = Target(route, self._sessions[key], provider, limits, metrics, config.server)
+            target = Target(route, self._sessions[key], provider, limits, metrics, self.spool)
             old = previous.targets.get(route.prefix) if previous is not None else None
             if old is not None and old.route.upstream == route.upstream:
                 target.cooldown = old.cooldown

@@ -17,8 +17,9 @@ import structlog
 from multidict import CIMultiDict, istr
 
 from .auth.base import TokenProvider
+from .bodies import Spool
 from .client import BodyStream, Pool, Response, UpstreamError
-from .config import RouteConfig, ServerConfig
+from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
 from .observe.metrics import Metrics, RouteMetrics
@@ -38,7 +39,6 @@ class Target:
         "connect_timeout",
         "cooldown",
         "limits",
-        "max_buffered_body",
         "metrics",
         "pool",
         "provider",
@@ -46,7 +46,7 @@ class Target:
         "replay_limit",
         "retry",
         "route",
-        "spool_dir",
+        "spool",
         "strip_authorization",
     )
 
@@ -57,7 +57,7 @@ class Target:
         provider: TokenProvider | None = None,
         limits: tuple[RateLimit, ...] = (),
         metrics: Metrics | None = None,
-        server: ServerConfig | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.route = route
         self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
@@ -78,9 +78,7 @@ class Target:
         # upstream instead, and connect also bounds the wait for a free pooled connection.
         self.connect_timeout = route.timeout.connect
         self.read_timeout = route.timeout.read
-        server = server or ServerConfig()
-        self.spool_dir = server.spool_dir
-        self.max_buffered_body = server.max_buffered_body
+        self.spool = spool or Spool()  # shared by every route of the process
 
 
 @dataclass(slots=True)

@@ -124,7 +124,8 @@ def test_upstream_parts() -> None:
             "[server]\nbind = 1\n",
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
             "admin_access, shutdown_grace, workers, trusted_proxies, via, header_timeout, "
-            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body, hosts)",
+            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body, "
+            "max_spooled_total, hosts)",
         ),
         (
             '[server]\nhosts = ["proxy.internal", "bad host", "h:99999", "[::1"]\n',
@@ -141,6 +142,10 @@ def test_upstream_parts() -> None:
         (
             '[server]\nspool_dir = "/nonexistent/spool"\n',
             "server.spool_dir: not a writable directory: '/nonexistent/spool'",
+        ),
+        (
+            "[server]\nmax_spooled_total = -1\n",
+            "server.max_spooled_total: must be a whole number of at least 1, got -1",
         ),
         (
             "[server]\nmax_buffered_body = 0\n",

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy import config as config_module
+from proxy.app import STATE, build_app, start
+
 from .conftest import LEAK_WATCH, ProxyFactory, Scripted, Upstream
 from .conftest import send_raw as _send
 from .processes import start_proxy
@@ -830,6 +833,61 @@ async def test_chunked_body_over_the_buffer_limit_gets_413_and_sends_nothing(
     assert refused == 0
     assert _statuses(fits) == []  # forwarded: the counting upstream never answers
     assert counting.received > 8 * 0x4000
+
+
+async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
+    make_proxy: ProxyFactory,
+) -> None:
+    """Buffered bodies together may take at most server.max_spooled_total of disk: one that
+    would pass it gets 503 overloaded (nothing sent upstream), and the space comes back
+    once the body holding it has been sent."""
+    block = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # 16 KiB of data
+    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+    async with _counting_upstream() as counting:
+        proxy = await make_proxy(counting.route("[server]\nmax_spooled_total = 300000\n"))
+        host, port = proxy.removeprefix("http://").rsplit(":", 1)
+        # The first upload holds 256 KiB of spool while its client is still sending.
+        _, holder = await asyncio.open_connection(host, int(port))
+        holder.write(head + block * 16)
+        await asyncio.sleep(0.3)
+        refused = await _send(proxy, head + block * 16 + b"0\r\n\r\n")
+        await asyncio.sleep(0.1)
+        nothing_yet = counting.received
+        holder.write(b"0\r\n\r\n")  # the first body ends, is sent, and frees its space
+        async with asyncio.timeout(5):
+            while counting.received < 16 * 0x4000:
+                await asyncio.sleep(0.01)
+        holder.close()
+        counting.received = 0
+        later = await _send(proxy, head + block * 16 + b"0\r\n\r\n", timeout=1)
+        await asyncio.sleep(0.1)
+    assert _statuses(refused) == [503]
+    assert b'"overloaded"' in refused
+    assert nothing_yet == 0
+    assert _statuses(later) == []  # forwarded: the counting upstream never answers
+    assert counting.received > 16 * 0x4000
+
+
+async def test_spool_space_still_counts_across_a_reload() -> None:
+    """A body spooled under the old config still takes its space after a reload (SIGHUP):
+    the budget belongs to the process, not to one config."""
+    block = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+    async with _counting_upstream() as counting:
+        toml = counting.route("[server]\nmax_spooled_total = 300000\n")
+        app = build_app(config_module.loads(toml, {}))
+        runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=1)
+        try:
+            host, port = addresses[0]
+            _, holder = await asyncio.open_connection(host, port)
+            holder.write(head + block * 16)
+            await asyncio.sleep(0.3)
+            app[STATE].reload(config_module.loads(toml, {}))
+            refused = await _send(f"http://{host}:{port}", head + block * 16 + b"0\r\n\r\n")
+            holder.close()
+        finally:
+            await runner.cleanup()
+    assert _statuses(refused) == [503]
 
 
 async def test_chunked_body_that_cannot_be_buffered_gets_500_and_sends_nothing(

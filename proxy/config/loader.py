@@ -203,6 +203,7 @@ class _Checker(Checks):
             "max_in_flight",
             "spool_dir",
             "max_buffered_body",
+            "max_spooled_total",
             "hosts",
         )
         table = self.table(raw, "server", names)
@@ -250,6 +251,7 @@ class _Checker(Checks):
             spool_dir=spool_dir,
             hosts=hosts,
             max_buffered_body=self.whole(table, "max_buffered_body", default.max_buffered_body),
+            max_spooled_total=self.whole(table, "max_spooled_total", default.max_spooled_total),
             client_key_header=header,
             admin_access=admin,
             shutdown_grace=self.non_negative(

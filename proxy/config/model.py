@@ -177,6 +177,7 @@ class ServerConfig:
     hosts: tuple[str, ...] = ()
     spool_dir: str | None = None  # buffered chunked bodies past 64 KiB; None: the temp dir
     max_buffered_body: int = 1024**3  # a longer buffered chunked body gets 413
+    max_spooled_total: int = 8 * 1024**3  # all spooled bodies at once; past it 503
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ async def _proxy(make_proxy: ProxyFactory, upstream: Upstream, extra: str = "") 
 
 
 H = b"Host: p\r\n"
+CHUNKED_POST = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+CHUNK_16K = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # one chunk of 16 KiB of data
 FRAMING = {
     "cl-and-te": b"POST /u/x HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -794,7 +796,7 @@ async def _counting_upstream() -> AsyncIterator[_CountingUpstream]:
         b"5\r\nhello\r\n3\r\nab\r\n0\r\n\r\n",  # a chunk shorter than its size line
         b"5\r\nhello\r\n" + b"1\r\nx\r\n" * 100 + b"g\r\n",
         # Past the 64 KiB kept in memory: buffered on disk, still checked to the end.
-        b"5\r\nhello\r\n" + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 64 + b"zz\r\n",
+        b"5\r\nhello\r\n" + CHUNK_16K * 64 + b"zz\r\n",
     ],
     ids=["bad-size", "short-chunk", "bad-size-later", "bad-size-after-1MiB"],
 )
@@ -805,9 +807,7 @@ async def test_malformed_chunked_body_sends_not_a_byte_upstream(
     it gets our 400, and the upstream receives not one byte (not even the head and token)."""
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route())
-        raw = await _send(
-            proxy, b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n" + body
-        )
+        raw = await _send(proxy, CHUNKED_POST + body)
         await asyncio.sleep(0.1)
     assert _statuses(raw) == [400]
     assert counting.received == 0
@@ -818,15 +818,13 @@ async def test_chunked_body_over_the_buffer_limit_gets_413_and_sends_nothing(
 ) -> None:
     """A chunked body longer than server.max_buffered_body is refused (413) before the
     upstream sees a byte; one just under it goes through."""
-    chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # 16 KiB of data
-    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route("[server]\nmax_buffered_body = 131072\n"))
         # The whole body is sent: the connection closes after the 413 all the same.
-        raw = await _send(proxy, head + chunk * 9 + b"0\r\n\r\n")
+        raw = await _send(proxy, CHUNKED_POST + CHUNK_16K * 9 + b"0\r\n\r\n")
         await asyncio.sleep(0.1)
         refused = counting.received
-        fits = await _send(proxy, head + chunk * 8 + b"0\r\n\r\n", timeout=1)
+        fits = await _send(proxy, CHUNKED_POST + CHUNK_16K * 8 + b"0\r\n\r\n", timeout=1)
         await asyncio.sleep(0.1)
     assert _statuses(raw) == [413]
     assert b'"body_too_large"' in raw
@@ -841,16 +839,14 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
     """Buffered bodies together may take at most server.max_spooled_total of disk: one that
     would pass it gets 503 overloaded (nothing sent upstream), and the space comes back
     once the body holding it has been sent."""
-    block = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"  # 16 KiB of data
-    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route("[server]\nmax_spooled_total = 300000\n"))
         host, port = proxy.removeprefix("http://").rsplit(":", 1)
         # The first upload holds 256 KiB of spool while its client is still sending.
         _, holder = await asyncio.open_connection(host, int(port))
-        holder.write(head + block * 16)
+        holder.write(CHUNKED_POST + CHUNK_16K * 16)
         await asyncio.sleep(0.3)
-        refused = await _send(proxy, head + block * 16 + b"0\r\n\r\n")
+        refused = await _send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n")
         await asyncio.sleep(0.1)
         nothing_yet = counting.received
         holder.write(b"0\r\n\r\n")  # the first body ends, is sent, and frees its space
@@ -859,7 +855,7 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
                 await asyncio.sleep(0.01)
         holder.close()
         counting.received = 0
-        later = await _send(proxy, head + block * 16 + b"0\r\n\r\n", timeout=1)
+        later = await _send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n", timeout=1)
         await asyncio.sleep(0.1)
     assert _statuses(refused) == [503]
     assert b'"overloaded"' in refused
@@ -871,8 +867,6 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
 async def test_spool_space_still_counts_across_a_reload() -> None:
     """A body spooled under the old config still takes its space after a reload (SIGHUP):
     the budget belongs to the process, not to one config."""
-    block = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
-    head = b"POST /c/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
     async with _counting_upstream() as counting:
         toml = counting.route("[server]\nmax_spooled_total = 300000\n")
         app = build_app(config_module.loads(toml, {}))
@@ -880,10 +874,12 @@ async def test_spool_space_still_counts_across_a_reload() -> None:
         try:
             host, port = addresses[0]
             _, holder = await asyncio.open_connection(host, port)
-            holder.write(head + block * 16)
+            holder.write(CHUNKED_POST + CHUNK_16K * 16)
             await asyncio.sleep(0.3)
             app[STATE].reload(config_module.loads(toml, {}))
-            refused = await _send(f"http://{host}:{port}", head + block * 16 + b"0\r\n\r\n")
+            refused = await _send(
+                f"http://{host}:{port}", CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n"
+            )
             holder.close()
         finally:
             await runner.cleanup()
@@ -902,11 +898,7 @@ async def test_chunked_body_that_cannot_be_buffered_gets_500_and_sends_nothing(
         spool.rmdir()
         raw = await _send(
             proxy,
-            b"POST /c/x HTTP/1.1\r\n"
-            + H
-            + b"Transfer-Encoding: chunked\r\n\r\n"
-            + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8
-            + b"0\r\n\r\n",
+            CHUNKED_POST + CHUNK_16K * 8 + b"0\r\n\r\n",
         )
         await asyncio.sleep(0.1)
     assert _statuses(raw) == [500]
@@ -928,10 +920,7 @@ async def test_a_full_disk_while_buffering_is_a_logged_500_and_sends_nothing(
         try:
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
-                b"POST /c/x HTTP/1.1\r\n"
-                + H
-                + b"Transfer-Encoding: chunked\r\n\r\n"
-                + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 6  # 96 KiB: still fits
+                CHUNKED_POST + CHUNK_16K * 6  # 96 KiB: still fits
             )
             await asyncio.sleep(0.3)
             # A last small chunk waits in the file's write buffer: the limit is crossed
@@ -958,11 +947,7 @@ async def test_unbuffered_route_streams_a_long_chunked_body(
         proxy = await make_proxy(counting.route(route_extra="request_buffering = false\n"))
         raw = await _send(
             proxy,
-            b"POST /c/x HTTP/1.1\r\n"
-            + H
-            + b"Transfer-Encoding: chunked\r\n\r\n"
-            + (b"4000\r\n" + b"x" * 0x4000 + b"\r\n") * 8
-            + b"zz\r\n",
+            CHUNKED_POST + CHUNK_16K * 8 + b"zz\r\n",
         )
         async with asyncio.timeout(5):
             while not counting.writers or not counting.closed:

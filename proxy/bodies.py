@@ -3,9 +3,10 @@
     Content-Length, small enough to replay  -> bytes, sent again on a retry or 401 replay
     Content-Length, larger                  -> streamed once, as it arrives
     chunked, request_buffering on (default) -> read whole before anything is sent (past
-                                               64 KiB into an unlinked temp file), then sent
-                                               with its Content-Length
-    chunked, request_buffering off          -> read ahead 64 KiB, then streamed, chunked
+                                               the replay limit, at least 64 KiB, into an
+                                               unlinked temp file), then sent with its
+                                               Content-Length
+    chunked, request_buffering off          -> read ahead as far, then streamed, chunked
 
 Buffering a chunked body whole is what keeps a malformed chunk from ever reaching the
 upstream: the chunk framing is checked end to end before the upstream sees the head. A
@@ -29,8 +30,9 @@ from .server import Body, MalformedBodyError, Request
 
 log = structlog.get_logger("proxy.bodies")
 
-# A chunked body is held in memory up to this size; past it, it goes to a temp file (as
-# nginx's client_body_buffer_size), so a thousand slow uploads cost disk, not memory.
+# A chunked body is held in memory up to this size (or the replay limit if larger); past
+# it, it goes to a temp file (as nginx's client_body_buffer_size), so a thousand slow
+# uploads cost disk, not memory.
 READ_AHEAD: Final = 64 * 1024
 _SPOOL_READ: Final = 64 * 1024
 
@@ -73,20 +75,20 @@ async def request_body(
         # An explicit "Content-Length: 0" (a bodiless POST) is forwarded as such.
         return None, (0 if length == 0 else None), True
     body = request.content
+    # A chunked body is held in memory as far as a replay would hold it: a bytes body may
+    # still be resent when a pooled upstream connection turns out to be closed.
+    in_memory = max(replay_limit, READ_AHEAD)
     try:
         if length is not None:
             if length <= replay_limit:
                 return await body.readexactly(length), length, True
             return body, length, False
         if buffering:
-            # Held in memory as far as a replay would hold it: a bytes body may still be
-            # resent when a pooled upstream connection turns out to be closed.
-            in_memory = max(replay_limit, READ_AHEAD)
             whole = await _buffer(body, in_memory, spool)
             return whole, len(whole), False
         ahead: list[bytes] = []
         size = 0
-        while size <= max(replay_limit, READ_AHEAD):
+        while size <= in_memory:
             chunk = await body.readany()
             if not chunk:
                 joined = b"".join(ahead)

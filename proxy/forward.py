@@ -1,9 +1,9 @@
 """The catch-all handler: route -> upstream URL -> headers -> exchange -> stream back.
 
 Bodies stream in both directions with backpressure. A request body is held only where a
-retry or 401 replay may need it again, or when it is chunked (see bodies.py). The upstream leg never
-follows redirects, never decompresses, keeps no cookies and adds no headers of its own, so
-what the upstream sends is what the client gets (minus hop-by-hop headers).
+retry or 401 replay may need it again, or when it is chunked (see bodies.py). The upstream
+leg never follows redirects, never decompresses, keeps no cookies and adds no headers of
+its own, so what the upstream sends is what the client gets (minus hop-by-hop headers).
 """
 
 from __future__ import annotations

@@ -69,15 +69,15 @@ class RouteTable:
         """Refuse a Host we do not serve (a DNS-rebinding page, a misrouted client); accept
         an absolute-form target naming one we do, if its Host says the same, as the
         origin-form path it carries (RFC 9112 3.2.2)."""
-        if host is None or self._named(host) is None:
+        served = self._named(host) if host is not None else None
+        if served is None:
             raise MisdirectedError("this proxy does not serve that Host")
         scheme, sep, rest = raw_target.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or "/" in scheme:
             return raw_target  # origin-form (or refused as a bad target below)
         # The authority ends at the path, or straight at a query (RFC 3986 3.2).
         end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        named = self._named(rest[:end])
-        if named is None or named != self._named(host):
+        if self._named(rest[:end]) != served:
             raise BadRequestError("the request target and Host name different hosts")
         tail = rest[end:]
         return tail if tail.startswith("/") else "/" + tail
@@ -89,9 +89,7 @@ class RouteTable:
         except ValueError:
             return None
         port = 80 if given is None else given
-        if (name, port) in self._hosts:
-            return name, port
-        if (name, None) in self._hosts:
+        if (name, port) in self._hosts or (name, None) in self._hosts:
             return name, port
         return None
 

@@ -26,7 +26,7 @@ from typing import Final, Protocol
 import httptools
 from multidict import CIMultiDict
 
-from .flow import WriteFlow
+from .flow import ByteQueue, WriteFlow
 
 # An upstream answer's head is bounded: a 1 MB header block is an attack or a bug.
 MAX_HEAD: Final = 64 * 1024
@@ -56,10 +56,11 @@ class UpstreamProtocolError(UpstreamError):
 class Response:
     """One upstream answer: status, headers, and a body read with :meth:`iter_any`."""
 
-    __slots__ = ("_conn", "headers", "status")
+    __slots__ = ("_conn", "_released", "headers", "status")
 
     def __init__(self, conn: Connection, status: int, headers: CIMultiDict[str]) -> None:
         self._conn = conn
+        self._released = False
         self.status = status
         self.headers = headers
 
@@ -67,7 +68,7 @@ class Response:
         """The body as it arrives; raises UpstreamError or TimeoutError if it breaks off."""
         conn = self._conn
         while True:
-            if conn.body:
+            if conn.buffered:
                 yield conn.take()
             elif conn.complete:
                 return
@@ -75,14 +76,17 @@ class Response:
                 await conn.wait_body()
 
     def release(self) -> None:
-        """Done with the answer: the connection goes back to the pool if it can."""
-        self._conn.finish()
+        """Done with the answer: the connection goes back to the pool if it can. Only
+        the first call counts: once pooled, the connection may carry another request."""
+        if not self._released:
+            self._released = True
+            self._conn.finish()
 
     async def __aenter__(self) -> Response:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._conn.finish()
+        self.release()
 
 
 class Connection(WriteFlow):
@@ -97,12 +101,14 @@ class Connection(WriteFlow):
         "_head_size",
         "_head_waiter",
         "_headers",
+        "_interim",
         "_last",
         "_new_parser",
         "_parser",
         "_pool",
         "_reading_paused",
         "_sent",
+        "_trailers",
         "_writer",
         "body",
         "buffered",
@@ -133,8 +139,10 @@ class Connection(WriteFlow):
     def _reset(self) -> None:
         self._head: bool = False  # a request of method HEAD is in flight
         self._head_size = 0  # header bytes parsed; -1 once the head is complete
-        self._head_bytes = 0  # bytes received while the head was incomplete
+        self._head_bytes = 0  # bytes received while the head (or trailers) was incomplete
         self._headers: list[tuple[bytes, bytes]] = []
+        self._interim = False  # the head being parsed is a 1xx: the answer follows it
+        self._trailers = False  # past a chunk's size line with no data since: trailers?
         self._head_waiter: asyncio.Future[Response] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
@@ -142,7 +150,7 @@ class Connection(WriteFlow):
         self.read_timeout = 0.0
         self._reading_paused = False
         self._sent = False  # the whole request, body included, is written
-        self.body: deque[bytes] = deque()
+        self.body = ByteQueue()
         self.buffered = 0
         self.complete = False
         self.close_delimited = False
@@ -161,14 +169,17 @@ class Connection(WriteFlow):
             return
         self._last = self._loop.time()
         self.received = True
+        seen = self.buffered
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"malformed response: {exc}"))
             return
-        if self._head_size >= 0:  # still in the head after this read
+        if self._head_size >= 0 or (self._trailers and self.buffered == seen and not self.complete):
+            # Still in the head (or a trailer section) after this read: bound what
+            # httptools holds for a field still arriving.
             self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD:  # a header still arriving: bound its buffer too
+            if self._head_bytes > MAX_HEAD:
                 self._fail(UpstreamProtocolError("response head too large"))
 
     def eof_received(self) -> bool:
@@ -177,8 +188,10 @@ class Connection(WriteFlow):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.in_use and not self.complete:
-            if self.close_delimited and self._headers_done():
-                self._message_complete()  # the body ran until the upstream closed
+            if self.close_delimited and self._headers_done() and exc is None:
+                # The body ran until the upstream closed: a FIN is its end. A reset (exc)
+                # is not: the answer was cut, and must reach the client as cut.
+                self._message_complete()
             else:
                 self._fail(UpstreamClosedError("upstream closed the connection"))
         self._pool.forget(self)
@@ -187,6 +200,15 @@ class Connection(WriteFlow):
     # -- parser callbacks (httptools) ---------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # trailing whitespace is not part of a value
+        if self._head_size < 0:
+            # A trailer field (after the last chunk): bounded like a head, and dropped.
+            # The client's answer is framed by us, and a field added after the head was
+            # sent would reach few clients; nginx drops them too.
+            self._head_bytes += len(name) + len(value)
+            if self._head_bytes > MAX_HEAD:
+                raise UpstreamProtocolError("response trailer section too large")
+            return
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD:
             raise UpstreamProtocolError("response head too large")
@@ -197,7 +219,9 @@ class Connection(WriteFlow):
         if status < 200:
             if status == 101:
                 raise UpstreamProtocolError("upstream switched protocols unasked")
-            self._headers = []  # 1xx (100 Continue, 103 Early Hints): the answer follows
+            # 1xx (100 Continue, 103 Early Hints): dropped; the answer follows.
+            self._interim = True
+            self._headers = []
             return
         headers: CIMultiDict[str] = CIMultiDict(
             (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
@@ -213,7 +237,12 @@ class Connection(WriteFlow):
         if bodyless:
             self._message_complete()
 
+    def on_chunk_header(self) -> None:
+        self._trailers = True  # until data follows: after the last chunk, trailers come
+        self._head_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._trailers = False
         if self.complete:
             return  # a body after a HEAD answer: ignored, and the connection is not reused
         self.body.append(body)
@@ -224,8 +253,13 @@ class Connection(WriteFlow):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self._head_size >= 0:
-            return  # the end of a 1xx interim answer
+        self._trailers = False
+        if self._interim:
+            # The end of a 1xx: the real answer's head comes next, counted afresh.
+            self._interim = False
+            self._head_size = 0
+            self._head_bytes = 0
+            return
         if not self.complete:
             self._message_complete()
 
@@ -317,9 +351,7 @@ class Connection(WriteFlow):
             self._fail(UpstreamClosedError(f"request body not sent whole: {type(exc).__name__}"))
 
     def take(self) -> bytes:
-        body = self.body
-        chunk = body.popleft() if len(body) == 1 else b"".join(body)
-        body.clear()
+        chunk = self.body.take()
         self.buffered = 0
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
@@ -347,6 +379,7 @@ class Connection(WriteFlow):
                 writer.cancel()
         if self.complete and self.keep_alive and self._sent and not self.closed:
             self.body.clear()
+            self.buffered = 0
             self._pool.put(self)
         else:
             self.close()

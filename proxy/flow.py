@@ -39,3 +39,51 @@ class WriteFlow(asyncio.Protocol):
                 drain.set_result(None)
             else:
                 drain.set_exception(error)
+
+
+class ByteQueue:
+    """Bytes held in arrival order, counted in bytes, never as one object per piece.
+
+    llhttp hands over a body chunk by chunk; a body of two-byte chunks kept as a list of
+    ``bytes`` costs ~35 bytes of object overhead per two bytes of data. The first piece is
+    kept as it came (the common case, one piece between reads, costs no copy); later
+    pieces are merged into one ``bytearray``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: bytes | bytearray = b""
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def append(self, piece: bytes) -> None:
+        data = self._data
+        if not data:
+            self._data = piece
+        elif type(data) is bytes:
+            merged = bytearray(data)
+            merged += piece
+            self._data = merged
+        else:
+            data += piece  # a bytearray: extended in place
+
+    def take(self, limit: int = -1) -> bytes:
+        """Up to ``limit`` bytes (all when negative) from the front."""
+        data = self._data
+        if limit < 0 or limit >= len(data):
+            self._data = b""
+            return data if type(data) is bytes else bytes(data)
+        piece = bytes(data[:limit])
+        if isinstance(data, bytearray):
+            del data[:limit]  # O(1): a bytearray drops its head by moving its start
+        else:
+            self._data = data[limit:]
+        return piece
+
+    def clear(self) -> int:
+        """Drop everything; return how many bytes were held."""
+        held = len(self._data)
+        self._data = b""
+        return held

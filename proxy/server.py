@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,14 +28,18 @@ import httptools
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .flow import WriteFlow
+from .flow import ByteQueue, WriteFlow
 
 log = structlog.get_logger("proxy.server")
 
 # Bounds on what a client may send before its request is complete.
 MAX_HEAD: Final = 64 * 1024  # request line + headers (431 past it)
 MAX_HEADERS: Final = 128  # header fields (431 past it)
-_BODY_HIGH_WATER: Final = 256 * 1024  # request body held for a handler that reads slowly
+# Bytes a connection holds for its handlers before it stops reading: request bodies not
+# yet read and the heads of requests queued behind the one being answered. One socket
+# read more can arrive after the pause; a handler that waits for a whole body (to keep it
+# for a replay) raises the mark to that body's size (see Body.readexactly).
+BUFFER_HIGH_WATER: Final = 256 * 1024
 _MAX_QUEUED: Final = 16  # pipelined requests parsed ahead of the one being answered
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _LINGER_SECONDS: Final = 2.0
@@ -42,6 +48,7 @@ _LINGER_BYTES: Final = 1024 * 1024
 # keeps descriptors for them).
 _MAX_LINGERING_REFUSALS: Final = 64
 _BODYLESS: Final = frozenset({204, 304})
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 _CLOSING: Final = frozenset({400, 413, 500})  # replies after which the connection closes
 
 
@@ -49,74 +56,86 @@ class MalformedBodyError(ConnectionError):
     """The request's body broke HTTP/1.1 framing (a bad chunk) after its head was taken."""
 
 
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class Body:
-    """A request body as it arrives; reading it resumes a connection paused for it."""
+    """A request body as it arrives; reading it lets a connection paused for it read on.
+
+    Bytes wait merged in a ByteQueue and are counted against the connection's buffer
+    (see HttpConnection.hold): the bound is in bytes, however the client chunks them.
+    """
 
     __slots__ = (
-        "_chunks",
         "_conn",
+        "_continue",
         "_error",
-        "_size",
+        "_held",
         "_waiter",
         "eof",
         "malformed",
         "total_bytes",
     )
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: HttpConnection, expect_continue: bool = False) -> None:
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
+        self._held = ByteQueue()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        # "Expect: 100-continue": the client waits for our go-ahead before sending. It is
+        # given when the body is first waited for, never earlier: only then is this request
+        # at the head of the line, with every answer before it written whole.
+        self._continue = expect_continue
         self.eof = False
         self.malformed = False
         self.total_bytes = 0
 
     def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
+        self._held.append(data)
         self.total_bytes += len(data)
-        if self._size > _BODY_HIGH_WATER:
-            self._conn.pause_for_body()
+        self._conn.hold(len(data))
         self._wake()
 
     def end(self, error: BaseException | None = None) -> None:
         self.eof = True
         self._error = error
+        self._continue = False
         self._wake()
+
+    def no_interim(self) -> None:
+        """The final answer is on its way: no 100 Continue may follow it."""
+        self._continue = False
+
+    def discard(self) -> None:
+        """The request is done: bytes its handler never read stop counting."""
+        self._conn.release(self._held.clear())
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+    async def _wait(self, wanted: int = 0) -> None:
         conn = self._conn
+        if self._continue:
+            self._continue = False
+            conn.write(_CONTINUE)
+        self._waiter = asyncio.get_running_loop().create_future()
         conn.waiting_since = conn.server.now()  # the client owes us body bytes
+        conn.want(wanted)
         try:
             await self._waiter
         finally:
             conn.waiting_since = None
+            conn.want(0)
 
     def _take(self, limit: int = -1) -> bytes:
-        chunks = self._chunks
-        if limit < 0 or limit >= self._size:
-            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-        else:
-            joined = b"".join(chunks)
-            data, rest = joined[:limit], joined[limit:]
-            chunks.clear()
-            chunks.append(rest)
-        self._size -= len(data)
-        if self._size < _BODY_HIGH_WATER // 4:
-            self._conn.resume_for_body()
+        data = self._held.take(limit)
+        self._conn.release(len(data))
         return data
 
     async def readany(self) -> bytes:
         """The next bytes of the body, b"" at its end."""
-        while not self._chunks:
+        while not self._held:
             if self._error is not None:
                 raise self._error
             if self.eof:
@@ -125,12 +144,14 @@ class Body:
         return self._take()
 
     async def readexactly(self, n: int) -> bytes:
-        while self._size < n:
+        """The next ``n`` bytes; the connection buffers up to ``n`` for it, whatever its
+        usual high-water mark (a body held whole for a replay must be able to arrive)."""
+        while len(self._held) < n:
             if self._error is not None:
                 raise self._error
             if self.eof:
                 raise asyncio.IncompleteReadError(self._take(), n)
-            await self._wait()
+            await self._wait(n)
         return self._take(n)
 
 
@@ -186,10 +207,15 @@ class Request:
         self.keep_alive = keep_alive
         self.remote = conn.remote
         self.scheme = "http"
-        self.content = Body(conn)
         length = headers.get("Content-Length")
         self.content_length = int(length) if length is not None else None
         self.body_exists = bool(self.content_length) or "Transfer-Encoding" in headers
+        expect = (
+            self.body_exists
+            and version == "1.1"
+            and headers.get("Expect", "").lower() == "100-continue"
+        )
+        self.content = Body(conn, expect)
         self.started = False  # the response head is written
         self.finished = False
         self.status = 0
@@ -200,8 +226,13 @@ class Request:
     def transport(self) -> asyncio.Transport | None:
         return self._conn.transport
 
+    def cut(self) -> None:
+        """Abort the connection with a reset: the answer under way must look cut."""
+        self._conn.cut()
+
     def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Write the response head; the body follows with write() and finish()."""
+        self.content.no_interim()
         self.status = status
         bodyless = self.method == "HEAD" or status in _BODYLESS or status < 200
         length = headers.get("Content-Length")
@@ -215,6 +246,16 @@ class Request:
         # answer instead of two.
         self._pending = self._head(status, headers, "Transfer-Encoding: chunked\r\n")
         self.started = True
+
+    def retract(self) -> bool:
+        """Take back a head that has not gone out yet (it waits for the first body bytes,
+        see start), so the request can get another answer; False once anything was sent."""
+        if not self._pending:
+            return False
+        self._pending = b""
+        self._chunked = False
+        self.started = False
+        return True
 
     def _check_last(self) -> None:
         if not self.content.eof or self._conn.closing:
@@ -257,6 +298,7 @@ class Request:
 
     def reply(self, reply: Reply) -> None:
         """Send a complete response in one write."""
+        self.content.no_interim()
         self.status = reply.status
         if reply.status in _CLOSING:
             # After a request we could not accept, trust no more of the stream (and for a
@@ -283,11 +325,13 @@ class HttpConnection(WriteFlow):
     __slots__ = (
         "_body",
         "_closing",
+        "_current",
         "_discarded",
         "_head_bytes",
         "_head_size",
         "_headers",
         "_heads",
+        "_held",
         "_parser",
         "_paused_body",
         "_paused_queue",
@@ -295,7 +339,10 @@ class HttpConnection(WriteFlow):
         "_queue_waiter",
         "_refused",
         "_task",
+        "_trailer_size",
+        "_trailers",
         "_url",
+        "_wanted",
         "busy",
         "head_started",
         "idle_since",
@@ -311,7 +358,8 @@ class HttpConnection(WriteFlow):
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[Request | Reply] = deque()
+        # Each with the bytes its head holds (see hold()).
+        self._queue: deque[tuple[Request | Reply, int]] = deque()
         self._queue_waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -319,12 +367,19 @@ class HttpConnection(WriteFlow):
         self._discarded = 0
         self._paused_body = False
         self._paused_queue = False
+        self._held = 0  # bytes held for handlers: unread bodies, queued heads
+        self._wanted = 0  # bytes a handler waits for, when more than the high-water mark
         self._body: Body | None = None
+        self._current: Request | None = None  # the request being answered
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0  # bytes of the head parsed so far; -1 between heads
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes received while a head (or trailer section) is incomplete
         self._heads = 0  # heads completed on this connection
+        # Past the last chunk's size line, before on_message_complete: a trailer section
+        # (llhttp reports its fields through on_header, after the body).
+        self._trailers = False
+        self._trailer_size = 0
         self.busy = False  # a request is being answered
         self.head_started: float | None = None  # first byte of an incomplete request head
         self.waiting_since: float | None = None  # since when a handler waits on the client
@@ -370,9 +425,11 @@ class HttpConnection(WriteFlow):
             if self._discarded > _LINGER_BYTES and self.transport is not None:
                 self.transport.abort()
             return
-        if self.head_started is None and self._body is None:
+        body = self._body
+        if self.head_started is None and body is None:
             self.head_started = self._loop.time()
         heads = self._heads
+        fed = body.total_bytes if body is not None else 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -385,9 +442,13 @@ class HttpConnection(WriteFlow):
         except httptools.HttpParserError as exc:
             self._refuse(400, "malformed request", exc)
             return
-        if self._heads == heads and self._head_size >= 0:
-            # All of this read went into a head still incomplete: bound what llhttp and
-            # httptools hold for a header that never ends.
+        if self._heads != heads:
+            return
+        if self._head_size >= 0 or (
+            self._trailers and body is not None and body is self._body and body.total_bytes == fed
+        ):
+            # All of this read went into a head (or a trailer section) still incomplete:
+            # bound what llhttp and httptools hold for a field that never ends.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._refuse(431, "request head too large")
@@ -411,6 +472,8 @@ class HttpConnection(WriteFlow):
         self._headers = []
         self._head_size = 0
         self._head_bytes = 0
+        self._trailers = False
+        self._trailer_size = 0
         if self.head_started is None:
             self.head_started = self._loop.time()
 
@@ -421,6 +484,17 @@ class HttpConnection(WriteFlow):
             raise _Refused(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp drops the whitespace before a value, not after it; neither is part of
+        # the value (RFC 9110 5.5), and "key " must compare equal to "key".
+        value = value.rstrip(b" \t")
+        if self._head_size < 0:
+            # A trailer field, after the last chunk. Bounded like a head, then dropped:
+            # a body goes upstream with a Content-Length (buffered) or re-chunked by us,
+            # and no field of a request is added after the upstream got its head.
+            self._trailer_size += len(name) + len(value) + 4
+            if self._trailer_size > MAX_HEAD:
+                raise _Refused(431, "request trailer section too large")
+            return
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
             raise _Refused(431, "request head too large")
@@ -445,29 +519,36 @@ class HttpConnection(WriteFlow):
             parser.get_http_version(),
             parser.should_keep_alive(),
         )
+        size = self._head_size
         self._head_size = -1
         self._heads += 1
         self.head_started = None
         self._body = request.content
         if not request.body_exists:
             request.content.end()
-        elif headers.get("Expect", "").lower() == "100-continue" and request.version == "1.1":
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._enqueue(request)
+        self._enqueue(request, size)
+        self.hold(size)
+
+    def on_chunk_header(self) -> None:
+        # A chunk's size line: body bytes follow, or (after the last chunk) trailers.
+        self._trailers = True
+        self._head_bytes = 0
 
     def on_body(self, body: bytes) -> None:
+        self._trailers = False
         if self._body is not None:
             self._body.feed(body)
 
     def on_message_complete(self) -> None:
+        self._trailers = False
         if self._body is not None:
             self._body.end()
             self._body = None
 
     # -- flow control -------------------------------------------------------------------
 
-    def _enqueue(self, item: Request | Reply) -> None:
-        self._queue.append(item)
+    def _enqueue(self, item: Request | Reply, held: int = 0) -> None:
+        self._queue.append((item, held))
         if len(self._queue) > _MAX_QUEUED and not self._paused_queue:
             self._paused_queue = True
             self._sync_reading()
@@ -475,13 +556,25 @@ class HttpConnection(WriteFlow):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def pause_for_body(self) -> None:
-        if not self._paused_body:
+    def hold(self, size: int) -> None:
+        """``size`` more bytes wait for a handler; past the high-water mark (or what a
+        handler waits for, if more) the connection stops reading."""
+        self._held += size
+        if not self._paused_body and self._held > max(BUFFER_HIGH_WATER, self._wanted):
             self._paused_body = True
             self._sync_reading()
 
-    def resume_for_body(self) -> None:
-        if self._paused_body:
+    def release(self, size: int) -> None:
+        """``size`` bytes were taken (or dropped); read on once most are gone."""
+        self._held -= size
+        if self._paused_body and self._held <= BUFFER_HIGH_WATER // 4:
+            self._paused_body = False
+            self._sync_reading()
+
+    def want(self, size: int) -> None:
+        """A handler waits until ``size`` bytes of its body are held (0: no longer)."""
+        self._wanted = size
+        if self._paused_body and self._held < size:
             self._paused_body = False
             self._sync_reading()
 
@@ -537,23 +630,55 @@ class HttpConnection(WriteFlow):
                         return
                     self._queue_waiter = self._loop.create_future()
                     await self._queue_waiter
-                item = self._queue.popleft()
+                item, held = self._queue.popleft()
                 if self._paused_queue and len(self._queue) <= _MAX_QUEUED // 2:
                     self._paused_queue = False
                     self._sync_reading()
+                self.release(held)
                 if isinstance(item, Reply):
                     item.headers = {**item.headers, "Connection": "close"}
                     self.write(_raw_reply(item, self.server.date_line()))
                     return
                 self.busy = True
+                self._current = item
                 keep_alive = await self._answer(item)
+                if not item.finished:
+                    return  # cut or closed (see finally)
+                self._current = None
                 self.busy = False
                 self.idle_since = self._loop.time()
                 if not keep_alive or self.server.stopping:
                     return
         finally:
             self.busy = False
-            self._linger()
+            current = self._current
+            if current is not None and current.started and not current.finished:
+                self.cut()  # an answer under way is cut: it must not end cleanly
+            else:
+                self._linger()
+
+    def cut(self) -> None:
+        """Abort with a reset (RST), never a FIN: a FIN ends a close-delimited answer
+        (HTTP/1.0, no Content-Length) cleanly, and a cut body would look whole (RFC 9112
+        8). Used for every answer the proxy cannot finish."""
+        self._closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        transport.abort()
+
+    def abandon(self) -> None:
+        """Drop the connection now: an answer under way is cut (reset), anything else
+        closed."""
+        current = self._current
+        if current is not None and current.started and not current.finished:
+            self.cut()
+        elif self.transport is not None:
+            self.transport.abort()
 
     def _linger(self) -> None:
         """Close without destroying our last answer. Closing a socket with unread input
@@ -584,14 +709,16 @@ class HttpConnection(WriteFlow):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handler_failed", path=request.raw_path.partition("?")[0])
+            # The last resort: handlers catch and count their own failures.
+            log.exception("handler_failed")
             if request.started:
-                return False  # a head is out: only closing tells the client it is cut
+                return False  # a head is out: the close cuts the answer (see _serve)
             request.keep_alive = False
             request.reply(server.refusal(500, "internal error"))
             return False
         finally:
             server.in_flight -= 1
+            request.content.discard()
         if not request.finished:
             return False
         return request.keep_alive
@@ -707,7 +834,7 @@ class Server:
                 waiting = conn.waiting_since
                 if waiting is not None and now - waiting > self._idle:
                     log.info("client_idle_cut", remote=conn.remote)
-                    transport.abort()
+                    conn.abandon()
                 continue
             started = conn.head_started
             if started is not None:
@@ -733,8 +860,7 @@ class Server:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abandon()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for server in self._servers:

@@ -60,7 +60,9 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # Header values hold any byte the client sent (decoded with surrogateescape): a key
+    # that is not UTF-8 is just a wrong key.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 class Access:

@@ -209,7 +209,7 @@ async def _admin(
 ) -> Reply:
     entry = ADMIN.get(path.partition("?")[0])
     if entry is None or request.method not in ("GET", "HEAD"):
-        error: ProxyError = NoRouteError(f"no route for {path.partition('?')[0]!r}")
+        error: ProxyError = NoRouteError("no such endpoint of the proxy")
         return error_response(error, request_id)
     handler, restricted = entry
     if restricted and not runtime.access.admin_allowed(request.remote, request.headers):

@@ -9,9 +9,6 @@ its own, so what the upstream sends is what the client gets (minus hop-by-hop he
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 import time
 from collections.abc import Mapping
 from typing import Final
@@ -24,9 +21,12 @@ from .bodies import Spooled, request_body
 from .client import Response, UpstreamError
 from .errors import (
     BadRequestError,
+    InternalError,
     LoopDetectedError,
     ProxyError,
     RateLimitedError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
     error_response,
 )
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
@@ -106,6 +106,19 @@ class Forwarder:
             if isinstance(refused, RateLimitedError) and stats.route is not None:
                 self._targets[stats.route].metrics.rejections.inc()
             return error_response(refused, request_id)
+        except _UpstreamBroke:
+            status = request.status  # what the client got, then the cut
+            return None
+        except Exception:
+            # A bug. One error line with the traceback, one count, and the status the
+            # client really got: a 500, or the cut of an answer already under way.
+            log.exception("handler_failed", route=stats.route)
+            if request.started:
+                status = request.status
+                request.cut()
+                return None
+            status = 500
+            return error_response(InternalError("internal error"), request_id)
         finally:
             self._metrics.in_flight.dec()
             self.account(request, stats, status)
@@ -242,8 +255,14 @@ class Forwarder:
                 log.warning(
                     "upstream_stream_broken", route=target.route.prefix, error=type(exc).__name__
                 )
-                _reset(request)
-                raise _ClientAborted from exc
+                if request.retract():
+                    # Nothing of the answer reached the client yet: it gets a whole error
+                    # instead of a cut one.
+                    if isinstance(exc, TimeoutError):
+                        raise UpstreamTimeoutError("upstream went silent") from exc
+                    raise UpstreamUnreachableError("the upstream's answer broke off") from exc
+                request.cut()
+                raise _UpstreamBroke from exc
             stats.bytes_out += len(chunk)
             try:
                 await request.write(chunk)
@@ -259,21 +278,12 @@ def _max_forwards(request: Request) -> int | None:
         raise BadRequestError(str(exc)) from None
 
 
-def _reset(request: Request) -> None:
-    """Abort the client connection with a TCP reset, not a FIN: for a close-delimited body
-    (HTTP/1.0) a FIN would be a clean end, and the cut body would look complete."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
 class _ClientAborted(asyncio.CancelledError):
-    """Ends a handler whose connection is gone (aborted by us, or closed by the client)."""
+    """Ends a handler whose client closed the connection."""
+
+
+class _UpstreamBroke(Exception):
+    """The upstream's answer broke off after its head went to the client, which was cut."""
 
 
 X_PROXY_ATTEMPTS: Final = istr("X-Proxy-Attempts")

@@ -256,6 +256,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if value is None:
         return None
     value = value.strip()
+    if not value.isascii():
+        return None  # str.isdigit() takes "²", which float() refuses
     if value.isdigit():
         return float(value)
     try:

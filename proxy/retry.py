@@ -32,8 +32,8 @@ MAX_PAUSE: Final = 600.0
 _EPOCH_THRESHOLD: Final = 1_000_000_000
 # RateLimit field: draft-ietf-httpapi-ratelimit-headers up to -06 ("remaining=0, reset=5")
 # and from -07 on as a structured field ('"default";r=0;t=5').
-_DRAFT_REMAINING: Final = re.compile(r"(?:^|[\s,;])(?:remaining|r)=(\d+)")
-_DRAFT_RESET: Final = re.compile(r"(?:^|[\s,;])(?:reset|t)=(\d+)")
+_DRAFT_REMAINING: Final = re.compile(r"(?:^|[\s,;])(?:remaining|r)=(\d+)", re.ASCII)
+_DRAFT_RESET: Final = re.compile(r"(?:^|[\s,;])(?:reset|t)=(\d+)", re.ASCII)
 
 
 def retry_delay(
@@ -68,7 +68,7 @@ def exhausted_for(headers: Mapping[str, str], now: float | None = None) -> float
         remaining = found.group(1) if found else None
         found = _DRAFT_RESET.search(field)
         reset = found.group(1) if found else None
-    if remaining is None or remaining.strip() != "0" or reset is None:
+    if remaining is None or remaining.strip() != "0" or reset is None or not reset.isascii():
         return None
     try:
         seconds = float(reset.strip())

@@ -55,7 +55,7 @@ class RouteTable:
         if _has_dot_segment(path):
             raise BadRequestError("path must not contain '.' or '..' segments")
         if path.startswith(RESERVED_PREFIX):
-            raise NoRouteError(f"no route for {path!r}")
+            raise NoRouteError("no such endpoint of the proxy")
         route = self._match(path)
         rest = path[len(route.prefix) :] if route.prefix != "/" else path
         upstream_path = route.upstream.base_path + rest
@@ -102,7 +102,8 @@ class RouteTable:
             candidate = candidate[: candidate.rfind("/")]
         if self._catch_all is not None:
             return self._catch_all
-        raise NoRouteError(f"no route for {path!r}")
+        # The path is not echoed: no error repeats a word of the request.
+        raise NoRouteError("no route for this path")
 
 
 def _has_dot_segment(path: str) -> bool:

@@ -128,52 +128,56 @@ async def exchange(
                 first_sent = time.monotonic()
             result.attempts = attempt
             response = await _send(target, method, path, headers, body, length)
-            status = result.status = response.status
-            if status == 401 and provider is not None and token is not None:
-                if result.token_renewals:
-                    return response  # refused twice: the upstream's answer
-                # The token was refused (revoked, rotated, skew): renew it, and replay
-                # once if we hold the body; a second 401 is the upstream's answer.
-                provider.invalidate(token)
-                if replayable:
-                    result.token_renewals = 1
+            try:
+                status = result.status = response.status
+                if status == 401 and provider is not None and token is not None:
+                    if result.token_renewals:
+                        return response  # refused twice: the upstream's answer
+                    # The token was refused (revoked, rotated, skew): renew it, and replay
+                    # once if we hold the body; a second 401 is the upstream's answer.
+                    provider.invalidate(token)
+                    if replayable:
+                        result.token_renewals = 1
+                        response.release()
+                        continue
+                elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
+                    delay, hinted = retry_delay(retry, attempt, response.headers)
+                    if hinted:
+                        target.cooldown.pause(delay, f"upstream_{status}")
+                    can_retry = (
+                        replayable
+                        and attempt < retry.attempts
+                        and time.monotonic() + delay <= arrival + retry.max_wait
+                        and (retrying or budget.allows_retry())
+                    )
+                    if not can_retry:
+                        # Without the upstream's own Retry-After, tell the client the wait we
+                        # would have waited.
+                        result.retry_after = None if hinted else delay
+                        return response
+                    if not retrying:
+                        retrying = True
+                        budget.retrying += 1
+                    result.retries += 1
                     response.release()
+                    log.info(
+                        "upstream_throttled",
+                        route=target.route.prefix,
+                        status=status,
+                        attempt=attempt,
+                        delay_s=round(delay, 3),
+                    )
+                    if not hinted:
+                        await asyncio.sleep(delay)  # a hinted delay is waited out in _admit
                     continue
-            elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
-                delay, hinted = retry_delay(retry, attempt, response.headers)
-                if hinted:
-                    target.cooldown.pause(delay, f"upstream_{status}")
-                can_retry = (
-                    replayable
-                    and attempt < retry.attempts
-                    and time.monotonic() + delay <= arrival + retry.max_wait
-                    and (retrying or budget.allows_retry())
-                )
-                if not can_retry:
-                    # Without the upstream's own Retry-After, tell the client the wait we
-                    # would have waited.
-                    result.retry_after = None if hinted else delay
-                    return response
-                if not retrying:
-                    retrying = True
-                    budget.retrying += 1
-                result.retries += 1
-                response.release()
-                log.info(
-                    "upstream_throttled",
-                    route=target.route.prefix,
-                    status=status,
-                    attempt=attempt,
-                    delay_s=round(delay, 3),
-                )
-                if not hinted:
-                    await asyncio.sleep(delay)  # a hinted delay is waited out in _admit
-                continue
-            else:
-                pause = exhausted_for(response.headers)
-                if pause:
-                    target.cooldown.pause(pause, "ratelimit_exhausted")
-            return response
+                else:
+                    pause = exhausted_for(response.headers)
+                    if pause:
+                        target.cooldown.pause(pause, "ratelimit_exhausted")
+                return response
+            except BaseException:
+                response.release()  # an answer we will not pass on holds a connection
+                raise
     finally:
         if first_sent is not None:
             result.upstream_seconds = time.monotonic() - first_sent

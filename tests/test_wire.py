@@ -1,0 +1,505 @@
+"""The wire layer's promises, each once reproduced as a defect: interim answers only at the
+head of the line, trailers ending cleanly, cut answers looking cut, odd bytes refused
+rather than crashing, trailing whitespace ignored, errors that echo nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from proxy import config as config_module
+from proxy.app import STATE, Runner, build_app, start
+
+# A step of a scripted answer: bytes to send, seconds to wait, or how to end the connection.
+Step = bytes | float | str
+FIN, RST = "fin", "rst"
+
+
+@dataclass
+class Peer:
+    """A raw upstream on 127.0.0.1: reads each request (head, then a Content-Length or
+    chunked body) and plays the next script; records what it received."""
+
+    scripts: list[list[Step]]
+    received: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while self.scripts:
+                head = await reader.readuntil(b"\r\n\r\n")
+                body = b""
+                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                if length:
+                    body = await reader.readexactly(int(length.group(1)))
+                elif re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
+                    body = await reader.readuntil(b"\r\n0\r\n\r\n")
+                self.received.append(head + body)
+                for step in self.scripts.pop(0):
+                    if isinstance(step, bytes):
+                        writer.write(step)
+                        await writer.drain()
+                    elif isinstance(step, float):
+                        await asyncio.sleep(step)
+                    elif step == RST:
+                        _reset(writer)
+                        return
+                    else:
+                        writer.close()
+                        return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+PeerFactory = Callable[..., Awaitable[Peer]]
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[PeerFactory]:
+    servers: list[asyncio.Server] = []
+
+    async def factory(*scripts: list[Step]) -> Peer:
+        made = Peer(list(scripts))
+        server = await asyncio.start_server(made.handle, "127.0.0.1", 0)
+        servers.append(server)
+        made.port = server.sockets[0].getsockname()[1]
+        return made
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
+@dataclass
+class Proxy:
+    url: str
+    runner: Runner
+    lines: list[dict[str, Any]]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def state(self) -> Any:
+        return self.runner.app[STATE]
+
+
+ProxyMaker = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ProxyMaker]:
+    """An in-process proxy whose access lines are kept; shut down at the end."""
+    runners: list[Runner] = []
+
+    async def factory(toml: str, grace: float = 1.0) -> Proxy:
+        lines: list[dict[str, Any]] = []
+        app = build_app(config_module.loads(toml, {}), access_log=lines.append)
+        runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=grace)
+        runners.append(runner)
+        host, port = addresses[0]
+        return Proxy(f"http://{host}:{port}", runner, lines)
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+def routes(port: int, extra: str = "", server: str = "") -> str:
+    return (
+        f"[server]\n{server}\n"
+        f'[[routes]]\nprefix = "/p"\nupstream = "http://127.0.0.1:{port}"\n'
+        f"timeout = {{ connect = 2, read = 1 }}\n{extra}\n"
+    )
+
+
+async def talk(
+    proxy: Proxy, data: bytes, *, until: float = 5.0
+) -> tuple[bytes, BaseException | None]:
+    """Send raw bytes; read until the proxy closes. Returns what arrived and how the
+    connection ended: None for a clean close (FIN), the error for a reset."""
+    reader, writer = await asyncio.open_connection(*proxy.address)
+    writer.write(data)
+    got = bytearray()
+    ended: BaseException | None = None
+    try:
+        async with asyncio.timeout(until):
+            while chunk := await reader.read(65536):
+                got += chunk
+    except ConnectionResetError as exc:
+        ended = exc
+    finally:
+        writer.close()
+    return bytes(got), ended
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
+
+
+# -- interim answers ------------------------------------------------------------------------
+
+
+async def test_100_continue_waits_for_the_answer_ahead_of_it(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """A pipelined request with Expect: 100-continue gets its 100 only after the answer
+    still streaming ahead of it has ended, never inside it."""
+    slow = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        0.3,
+        b"6\r\nsecond\r\n0\r\n\r\n",
+    ]
+    up = await peer(slow, [ok(b"posted")])
+    running = await proxy(routes(up.port))
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(
+        b"GET /p/slow HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /p/post HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        first = await reader.readuntil(b"0\r\n\r\n")  # the whole first answer, uncorrupted
+        assert b"100 Continue" not in first
+        assert b"firstsecond" in first.replace(b"\r\n", b"").replace(b"5first6", b"first")
+        interim = await reader.readuntil(b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        second = await reader.readuntil(b"posted")
+    writer.close()
+    assert second.startswith(b"HTTP/1.1 200")
+    assert up.received[1].endswith(b"\r\n\r\nhello")
+    assert b"expect" not in up.received[1].lower()
+
+
+async def test_expect_with_trailing_whitespace_is_recognised(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """`Expect: 100-continue ` (trailing space) still gets its 100 Continue."""
+    up = await peer([ok(b"done")])
+    running = await proxy(routes(up.port))
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(
+        b"PUT /p/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue \t\r\nContent-Length: 3\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        assert (await reader.readuntil(b"done")).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_no_100_continue_for_a_request_refused_before_its_body(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """A request refused without reading its body gets its final answer, no 100 first."""
+    up = await peer()
+    running = await proxy(routes(up.port))
+    got, _ = await talk(
+        running,
+        b"POST /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    assert got.startswith(b"HTTP/1.1 404")
+    assert b"100 Continue" not in got
+
+
+# -- trailers -------------------------------------------------------------------------------
+
+
+async def test_upstream_trailers_end_the_answer_cleanly(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """A chunked answer ending in a trailer section reaches the client whole, with its
+    last chunk and without the trailer fields, and the connection stays usable."""
+    with_trailers = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+        b"4\r\ndata\r\n0\r\nX-Checksum: abc\r\nX-More: 1\r\n\r\n"
+    )
+    up = await peer([with_trailers], [ok(b"again")])
+    running = await proxy(routes(up.port))
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(b"GET /p/t HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(3):  # well under the 1 s read timeout's cut plus slack
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+        writer.write(b"GET /p/again HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await reader.readuntil(b"again")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"trailer" not in head.lower()
+    assert body == b"4\r\ndata\r\n0\r\n\r\n"
+    assert b"X-Checksum" not in second
+    assert second.startswith(b"HTTP/1.1 200")
+
+
+async def test_request_trailers_get_exactly_one_answer(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """A chunked request ending with trailers (sent in reads of their own, after a large
+    head) gets one answer, and the next request on the connection gets the next; the
+    trailers are not forwarded."""
+    up = await peer([ok(b"one")], [ok(b"two")])
+    running = await proxy(routes(up.port))
+    reader, writer = await asyncio.open_connection(*running.address)
+    pieces = [
+        b"POST /p/a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"h" * 40000 + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n",
+        b"X-Sum: 1\r\nX-Other: " + b"v" * 30000 + b"\r\n",
+        b"\r\n",
+        b"GET /p/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ]
+    async with asyncio.timeout(5):
+        for piece in pieces:
+            writer.write(piece)
+            await asyncio.sleep(0.05)
+        got = await reader.read(-1)
+    writer.close()
+    assert re.findall(rb"HTTP/1.1 (\d+)", got) == [b"200", b"200"]
+    assert up.received[0].endswith(b"\r\n\r\nabc")
+    assert b"X-Sum" not in up.received[0]
+
+
+async def test_endless_request_trailers_are_bounded(peer: PeerFactory, proxy: ProxyMaker) -> None:
+    """A trailer section that never ends is refused once it passes the head limit (64
+    KiB, counted from the first read that holds trailer bytes only), with one answer
+    (400) and nothing sent upstream."""
+    up = await peer([ok(b"never")])
+    running = await proxy(routes(up.port))
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(
+        b"POST /p/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Endless: "
+    )
+    got = b""
+    async with asyncio.timeout(5):
+        for _ in range(8):  # 128 KiB in all, in reads the proxy sees one by one
+            await asyncio.sleep(0.02)
+            writer.write(b"v" * 16384)
+        got = await reader.read(-1)
+    writer.close()
+    assert re.findall(rb"HTTP/1.1 (\d+)", got) == [b"400"]
+    assert up.received == []
+
+
+# -- answers cut short ----------------------------------------------------------------------
+
+CUTS: dict[str, list[Step]] = {
+    "length, reset": [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10, 0.05, RST],
+    "length, close": [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10, 0.05, FIN],
+    "length, silence": [b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10, 3.0],
+    "chunked, reset": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n", 0.05, RST],
+    "chunked, close": [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\naaaaa\r\n",
+        0.05,
+        FIN,
+    ],
+    "chunked, bad chunk": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\naaaaaXX"],
+    "chunked, silence": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n", 3.0],
+    "close-delimited, reset": [b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 0.05, RST],
+    "close-delimited, silence": [b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 3.0],
+    "http/1.0 close-delimited, reset": [b"HTTP/1.0 200 OK\r\n\r\n" + b"a" * 10, 0.05, RST],
+}
+
+
+def _get(version: str) -> bytes:
+    close = "Connection: close\r\n" if version == "1.1" else ""
+    return f"GET /p/x HTTP/{version}\r\nHost: x\r\n{close}\r\n".encode()
+
+
+def _looks_whole(got: bytes, ended: BaseException | None, version: str) -> bool:
+    """Could a client take this answer for complete? Only if the connection ended cleanly
+    and the framing the client was given is satisfied."""
+    if ended is not None:
+        return False  # a reset: the client knows it was cut
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    if length:
+        return len(body) >= int(length.group(1))
+    if re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
+        return body.endswith(b"0\r\n\r\n")
+    return True  # close-delimited and closed cleanly: it looks whole
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize("cut", list(CUTS))
+async def test_a_cut_answer_never_looks_whole(
+    peer: PeerFactory, proxy: ProxyMaker, cut: str, version: str
+) -> None:
+    """However the upstream's answer breaks off, the client can tell: a short body under
+    its Content-Length, no last chunk, or a reset where the close would end the body."""
+    up = await peer(CUTS[cut])
+    running = await proxy(routes(up.port))
+    got, ended = await talk(running, _get(version))
+    if got.startswith(b"HTTP/1.1 502"):
+        # Broken before any of its body came: the answer's head was still ours to hold
+        # back, and the client gets a whole 502 instead of a cut 200.
+        assert b"X-Proxy-Error: upstream_unreachable" in got
+        return
+    assert got.startswith(b"HTTP/1.1 200"), got[:100]
+    assert not _looks_whole(got, ended, version), (got, ended)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_a_whole_close_delimited_answer_ends_cleanly(
+    peer: PeerFactory, proxy: ProxyMaker, version: str
+) -> None:
+    """The control: a close-delimited answer that ends with the upstream's FIN is whole
+    (last chunk for HTTP/1.1, a clean close for HTTP/1.0)."""
+    up = await peer([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 0.05, FIN])
+    running = await proxy(routes(up.port))
+    got, ended = await talk(running, _get(version))
+    assert ended is None
+    assert _looks_whole(got, ended, version)
+    assert got.replace(b"a\r\naaaaaaaaaa\r\n0\r\n\r\n", b"aaaaaaaaaa").endswith(b"a" * 10)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_shutdown_grace_running_out_cuts_visibly(
+    peer: PeerFactory, proxy: ProxyMaker, version: str
+) -> None:
+    """An answer still streaming when shutdown_grace runs out ends with a reset (HTTP/1.0)
+    or without its last chunk (HTTP/1.1), never with a clean close."""
+    up = await peer([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 5.0])
+    running = await proxy(routes(up.port), grace=0.3)
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(f"GET /p/x HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    got = bytearray()
+    ended: BaseException | None = None
+    async with asyncio.timeout(5):
+        got += await reader.readuntil(b"a" * 10)
+        stopping = asyncio.ensure_future(running.runner.cleanup())
+        try:
+            while chunk := await reader.read(65536):
+                got += chunk
+        except ConnectionResetError as exc:
+            ended = exc
+        await stopping
+    writer.close()
+    assert not _looks_whole(bytes(got), ended, version), (bytes(got), ended)
+    if version == "1.0":
+        assert ended is not None
+
+
+# -- odd bytes --------------------------------------------------------------------------------
+
+KEY = "crm-key-0123456789abcdef"
+
+
+def _with_client(port: int) -> str:
+    return routes(port) + f'[clients.crm]\nkey = "{KEY}"\n'
+
+
+def _requests_total(text: str) -> dict[str, float]:
+    found = re.findall(r"^proxy_requests_total\{([^}]*)\} (\S+)$", text, re.M)
+    return {labels: float(value) for labels, value in found if float(value)}
+
+
+async def test_a_key_that_is_not_utf8_is_a_401(peer: PeerFactory, proxy: ProxyMaker) -> None:
+    """An X-Proxy-Key holding a byte that is not UTF-8 is a wrong key: 401, an access
+    line saying 401, counted once, nothing sent upstream."""
+    up = await peer([ok(b"no")])
+    running = await proxy(_with_client(up.port))
+    got, _ = await talk(
+        running,
+        b"GET /p/x HTTP/1.1\r\nHost: x\r\nX-Proxy-Key: crm-key-\xff\xfe\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert got.startswith(b"HTTP/1.1 401")
+    assert b"X-Proxy-Error: unauthorized" in got
+    assert [line["status"] for line in running.lines] == [401]
+    counts = _requests_total(running.state().metrics.exposition().decode())
+    assert list(counts.values()) == [1.0]
+    assert "4xx" in next(iter(counts))
+    assert up.received == []
+
+
+async def test_a_valid_key_with_trailing_whitespace_is_accepted(
+    peer: PeerFactory, proxy: ProxyMaker
+) -> None:
+    """`X-Proxy-Key: <key> ` (trailing space or tab) is the key: whitespace around a field
+    value is not part of it."""
+    up = await peer([ok(b"yes")])
+    running = await proxy(_with_client(up.port))
+    got, _ = await talk(
+        running,
+        f"GET /p/x HTTP/1.1\r\nHost: x\r\nX-Proxy-Key: {KEY} \t\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    assert got.startswith(b"HTTP/1.1 200"), got
+    assert b"x-proxy-key" not in up.received[0].lower()
+
+
+@pytest.mark.parametrize("value", [b"\xc2\xb2", b"\xff", b"\xd9\xa1", b"12\xe2\x80\x8b"])
+async def test_a_retry_after_with_non_ascii_bytes_is_ignored(
+    peer: PeerFactory, proxy: ProxyMaker, value: bytes
+) -> None:
+    """An upstream 429 whose Retry-After holds non-ASCII bytes is taken as one without a
+    Retry-After: the client gets an answer (never a 500), and the upstream connection is
+    released."""
+    throttled = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %b\r\nContent-Length: 0\r\n\r\n"
+    up = await peer([throttled % value])
+    running = await proxy(routes(up.port, "retry = { attempts = 1 }"))
+    got, _ = await talk(running, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 429"), got
+    assert [line["status"] for line in running.lines] == [429]
+    pool = running.state().runtime.targets["/p"].pool
+    assert pool._count == len(pool._idle)  # no connection left checked out
+
+
+async def test_a_failing_handler_is_logged_and_counted_once_as_500(
+    peer: PeerFactory, proxy: ProxyMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the handler (simulated: no input reaches one now) gives the client a 500,
+    the access line 500, the metrics one 5xx and no 4xx."""
+    from proxy import headers as headers_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(headers_module.HeaderPolicy, "upstream_request", broken)
+    up = await peer([ok(b"never")])
+    running = await proxy(routes(up.port))
+    got, _ = await talk(running, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 500")
+    assert b"X-Proxy-Error: internal_error" in got
+    assert [line["status"] for line in running.lines] == [500]
+    counts = _requests_total(running.state().metrics.exposition().decode())
+    assert list(counts.values()) == [1.0]
+    assert "5xx" in next(iter(counts))
+
+
+# -- nothing echoed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target", [b"/-/<svg>onload", b"/nowhere/<svg>onload", b"/-/status%3Csvg%3Eonload"]
+)
+async def test_errors_echo_no_word_of_the_request(
+    peer: PeerFactory, proxy: ProxyMaker, target: bytes
+) -> None:
+    """A 404 says there is no route, without repeating the path it was given."""
+    up = await peer()
+    running = await proxy(routes(up.port))
+    got, _ = await talk(
+        running, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert got.startswith(b"HTTP/1.1 404")
+    assert b"svg" not in got.lower()
+    assert b"onload" not in got

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .conftest import Upstream
 from .processes import start_proxy
@@ -140,3 +141,56 @@ async def test_sandbox_command_serves_until_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0
+
+
+def _run_serve(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_utf16_config_file_exits_2_with_one_line_saying_so(tmp_path: Path, command: str) -> None:
+    """check and serve refuse a UTF-16 file (as Notepad saves it) with exit 2 and one line, no
+    traceback."""
+    config = tmp_path / "routes.toml"
+    config.write_bytes('[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'.encode("utf-16"))
+    result = run_check("--config", str(config)) if command == "check" else _run_serve(config)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"config file {str(config)!r} is UTF-16" in result.stderr
+    assert "save it as UTF-8" in result.stderr
+
+
+async def test_sighup_with_a_utf16_file_logs_the_problem_and_keeps_serving(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A reload of a file saved as UTF-16 logs config_reload_failed and keeps the old config."""
+    config = tmp_path / "routes.toml"
+    text = f'[[routes]]\nprefix = "/a"\nupstream = "{upstream.url}"\n'
+    config.write_text(text)
+    proxy = await start_proxy(config)
+    try:
+        config.write_bytes(text.replace("/a", "/b").encode("utf-16"))
+        proxy.process.send_signal(signal.SIGHUP)
+        assert proxy.process.stdout is not None
+        async with asyncio.timeout(5):
+            while '"config_reload_failed"' not in proxy.lines[-1]:
+                proxy.lines.append((await proxy.process.stdout.readline()).decode().rstrip())
+        failed = json.loads(proxy.lines[-1])
+        assert failed["problems"] == [
+            f'config file {str(config)!r} is UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'
+        ]
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"{proxy.url}/-/health") as r:
+                assert r.status == 200
+            async with client.get(f"{proxy.url}/a/x") as r:
+                assert r.status == 200
+    finally:
+        code = await proxy.stop()
+    assert code == 0
+    assert not any("Exception in callback" in line for line in proxy.lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -649,6 +650,48 @@ def test_unreadable_file() -> None:
     assert info.value.problems == [
         "cannot read config file '/nonexistent.toml': No such file or directory"
     ]
+
+
+ROUTE_BYTES = ROUTE.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (ROUTE.encode("utf-16"), 'is UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'),
+        (
+            codecs.BOM_UTF16_BE + ROUTE.encode("utf-16-be"),
+            'is UTF-16 (Notepad\'s "Unicode"): save it as UTF-8',
+        ),
+        (ROUTE.encode("utf-32"), "is UTF-32: save it as UTF-8"),
+        (
+            ROUTE_BYTES.replace(b"/a", b"/\xe4"),
+            "is not UTF-8: byte 0xe4 at offset 22 (line 2) cannot be decoded; save it as UTF-8",
+        ),
+        (
+            b"\x89PNG\r\n",
+            "is not UTF-8: byte 0x89 at offset 0 (line 1) cannot be decoded; save it as UTF-8",
+        ),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-32", "latin-1", "binary"],
+)
+def test_config_file_not_in_utf8_is_one_problem_naming_the_file(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    """A file in UTF-16/32 or with bytes that are not UTF-8 is one problem naming the file."""
+    path = tmp_path / "routes.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, {})
+    assert info.value.problems == [f"config file {str(path)!r} {expected}"]
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """A UTF-8 BOM, as Windows editors write one, is skipped in a file and in text."""
+    path = tmp_path / "routes.toml"
+    path.write_bytes(codecs.BOM_UTF8 + ROUTE_BYTES)
+    assert config.load(path, {}).routes[0].prefix == "/a"
+    assert config.loads("\ufeff" + ROUTE, {}).routes[0].prefix == "/a"
 
 
 # -- [clients.NAME] and the newer [server] keys ------------------------------------------------

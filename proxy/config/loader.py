@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import tomllib
@@ -57,6 +58,14 @@ _PARAM_KEYS: Final = {
     "expiresIn": "expires_in",
 }
 
+# UTF-32 first: its little-endian mark starts with UTF-16's.
+_OTHER_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, 'UTF-16 (Notepad\'s "Unicode")'),
+    (codecs.BOM_UTF16_BE, 'UTF-16 (Notepad\'s "Unicode")'),
+)
+
 _DEFAULT_TIMEOUT: Final = Timeout()
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
 _DEFAULT_FETCH_RETRY: Final = FetchRetry()
@@ -68,16 +77,35 @@ _DEFAULT_SERVER: Final = ServerConfig()
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, resolve and validate a routes.toml file; raise ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read config file {str(path)!r}: {exc.strerror}"]) from exc
-    return loads(text, env, base_dir=Path(path).parent)
+    return loads(_decode(data, str(path)), env, base_dir=Path(path).parent)
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The text of a UTF-8 file; any other encoding is one problem saying how to fix it."""
+    for bom, name in _OTHER_BOMS:
+        if data.startswith(bom):
+            # Windows editors save "Unicode" as UTF-16: the fix is in the editor's save dialog.
+            raise ConfigError([f"config file {path!r} is {name}: save it as UTF-8"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [
+                f"config file {path!r} is not UTF-8: byte 0x{data[exc.start]:02x} at offset "
+                f"{exc.start} (line {line}) cannot be decoded; save it as UTF-8"
+            ]
+        ) from exc
 
 
 def loads(text: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
-    """Like :func:`load`, from TOML text; relative ``ca_file`` paths resolve against base_dir."""
+    """Like :func:`load`, from TOML text; relative ``ca_file`` paths resolve against base_dir.
+    A leading byte-order mark (as Windows editors write one) is skipped."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"invalid TOML: {exc}"]) from exc
     checker = _Checker(os.environ if env is None else env, base_dir or Path.cwd())

@@ -18,7 +18,7 @@ from . import sandbox
 from .app import STATE, build_app, start
 from .config import Config
 from .demo import run_demo
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 from .observe import logs
 from .workers import announce_ready, per_worker, supervise
 
@@ -111,14 +111,17 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
+        # Either failure keeps the running config; the problems never hold secret values.
         try:
             fresh = config_module.load(path)
         except ConfigError as exc:
-            # Keep serving the running config; the problems never hold secret values.
             log.error("config_reload_failed", path=path, problems=exc.problems)
             return
         _loaded(log, path, fresh)
-        app[STATE].reload(per_worker(fresh, workers))
+        try:
+            app[STATE].reload(per_worker(fresh, workers))
+        except ConfigError as exc:  # a ca_file changed between loading and use
+            log.error("config_reload_failed", path=path, problems=exc.problems)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
@@ -203,8 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
         access_log = logs.access_log(args.log_level, args.log_format, redactor, out)
         asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor, access_log))
-    except OSError as exc:
-        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    except ConfigError as exc:  # a ca_file changed between loading and use
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ListenError as exc:
+        print(exc, file=sys.stderr)
         return 1
     return 0
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
+
+from proxy import config as config_module
+from proxy.app import build_app, start
+from proxy.errors import ConfigError
 
 from .conftest import Upstream
 from .processes import start_proxy
@@ -194,3 +200,54 @@ async def test_sighup_with_a_utf16_file_logs_the_problem_and_keeps_serving(
         code = await proxy.stop()
     assert code == 0
     assert not any("Exception in callback" in line for line in proxy.lines)
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_ca_file_that_is_not_pem_exits_2_naming_the_key(tmp_path: Path, command: str) -> None:
+    """check and serve exit 2 naming routes[N].ca_file when the file is not PEM; serve never
+    calls it "cannot listen"."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "/a"\nupstream = "https://h"\nca_file = "ca.pem"\n')
+    result = run_check("--config", str(config)) if command == "check" else _run_serve(config)
+    assert result.returncode == 2
+    assert "routes[0].ca_file: not a PEM file of CA certificates: 'ca.pem'" in result.stderr
+    assert "cannot listen" not in result.stderr
+
+
+async def test_a_ca_file_spoiled_after_loading_is_a_config_error_not_a_listen_failure(
+    tmp_path: Path,
+) -> None:
+    """start() reports a ca_file that stopped being PEM after loading as a ConfigError naming
+    its key, never as an OSError that serve would call "cannot listen"."""
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\nprefix = "/a"\nupstream = "https://h"\nca_file = "ca.pem"\n'
+        '[[routes]]\nprefix = "/t"\nupstream = "https://h"\nauth = "t"\n'
+        '[auth.t]\ntype = "client_credentials"\ntoken_url = "https://h/t"\nclient_id = "i"\n'
+        'client_secret = "s"\nca_file = "ca.pem"\n'
+    )
+    loaded = config_module.load(tmp_path / "routes.toml", {})
+    ca_file.write_text("not a certificate\n")
+    with pytest.raises(ConfigError) as info:
+        await start(build_app(loaded, access_log=None), "127.0.0.1", 0)
+    assert info.value.problems == [
+        f"routes[0].ca_file: not a PEM file of CA certificates: {str(ca_file)!r}",
+        f"auth.t.ca_file: not a PEM file of CA certificates: {str(ca_file)!r}",
+    ]
+
+
+def test_serve_on_a_port_in_use_exits_1_saying_it_cannot_listen(tmp_path: Path) -> None:
+    """A port another socket holds is the one failure serve reports as "cannot listen"."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "/a"\nupstream = "http://h"\n')
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = _run_serve(config, "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy import config
 from proxy.errors import ConfigError
@@ -635,12 +637,50 @@ def test_all_problems_are_reported_together() -> None:
     assert len(problems(text)) == 3
 
 
-def test_relative_ca_file_resolves_next_to_the_config(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def test_relative_ca_file_resolves_next_to_the_config(tmp_path: Path, ca: trustme.CA) -> None:
     """ca_file paths are relative to routes.toml, not to the working directory."""
-    (tmp_path / "ca.pem").write_text("not checked here")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     (tmp_path / "routes.toml").write_text(ROUTE + 'ca_file = "ca.pem"\n')
     cfg = config.load(tmp_path / "routes.toml", {})
     assert cfg.routes[0].ca_file == str(tmp_path / "ca.pem")
+
+
+def _not_ca_files(ca: trustme.CA) -> dict[str, bytes]:
+    return {
+        "text": b"not a certificate\n",
+        "empty": b"",
+        "private key": ca.private_key_pem.bytes(),
+        "DER": ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode()),
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        (ROUTE + 'ca_file = "ca.pem"\n', "routes[0].ca_file"),
+        (
+            ROUTE + AUTH + 'client_id = "i"\nclient_secret = "s"\nca_file = "ca.pem"\n',
+            "auth.x.ca_file",
+        ),
+    ],
+    ids=["route", "auth"],
+)
+@pytest.mark.parametrize("content", ["text", "empty", "private key", "DER"])
+def test_ca_file_that_is_not_a_pem_file_of_ca_certificates_is_refused(
+    tmp_path: Path, ca: trustme.CA, table: str, key: str, content: str
+) -> None:
+    """A ca_file that exists but is no PEM CA certificate is named by its key at load, not
+    left for serve to trip over."""
+    (tmp_path / "ca.pem").write_bytes(_not_ca_files(ca)[content])
+    (tmp_path / "routes.toml").write_text(table)
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "routes.toml", {})
+    assert info.value.problems == [f"{key}: not a PEM file of CA certificates: 'ca.pem'"]
 
 
 def test_unreadable_file() -> None:

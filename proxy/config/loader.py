@@ -348,7 +348,7 @@ class _Checker(Checks):
         upstream_text = self.string(table, key, "upstream", required=True)
         auth = self.string(table, key, "auth")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout")
-        ca_file = self.file(table, key, "ca_file")
+        ca_file = self.ca_file(table, key, "ca_file")
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         retry = self.retry(table.get("retry", {}), f"{key}.retry")
         buffering = table.get("request_buffering", True)
@@ -619,7 +619,7 @@ class _Checker(Checks):
             self.rate(table["token_rate"], f"{key}.token_rate") if "token_rate" in table else None
         )
         params = self.params(table.get("params", {}), f"{key}.params", kind)
-        ca_file = self.file(table, key, "ca_file")
+        ca_file = self.ca_file(table, key, "ca_file")
         default_lifetime = self.positive(table, key, "default_lifetime", 300.0)
         refresh_at = self.positive(table, key, "refresh_at", 0.8)
         if refresh_at >= 1:

@@ -16,6 +16,7 @@ import structlog
 from . import config as config_module
 from . import sandbox
 from .app import STATE, build_app, start
+from .arguments import listen_host
 from .config import Config
 from .demo import run_demo
 from .errors import ConfigError, ListenError
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
-    serve.add_argument("--host", help="listen address (default: [server].host)")
+    serve.add_argument("--host", type=listen_host, help="listen address (default: [server].host)")
     serve.add_argument("--port", type=int, help="listen port, 0 for any (default: [server].port)")
     serve.add_argument("--log-level", default="info", choices=logs.LEVELS)
     serve.add_argument("--log-format", default="json", choices=("json", "console"))
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the proxy in front of the sandbox, one process")
     demo.add_argument("--config", default="demo/routes.toml")
-    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--host", type=listen_host, default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="proxy port (0: any)")
     demo.add_argument("--sandbox-port", type=int, default=9000, help="sandbox port (0: any)")
     demo.add_argument("--log-level", default="info", choices=logs.LEVELS)
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    host = args.host or config.server.host
+    host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port
     workers = args.workers or config.server.workers
     if not config.clients and not _is_loopback(host) and workers > 1:

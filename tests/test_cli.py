@@ -251,3 +251,44 @@ def test_serve_on_a_port_in_use_exits_1_saying_it_cannot_listen(tmp_path: Path) 
     assert result.stderr.startswith(f"cannot listen on 127.0.0.1:{port}: ")
     assert "address already in use" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+
+
+def test_check_refuses_a_server_host_with_a_port(tmp_path: Path) -> None:
+    """check exits 2 naming server.host when it holds a port, which serve could not listen on."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[server]\nhost = "127.0.0.1:18181"\n')
+    result = run_check("--config", str(config))
+    assert result.returncode == 2
+    assert "server.host: must be an IP address" in result.stderr
+    assert "put the port in server.port" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "host", "hint"),
+    [
+        ("serve", "127.0.0.1:18181", " (it looks like host:port: put the port in --port)"),
+        ("serve", "", ""),
+        ("demo", "[::1]", " (write it without brackets: '::1')"),
+        ("sandbox", "proxy_1", ""),
+    ],
+)
+def test_host_option_must_be_an_address_or_host_name(
+    tmp_path: Path, command: str, host: str, hint: str
+) -> None:
+    """--host that is not an IP address or host name is refused with exit 2 before anything
+    starts."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "/a"\nupstream = "http://h"\n')
+    extra = () if command == "sandbox" else ("--config", str(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", command, *extra, "--host", host],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        f"argument --host: must be an IP address (IPv6 without brackets) or a host name, "
+        f"got {host!r}{hint}"
+    ) in result.stderr

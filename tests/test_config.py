@@ -1006,6 +1006,48 @@ def test_invalid_server_key_is_reported_by_key(text: str, expected: str) -> None
     assert expected in problems(ROUTE + "[server]\n" + text)
 
 
+HOST_PROBLEM = "server.host: must be an IP address (IPv6 without brackets) or a host name, got "
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (
+            "127.0.0.1:18181",
+            "'127.0.0.1:18181' (it looks like host:port: put the port in server.port)",
+        ),
+        (
+            "localhost:8080",
+            "'localhost:8080' (it looks like host:port: put the port in server.port)",
+        ),
+        ("[::1]:8080", "'[::1]:8080' (it looks like host:port: put the port in server.port)"),
+        ("[::1]", "'[::1]' (write it without brackets: '::1')"),
+        ("http://0.0.0.0", "'http://0.0.0.0'"),
+        ("*", "'*'"),
+        ("0.0.0.0 ", "'0.0.0.0 '"),
+        ("proxy_1.internal", "'proxy_1.internal'"),
+        ("-proxy.internal", "'-proxy.internal'"),
+        ("a..b", "'a..b'"),
+        ("1.2.3", "'1.2.3'"),
+        ("256.0.0.1", "'256.0.0.1'"),
+        ("0x7f.1", "'0x7f.1'"),
+        ("a" * 64 + ".example", f"'{'a' * 64}.example'"),
+    ],
+)
+def test_server_host_must_be_an_address_or_host_name(host: str, expected: str) -> None:
+    """server.host that is not an IP address or RFC 1123 host name is refused, with a hint
+    when it holds a port or brackets."""
+    assert problems(ROUTE + f'[server]\nhost = "{host}"\n') == [HOST_PROBLEM + expected]
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "::1", "fe80::1%eth0", "localhost", "Proxy-1.internal.example."]
+)
+def test_server_host_accepts_addresses_and_host_names(host: str) -> None:
+    """IPv4 and IPv6 addresses (a scope included) and host names load as written."""
+    assert config.loads(ROUTE + f'[server]\nhost = "{host}"\n', {}).server.host == host
+
+
 def test_empty_server_strings_are_not_replaced_by_defaults() -> None:
     """Explicitly empty server strings are each a problem, never the (most open) default."""
     text = ROUTE + '[server]\nhost = ""\nclient_key_header = ""\nadmin_access = "${ADMIN:-}"\n'

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from ..authority import split_authority
+from ..authority import NUMERIC_LABEL, listen_host_problem, split_authority
 from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
@@ -44,8 +44,6 @@ _PATH_CHARS: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./%-]*")
 _PERCENT_ESCAPES: Final = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
 # A DNS label (letters, digits, '-' inside; '_' too, as Docker and some intranets use it).
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# A last label that resolvers read as a number: the whole host must then be an IPv4 address.
-_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 # Where params would name a field the scheme sets from its own key (hints in messages).
 _PARAM_KEYS: Final = {
     "client_id": "client_id",
@@ -239,6 +237,9 @@ class _Checker(Checks):
         # Explicitly empty strings are problems (string() says so), never the default.
         host = self.string(table, "server", "host")
         if host is None:
+            host = default.host
+        elif (host_problem := listen_host_problem(host, "server.port")) is not None:
+            self.fail("server.host", host_problem)
             host = default.host
         port = table.get("port", default.port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -728,7 +729,7 @@ def _bad_host(parts: SplitResult) -> str | None:
     labels = name.split(".")
     if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return host
-    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+    if NUMERIC_LABEL.fullmatch(labels[-1]):
         try:
             IPv4Address(name)
         except ValueError:

@@ -13,10 +13,9 @@ from ipaddress import ip_address
 
 import structlog
 
+from . import arguments, sandbox
 from . import config as config_module
-from . import sandbox
 from .app import STATE, build_app, start
-from .arguments import listen_host
 from .config import Config
 from .demo import run_demo
 from .errors import ConfigError, ListenError
@@ -36,13 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
-    serve.add_argument("--host", type=listen_host, help="listen address (default: [server].host)")
-    serve.add_argument("--port", type=int, help="listen port, 0 for any (default: [server].port)")
+    serve.add_argument(
+        "--host", type=arguments.listen_host, help="listen address (default: [server].host)"
+    )
+    serve.add_argument(
+        "--port", type=arguments.port, help="listen port, 0 for any (default: [server].port)"
+    )
     serve.add_argument("--log-level", default="info", choices=logs.LEVELS)
     serve.add_argument("--log-format", default="json", choices=("json", "console"))
     serve.add_argument(
         "--workers",
-        type=int,
+        type=arguments.workers,
         help="processes sharing the port (default: "
         "[server].workers); limits are divided among them",
     )
@@ -56,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the proxy in front of the sandbox, one process")
     demo.add_argument("--config", default="demo/routes.toml")
-    demo.add_argument("--host", type=listen_host, default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="proxy port (0: any)")
-    demo.add_argument("--sandbox-port", type=int, default=9000, help="sandbox port (0: any)")
+    demo.add_argument("--host", type=arguments.listen_host, default="127.0.0.1")
+    demo.add_argument("--port", type=arguments.port, default=8080, help="proxy port (0: any)")
+    demo.add_argument(
+        "--sandbox-port", type=arguments.port, default=9000, help="sandbox port (0: any)"
+    )
     demo.add_argument("--log-level", default="info", choices=logs.LEVELS)
     demo.add_argument("--log-format", default="console", choices=("json", "console"))
     return parser
@@ -190,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port
-    workers = args.workers or config.server.workers
+    workers = config.server.workers if args.workers is None else args.workers
     if not config.clients and not _is_loopback(host) and workers > 1:
         structlog.get_logger("proxy").warning("proxy_open", host=host)
     try:

@@ -14,3 +14,24 @@ def listen_host(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def port(text: str) -> int:
+    """``--port``: a port number, 0 (any free port) to 65535."""
+    number = _whole(text)
+    if number is None or number > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return number
+
+
+def workers(text: str) -> int:
+    """``--workers``: a number of processes, at least 1."""
+    number = _whole(text)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return number
+
+
+def _whole(text: str) -> int | None:
+    # ASCII digits only: int() would also take "-1", " 7", "1_000" and other scripts' digits.
+    return int(text) if text.isascii() and text.isdigit() else None

@@ -292,3 +292,40 @@ def test_host_option_must_be_an_address_or_host_name(
         f"argument --host: must be an IP address (IPv6 without brackets) or a host name, "
         f"got {host!r}{hint}"
     ) in result.stderr
+
+
+PORT_RANGE = "must be a port number from 0 to 65535, got "
+AT_LEAST_1 = "must be a whole number of at least 1, got "
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ("serve", ("--port", "99999"), f"argument --port: {PORT_RANGE}'99999'"),
+        ("serve", ("--port", "-1"), f"argument --port: {PORT_RANGE}'-1'"),
+        ("serve", ("--port", "http"), f"argument --port: {PORT_RANGE}'http'"),
+        ("serve", ("--port", "0", "--workers", "-1"), f"argument --workers: {AT_LEAST_1}'-1'"),
+        ("serve", ("--port", "0", "--workers", "0"), f"argument --workers: {AT_LEAST_1}'0'"),
+        ("serve", ("--port", "0", "--workers", "1.5"), f"argument --workers: {AT_LEAST_1}'1.5'"),
+        ("demo", ("--port", "99999"), f"argument --port: {PORT_RANGE}'99999'"),
+        ("demo", ("--sandbox-port", "70000"), f"argument --sandbox-port: {PORT_RANGE}'70000'"),
+        ("sandbox", ("--port", "65536"), f"argument --port: {PORT_RANGE}'65536'"),
+    ],
+)
+def test_port_and_workers_options_are_range_checked(
+    tmp_path: Path, command: str, args: tuple[str, ...], expected: str
+) -> None:
+    """--port outside 0-65535 and --workers below 1 are refused with exit 2 before anything
+    starts."""
+    config = tmp_path / "routes.toml"
+    config.write_text('[[routes]]\nprefix = "/a"\nupstream = "http://h"\n')
+    extra = () if command == "sandbox" else ("--config", str(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", command, *extra, *args],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr

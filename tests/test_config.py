@@ -899,6 +899,36 @@ def test_invalid_client_is_reported_by_key(text: str, expected: str) -> None:
     assert expected in problems(text)
 
 
+RATE_RANGE = "rate / per must come to a finite number of requests a second above 0, got "
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            ROUTE + "rate_limit = { rate = 1e200, per = 1e-200 }\n",
+            f"routes[0].rate_limit: {RATE_RANGE}1e+200 / 1e-200",
+        ),
+        (
+            ROUTE + "rate_limit = { rate = 1e-300, per = 1e100, burst = 1 }\n",
+            f"routes[0].rate_limit: {RATE_RANGE}1e-300 / 1e+100",
+        ),
+        (
+            ROUTE + AUTH_OK + "rate_limit = { rate = 1e300, per = 1e-10 }\n",
+            f"auth.x.rate_limit: {RATE_RANGE}1e+300 / 1e-10",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 1e-308, per = 1e10, burst = 1 }\n",
+            f"clients.crm.rate_limit: {RATE_RANGE}1e-308 / 10000000000.0",
+        ),
+    ],
+)
+def test_rate_limit_beyond_what_a_float_holds_is_refused(text: str, expected: str) -> None:
+    """A rate_limit whose rate / per overflows or underflows is refused: serve could not
+    build its limiter (a division by zero at start-up)."""
+    assert problems(text) == [expected]
+
+
 def test_client_key_with_a_newline_is_not_echoed() -> None:
     """A key read with its trailing newline is refused without showing the key."""
     found = problems(ROUTE + '[clients.crm]\nkey = "${CRM_KEY}"\n', {"CRM_KEY": CRM_KEY + "\n"})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -388,9 +390,18 @@ class _Checker(Checks):
         if burst < 1:
             self.fail(f"{key}.burst", f"must be at least 1, got {burst!r}")
             burst = rate
+        per = self.positive(table, key, "per", 1.0)
+        # The limiter divides by rate / per: 0 (underflow) or inf (overflow) would fail
+        # serve at start-up. A normal float keeps it above 0 when workers divide it too.
+        if not sys.float_info.min <= rate / per < math.inf:
+            self.fail(
+                key,
+                "rate / per must come to a finite number of requests a second above 0, "
+                f"got {rate!r} / {per!r}",
+            )
         return RateLimitConfig(
             rate=rate,
-            per=self.positive(table, key, "per", 1.0),
+            per=per,
             burst=burst,
             max_wait=self.non_negative(table, key, "max_wait", 5.0),
         )

@@ -208,7 +208,7 @@ def trust_store(path: str) -> ssl.SSLContext:
     except ssl.SSLError as exc:  # before OSError: SSLError is one
         raise ValueError("not a PEM file of CA certificates") from exc
     except OSError as exc:
-        raise ValueError(f"cannot read it ({exc.strerror or exc})") from exc
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from exc
     if not context.cert_store_stats()["x509"]:
         # A PEM file of CRLs alone loads, yet trusts nothing: every handshake would fail.
         raise ValueError("not a PEM file of CA certificates")

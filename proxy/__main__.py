@@ -13,12 +13,12 @@ from ipaddress import ip_address
 
 import structlog
 
+from . import arguments, sandbox
 from . import config as config_module
-from . import sandbox
 from .app import STATE, build_app, start
 from .config import Config
 from .demo import run_demo
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 from .observe import logs
 from .workers import announce_ready, per_worker, supervise
 
@@ -35,13 +35,17 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
-    serve.add_argument("--host", help="listen address (default: [server].host)")
-    serve.add_argument("--port", type=int, help="listen port, 0 for any (default: [server].port)")
+    serve.add_argument(
+        "--host", type=arguments.listen_host, help="listen address (default: [server].host)"
+    )
+    serve.add_argument(
+        "--port", type=arguments.port, help="listen port, 0 for any (default: [server].port)"
+    )
     serve.add_argument("--log-level", default="info", choices=logs.LEVELS)
     serve.add_argument("--log-format", default="json", choices=("json", "console"))
     serve.add_argument(
         "--workers",
-        type=int,
+        type=arguments.workers,
         help="processes sharing the port (default: "
         "[server].workers); limits are divided among them",
     )
@@ -55,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the proxy in front of the sandbox, one process")
     demo.add_argument("--config", default="demo/routes.toml")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080, help="proxy port (0: any)")
-    demo.add_argument("--sandbox-port", type=int, default=9000, help="sandbox port (0: any)")
+    demo.add_argument("--host", type=arguments.listen_host, default="127.0.0.1")
+    demo.add_argument("--port", type=arguments.port, default=8080, help="proxy port (0: any)")
+    demo.add_argument(
+        "--sandbox-port", type=arguments.port, default=9000, help="sandbox port (0: any)"
+    )
     demo.add_argument("--log-level", default="info", choices=logs.LEVELS)
     demo.add_argument("--log-format", default="console", choices=("json", "console"))
     return parser
@@ -111,14 +117,17 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
+        # Either failure keeps the running config; the problems never hold secret values.
         try:
             fresh = config_module.load(path)
         except ConfigError as exc:
-            # Keep serving the running config; the problems never hold secret values.
             log.error("config_reload_failed", path=path, problems=exc.problems)
             return
         _loaded(log, path, fresh)
-        app[STATE].reload(per_worker(fresh, workers))
+        try:
+            app[STATE].reload(per_worker(fresh, workers))
+        except ConfigError as exc:  # a ca_file changed between loading and use
+            log.error("config_reload_failed", path=path, problems=exc.problems)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
@@ -184,9 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    host = args.host or config.server.host
+    host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port
-    workers = args.workers or config.server.workers
+    workers = config.server.workers if args.workers is None else args.workers
     if not config.clients and not _is_loopback(host) and workers > 1:
         structlog.get_logger("proxy").warning("proxy_open", host=host)
     try:
@@ -203,8 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
         access_log = logs.access_log(args.log_level, args.log_format, redactor, out)
         asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor, access_log))
-    except OSError as exc:
-        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    except ConfigError as exc:  # a ca_file changed between loading and use
+        print(f"{path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ListenError as exc:
+        print(exc, file=sys.stderr)
         return 1
     return 0
 

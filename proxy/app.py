@@ -16,6 +16,7 @@ from .errors import (
     ForbiddenError,
     HeadTooLargeError,
     InternalError,
+    ListenError,
     MethodNotAllowedError,
     NoRouteError,
     NotImplementedError_,
@@ -317,7 +318,9 @@ async def start(
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
 ) -> tuple[Runner, list[tuple[str, int]]]:
-    """Serve app on host:port; return the runner and the addresses actually bound."""
+    """Serve app on host:port; return the runner and the addresses actually bound. Raises
+    ListenError when it cannot listen, ConfigError when a file the config names (ca_file)
+    has become unusable since it was loaded."""
     await app.open()
     settings = app.config.server  # listener settings: a reload does not change them
     cap, fd_limit = connection_cap(settings.max_connections)
@@ -340,8 +343,8 @@ async def start(
     )
     try:
         addresses = await server.listen(host, port, reuse_port=reuse_port)
-    except OSError:
+    except OSError as exc:
         await server.stop(0)
         await app.close()
-        raise
+        raise ListenError(host, port, exc.strerror or str(exc)) from exc
     return Runner(app, server, shutdown_timeout), [(str(a[0]), int(a[1])) for a in addresses]

@@ -2,6 +2,7 @@
 
     Exception
     ├── ConfigError               start-up: routes.toml is invalid (every problem listed)
+    ├── ListenError               start-up: the address cannot be listened on (exit 1)
     └── ProxyError                a request the proxy answers itself (JSON + X-Proxy-Error)
         ├── BadRequestError       400 bad_request
         ├── UnauthorizedError     401 unauthorized (clients are configured; no valid key)
@@ -40,6 +41,20 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class ListenError(Exception):
+    """The proxy could not listen on ``host``:``port``; ``reason`` is the system's word.
+
+    Kept apart from other OSErrors of start-up (a trust store is one, ssl.SSLError) so that
+    only a failed bind or listen is ever reported as one."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {reason}")
 
 
 class ProxyError(Exception):

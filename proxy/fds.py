@@ -32,16 +32,17 @@ def connection_cap(max_connections: int) -> tuple[int, int]:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
-    except (ValueError, OSError):
+    except (ValueError, OSError, OverflowError):
         # The kernel may take less than the hard limit says (macOS caps an "unlimited"
-        # hard limit at OPEN_MAX): settle for the largest value it takes.
+        # hard limit at OPEN_MAX), and setrlimit takes no more than a C long (a huge
+        # max_connections under an unlimited hard limit): settle for the largest it takes.
         low, high = soft, target - 1
         while low < high:
             middle = (low + high + 1) // 2
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (middle, hard))
                 low = middle
-            except (ValueError, OSError):
+            except (ValueError, OSError, OverflowError):
                 high = middle - 1
         soft = low
     if soft >= need:

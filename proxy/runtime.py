@@ -19,7 +19,8 @@ from .auth import TokenManager
 from .auth.base import TokenProvider
 from .bodies import Spool
 from .client import Pool
-from .config import AuthConfig, Config, RateLimitConfig, RouteConfig
+from .config import Config, RateLimitConfig, RouteConfig, trust_store
+from .errors import ConfigError
 from .forward import Forwarder
 from .headers import HeaderPolicy
 from .limits import RateLimit
@@ -35,26 +36,39 @@ POOL_LIMIT: Final = 1024
 SessionKey = tuple[str, str, int, str | None]
 
 
-def _tls(ca_file: str | None) -> ssl.SSLContext | bool:
-    if ca_file is None:
-        return True  # verification on, system trust store
-    return ssl.create_default_context(cafile=ca_file)
+def _trust_stores(config: Config) -> dict[str | None, ssl.SSLContext | None]:
+    """One TLS context per ca_file (None: the system trust store). The loader checked each
+    file, but it may have changed since: one no longer usable is a ConfigError naming its
+    key, never an OSError, which serve would report as "cannot listen"."""
+    files = [(f"routes[{i}].ca_file", route.ca_file) for i, route in enumerate(config.routes)]
+    files += [(f"auth.{name}.ca_file", auth.ca_file) for name, auth in config.auth.items()]
+    stores: dict[str | None, ssl.SSLContext | None] = {None: None}
+    problems = []
+    for key, path in files:
+        if path is None or path in stores:
+            continue
+        try:
+            stores[path] = trust_store(path)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}: {path!r}")
+    if problems:
+        raise ConfigError(problems)
+    return stores
 
 
-def _upstream_pool(route: RouteConfig) -> Pool:
+def _upstream_pool(route: RouteConfig, tls: ssl.SSLContext | None) -> Pool:
     # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
     # 5 s): reusing one the upstream is closing would fail a POST with a 502.
     up = route.upstream
-    tls = _tls(route.ca_file)
-    context = tls if isinstance(tls, ssl.SSLContext) else None
-    return Pool(up.scheme, up.host, up.port, context, limit=POOL_LIMIT, keepalive=4.0)
+    return Pool(up.scheme, up.host, up.port, tls, limit=POOL_LIMIT, keepalive=4.0)
 
 
-def _token_session(auth: AuthConfig) -> aiohttp.ClientSession:
+def _token_session(tls: ssl.SSLContext | None) -> aiohttp.ClientSession:
     """Token endpoints get sessions of their own: no proxy stage ever wraps a token request,
     and no cookie set by an identity provider is kept."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=8, ssl=_tls(auth.ca_file)),
+        # True: verification on, against the system trust store.
+        connector=aiohttp.TCPConnector(limit=8, ssl=tls or True),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
     )
@@ -93,6 +107,8 @@ class Runtime:
         access_log: AccessLog | None = None,
         previous: Runtime | None = None,
     ) -> None:
+        # First: a ca_file that fails leaves nothing opened or handed over to close again.
+        stores = _trust_stores(config)
         self.config = config
         # One spool budget per process: bodies buffered under the old config still count.
         self.spool: Spool = previous.spool if previous is not None else Spool()
@@ -115,7 +131,7 @@ class Runtime:
                 self._token_sessions[name] = previous._token_sessions[name]
                 previous._handed_over.add(name)
                 continue
-            session = self._token_sessions[name] = _token_session(auth)
+            session = self._token_sessions[name] = _token_session(stores[auth.ca_file])
             manager = TokenManager(auth, session, observer=metrics)
             self.tokens[name] = manager
             self._new_tokens.append(manager)
@@ -139,7 +155,7 @@ class Runtime:
         for route in config.routes:
             key = _session_key(route)
             if key not in self._sessions:
-                self._sessions[key] = _upstream_pool(route)
+                self._sessions[key] = _upstream_pool(route, stores[route.ca_file])
             own: tuple[RateLimit, ...] = ()
             if route.rate_limit is not None:
                 own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import structlog
 
 from .config import Config, RateConfig, RateLimitConfig
+from .errors import ListenError
 
 log = structlog.get_logger("proxy.workers")
 
@@ -71,9 +72,13 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     picks one) without taking any of their connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc.strerror or str(exc)) from exc
     return sock, sock.getsockname()[1]
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
+import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 
 from proxy import config
 from proxy.errors import ConfigError
@@ -634,12 +637,50 @@ def test_all_problems_are_reported_together() -> None:
     assert len(problems(text)) == 3
 
 
-def test_relative_ca_file_resolves_next_to_the_config(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def test_relative_ca_file_resolves_next_to_the_config(tmp_path: Path, ca: trustme.CA) -> None:
     """ca_file paths are relative to routes.toml, not to the working directory."""
-    (tmp_path / "ca.pem").write_text("not checked here")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     (tmp_path / "routes.toml").write_text(ROUTE + 'ca_file = "ca.pem"\n')
     cfg = config.load(tmp_path / "routes.toml", {})
     assert cfg.routes[0].ca_file == str(tmp_path / "ca.pem")
+
+
+def _not_ca_files(ca: trustme.CA) -> dict[str, bytes]:
+    return {
+        "text": b"not a certificate\n",
+        "empty": b"",
+        "private key": ca.private_key_pem.bytes(),
+        "DER": ssl.PEM_cert_to_DER_cert(ca.cert_pem.bytes().decode()),
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        (ROUTE + 'ca_file = "ca.pem"\n', "routes[0].ca_file"),
+        (
+            ROUTE + AUTH + 'client_id = "i"\nclient_secret = "s"\nca_file = "ca.pem"\n',
+            "auth.x.ca_file",
+        ),
+    ],
+    ids=["route", "auth"],
+)
+@pytest.mark.parametrize("content", ["text", "empty", "private key", "DER"])
+def test_ca_file_that_is_not_a_pem_file_of_ca_certificates_is_refused(
+    tmp_path: Path, ca: trustme.CA, table: str, key: str, content: str
+) -> None:
+    """A ca_file that exists but is no PEM CA certificate is named by its key at load, not
+    left for serve to trip over."""
+    (tmp_path / "ca.pem").write_bytes(_not_ca_files(ca)[content])
+    (tmp_path / "routes.toml").write_text(table)
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "routes.toml", {})
+    assert info.value.problems == [f"{key}: not a PEM file of CA certificates: 'ca.pem'"]
 
 
 def test_unreadable_file() -> None:
@@ -649,6 +690,48 @@ def test_unreadable_file() -> None:
     assert info.value.problems == [
         "cannot read config file '/nonexistent.toml': No such file or directory"
     ]
+
+
+ROUTE_BYTES = ROUTE.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (ROUTE.encode("utf-16"), 'is UTF-16 (Notepad\'s "Unicode"): save it as UTF-8'),
+        (
+            codecs.BOM_UTF16_BE + ROUTE.encode("utf-16-be"),
+            'is UTF-16 (Notepad\'s "Unicode"): save it as UTF-8',
+        ),
+        (ROUTE.encode("utf-32"), "is UTF-32: save it as UTF-8"),
+        (
+            ROUTE_BYTES.replace(b"/a", b"/\xe4"),
+            "is not UTF-8: byte 0xe4 at offset 22 (line 2) cannot be decoded; save it as UTF-8",
+        ),
+        (
+            b"\x89PNG\r\n",
+            "is not UTF-8: byte 0x89 at offset 0 (line 1) cannot be decoded; save it as UTF-8",
+        ),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-32", "latin-1", "binary"],
+)
+def test_config_file_not_in_utf8_is_one_problem_naming_the_file(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    """A file in UTF-16/32 or with bytes that are not UTF-8 is one problem naming the file."""
+    path = tmp_path / "routes.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        config.load(path, {})
+    assert info.value.problems == [f"config file {str(path)!r} {expected}"]
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    """A UTF-8 BOM, as Windows editors write one, is skipped in a file and in text."""
+    path = tmp_path / "routes.toml"
+    path.write_bytes(codecs.BOM_UTF8 + ROUTE_BYTES)
+    assert config.load(path, {}).routes[0].prefix == "/a"
+    assert config.loads("\ufeff" + ROUTE, {}).routes[0].prefix == "/a"
 
 
 # -- [clients.NAME] and the newer [server] keys ------------------------------------------------
@@ -816,6 +899,36 @@ def test_invalid_client_is_reported_by_key(text: str, expected: str) -> None:
     assert expected in problems(text)
 
 
+RATE_RANGE = "rate / per must come to a finite number of requests a second above 0, got "
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            ROUTE + "rate_limit = { rate = 1e200, per = 1e-200 }\n",
+            f"routes[0].rate_limit: {RATE_RANGE}1e+200 / 1e-200",
+        ),
+        (
+            ROUTE + "rate_limit = { rate = 1e-300, per = 1e100, burst = 1 }\n",
+            f"routes[0].rate_limit: {RATE_RANGE}1e-300 / 1e+100",
+        ),
+        (
+            ROUTE + AUTH_OK + "rate_limit = { rate = 1e300, per = 1e-10 }\n",
+            f"auth.x.rate_limit: {RATE_RANGE}1e+300 / 1e-10",
+        ),
+        (
+            ROUTE + CRM + "rate_limit = { rate = 1e-308, per = 1e10, burst = 1 }\n",
+            f"clients.crm.rate_limit: {RATE_RANGE}1e-308 / 10000000000.0",
+        ),
+    ],
+)
+def test_rate_limit_beyond_what_a_float_holds_is_refused(text: str, expected: str) -> None:
+    """A rate_limit whose rate / per overflows or underflows is refused: serve could not
+    build its limiter (a division by zero at start-up)."""
+    assert problems(text) == [expected]
+
+
 def test_client_key_with_a_newline_is_not_echoed() -> None:
     """A key read with its trailing newline is refused without showing the key."""
     found = problems(ROUTE + '[clients.crm]\nkey = "${CRM_KEY}"\n', {"CRM_KEY": CRM_KEY + "\n"})
@@ -921,6 +1034,48 @@ def test_server_keys_load() -> None:
 def test_invalid_server_key_is_reported_by_key(text: str, expected: str) -> None:
     """Each mistake in [server] is named by its dotted key, with the bad value."""
     assert expected in problems(ROUTE + "[server]\n" + text)
+
+
+HOST_PROBLEM = "server.host: must be an IP address (IPv6 without brackets) or a host name, got "
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (
+            "127.0.0.1:18181",
+            "'127.0.0.1:18181' (it looks like host:port: put the port in server.port)",
+        ),
+        (
+            "localhost:8080",
+            "'localhost:8080' (it looks like host:port: put the port in server.port)",
+        ),
+        ("[::1]:8080", "'[::1]:8080' (it looks like host:port: put the port in server.port)"),
+        ("[::1]", "'[::1]' (write it without brackets: '::1')"),
+        ("http://0.0.0.0", "'http://0.0.0.0'"),
+        ("*", "'*'"),
+        ("0.0.0.0 ", "'0.0.0.0 '"),
+        ("proxy_1.internal", "'proxy_1.internal'"),
+        ("-proxy.internal", "'-proxy.internal'"),
+        ("a..b", "'a..b'"),
+        ("1.2.3", "'1.2.3'"),
+        ("256.0.0.1", "'256.0.0.1'"),
+        ("0x7f.1", "'0x7f.1'"),
+        ("a" * 64 + ".example", f"'{'a' * 64}.example'"),
+    ],
+)
+def test_server_host_must_be_an_address_or_host_name(host: str, expected: str) -> None:
+    """server.host that is not an IP address or RFC 1123 host name is refused, with a hint
+    when it holds a port or brackets."""
+    assert problems(ROUTE + f'[server]\nhost = "{host}"\n') == [HOST_PROBLEM + expected]
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "::1", "fe80::1%eth0", "localhost", "Proxy-1.internal.example."]
+)
+def test_server_host_accepts_addresses_and_host_names(host: str) -> None:
+    """IPv4 and IPv6 addresses (a scope included) and host names load as written."""
+    assert config.loads(ROUTE + f'[server]\nhost = "{host}"\n', {}).server.host == host
 
 
 def test_empty_server_strings_are_not_replaced_by_defaults() -> None:

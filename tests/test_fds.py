@@ -29,3 +29,24 @@ def test_a_kernel_that_takes_less_than_the_hard_limit_still_gets_the_most_it_tak
     monkeypatch.setattr(resource, "setrlimit", setrlimit)
     assert connection_cap(10000) == ((10240 - RESERVE) // 2, 10240)
     assert state["soft"] == 10240
+
+
+def test_a_limit_beyond_what_setrlimit_takes_settles_for_the_most_it_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an unlimited hard limit, a max_connections whose need passes a C long (setrlimit
+    raises OverflowError) still starts, on the largest limit the call takes."""
+    state = {"soft": 256}
+    largest = 2**63 - 1
+
+    def getrlimit(_: int) -> tuple[int, int]:
+        return state["soft"], resource.RLIM_INFINITY
+
+    def setrlimit(_: int, limits: tuple[int, int]) -> None:
+        if limits[0] > largest:
+            raise OverflowError("Python int too large to convert to C long")
+        state["soft"] = limits[0]
+
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert connection_cap(2**62) == ((largest - RESERVE) // 2, largest)

@@ -6,6 +6,7 @@ ConfigError whose lines name the dotted key (``routes[1].upstream``), the bad va
 is allowed.
 """
 
+from .checks import trust_store
 from .loader import load, loads
 from .model import (
     AUTH_TYPES,
@@ -43,4 +44,5 @@ __all__ = [
     "Upstream",
     "load",
     "loads",
+    "trust_store",
 ]

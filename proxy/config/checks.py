@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -151,23 +152,40 @@ class Checks:
 
     def file(self, table: dict[str, Any], key: str, name: str) -> str | None:
         """A file to read; a relative path is read from the config's directory."""
-        return self._path(table, key, name, Path.is_file, "file not found")
+        return self._path(table, key, name, _file_problem)
+
+    def ca_file(self, table: dict[str, Any], key: str, name: str) -> str | None:
+        """A PEM file of CA certificates (relative paths as for ``file``), loaded here as
+        serve will load it, so that a file it cannot use fails the check, not the start."""
+
+        def problem(path: Path) -> str | None:
+            missing = _file_problem(path)
+            if missing is not None:
+                return missing
+            try:
+                trust_store(str(path))
+            except ValueError as exc:
+                return str(exc)
+            return None
+
+        return self._path(table, key, name, problem)
 
     def directory(self, table: dict[str, Any], key: str, name: str) -> str | None:
         """A directory the proxy writes into (relative paths as for ``file``)."""
 
-        def writable(path: Path) -> bool:
-            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+        def problem(path: Path) -> str | None:
+            if path.is_dir() and os.access(path, os.W_OK | os.X_OK):
+                return None
+            return "not a writable directory"
 
-        return self._path(table, key, name, writable, "not a writable directory")
+        return self._path(table, key, name, problem)
 
     def _path(
         self,
         table: dict[str, Any],
         key: str,
         name: str,
-        usable: Callable[[Path], bool],
-        problem: str,
+        problem: Callable[[Path], str | None],
     ) -> str | None:
         value = self.string(table, key, name)
         if value is None:
@@ -175,10 +193,30 @@ class Checks:
         path = Path(value)
         if not path.is_absolute():
             path = self.base_dir / path
-        if not usable(path):
-            self.fail(_join(key, name), f"{problem}: {value!r}")
+        found = problem(path)
+        if found is not None:
+            self.fail(_join(key, name), f"{found}: {value!r}")
             return None
         return str(path)
+
+
+def trust_store(path: str) -> ssl.SSLContext:
+    """A client TLS context that verifies servers against the CA certificates of the PEM file
+    at ``path`` (and only those); ValueError says why the file cannot be one."""
+    try:
+        context = ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:  # before OSError: SSLError is one
+        raise ValueError("not a PEM file of CA certificates") from exc
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from exc
+    if not context.cert_store_stats()["x509"]:
+        # A PEM file of CRLs alone loads, yet trusts nothing: every handshake would fail.
+        raise ValueError("not a PEM file of CA certificates")
+    return context
+
+
+def _file_problem(path: Path) -> str | None:
+    return None if path.is_file() else "file not found"
 
 
 def _join(key: str, name: str) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -11,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from ..authority import split_authority
+from ..authority import NUMERIC_LABEL, listen_host_problem, split_authority
 from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
@@ -43,8 +46,6 @@ _PATH_CHARS: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./%-]*")
 _PERCENT_ESCAPES: Final = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
 # A DNS label (letters, digits, '-' inside; '_' too, as Docker and some intranets use it).
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# A last label that resolvers read as a number: the whole host must then be an IPv4 address.
-_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
 # Where params would name a field the scheme sets from its own key (hints in messages).
 _PARAM_KEYS: Final = {
     "client_id": "client_id",
@@ -57,6 +58,14 @@ _PARAM_KEYS: Final = {
     "expiresIn": "expires_in",
 }
 
+# UTF-32 first: its little-endian mark starts with UTF-16's.
+_OTHER_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, 'UTF-16 (Notepad\'s "Unicode")'),
+    (codecs.BOM_UTF16_BE, 'UTF-16 (Notepad\'s "Unicode")'),
+)
+
 _DEFAULT_TIMEOUT: Final = Timeout()
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
 _DEFAULT_FETCH_RETRY: Final = FetchRetry()
@@ -68,16 +77,35 @@ _DEFAULT_SERVER: Final = ServerConfig()
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, resolve and validate a routes.toml file; raise ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read config file {str(path)!r}: {exc.strerror}"]) from exc
-    return loads(text, env, base_dir=Path(path).parent)
+    return loads(_decode(data, str(path)), env, base_dir=Path(path).parent)
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The text of a UTF-8 file; any other encoding is one problem saying how to fix it."""
+    for bom, name in _OTHER_BOMS:
+        if data.startswith(bom):
+            # Windows editors save "Unicode" as UTF-16: the fix is in the editor's save dialog.
+            raise ConfigError([f"config file {path!r} is {name}: save it as UTF-8"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [
+                f"config file {path!r} is not UTF-8: byte 0x{data[exc.start]:02x} at offset "
+                f"{exc.start} (line {line}) cannot be decoded; save it as UTF-8"
+            ]
+        ) from exc
 
 
 def loads(text: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
-    """Like :func:`load`, from TOML text; relative ``ca_file`` paths resolve against base_dir."""
+    """Like :func:`load`, from TOML text; relative ``ca_file`` paths resolve against base_dir.
+    A leading byte-order mark (as Windows editors write one) is skipped."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"invalid TOML: {exc}"]) from exc
     checker = _Checker(os.environ if env is None else env, base_dir or Path.cwd())
@@ -212,6 +240,9 @@ class _Checker(Checks):
         host = self.string(table, "server", "host")
         if host is None:
             host = default.host
+        elif (host_problem := listen_host_problem(host, "server.port")) is not None:
+            self.fail("server.host", host_problem)
+            host = default.host
         port = table.get("port", default.port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             self.fail("server.port", f"must be an integer from 0 to 65535, got {port!r}")
@@ -320,7 +351,7 @@ class _Checker(Checks):
         upstream_text = self.string(table, key, "upstream", required=True)
         auth = self.string(table, key, "auth")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout")
-        ca_file = self.file(table, key, "ca_file")
+        ca_file = self.ca_file(table, key, "ca_file")
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         retry = self.retry(table.get("retry", {}), f"{key}.retry")
         buffering = table.get("request_buffering", True)
@@ -359,9 +390,18 @@ class _Checker(Checks):
         if burst < 1:
             self.fail(f"{key}.burst", f"must be at least 1, got {burst!r}")
             burst = rate
+        per = self.positive(table, key, "per", 1.0)
+        # The limiter divides by rate / per: 0 (underflow) or inf (overflow) would fail
+        # serve at start-up. A normal float keeps it above 0 when workers divide it too.
+        if not sys.float_info.min <= rate / per < math.inf:
+            self.fail(
+                key,
+                "rate / per must come to a finite number of requests a second above 0, "
+                f"got {rate!r} / {per!r}",
+            )
         return RateLimitConfig(
             rate=rate,
-            per=self.positive(table, key, "per", 1.0),
+            per=per,
             burst=burst,
             max_wait=self.non_negative(table, key, "max_wait", 5.0),
         )
@@ -591,7 +631,7 @@ class _Checker(Checks):
             self.rate(table["token_rate"], f"{key}.token_rate") if "token_rate" in table else None
         )
         params = self.params(table.get("params", {}), f"{key}.params", kind)
-        ca_file = self.file(table, key, "ca_file")
+        ca_file = self.ca_file(table, key, "ca_file")
         default_lifetime = self.positive(table, key, "default_lifetime", 300.0)
         refresh_at = self.positive(table, key, "refresh_at", 0.8)
         if refresh_at >= 1:
@@ -700,7 +740,7 @@ def _bad_host(parts: SplitResult) -> str | None:
     labels = name.split(".")
     if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         return host
-    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+    if NUMERIC_LABEL.fullmatch(labels[-1]):
         try:
             IPv4Address(name)
         except ValueError:

@@ -16,6 +16,7 @@ from typing import Final
 
 from aiohttp import web
 
+from .. import arguments
 from . import travelyzer, travis, travtus
 from .app import build_sandbox_app
 from .settings import LIFETIME_NAMES, SandboxSettings
@@ -49,8 +50,15 @@ def _lifetime(text: str) -> tuple[str, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``sandbox`` command's options to ``parser``."""
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9000, help="listen port, 0 for any (9000)")
+    parser.add_argument(
+        "--host",
+        type=arguments.listen_host,
+        default="127.0.0.1",
+        help="listen address (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port", type=arguments.port, default=9000, help="listen port, 0 for any (9000)"
+    )
     parser.add_argument(
         "--token-lifetime",
         action="append",

@@ -134,6 +134,7 @@ async def _status(request: Request, state: ProxyState) -> Reply:
             "upstream": target.route.upstream.url,
             "auth": target.route.auth,
             "cooldown": target.cooldown.status(),
+            "learned_rate": target.adaptive.status(),
             "limits": {limit.name: limit.status() for limit in target.limits},
             "in_flight": target.budget.active,
             "retrying": target.budget.retrying,

@@ -169,7 +169,10 @@ class Runtime:
             target = Target(route, self._sessions[key], provider, limits, metrics, self.spool)
             old = previous.targets.get(route.prefix) if previous is not None else None
             if old is not None and old.route.upstream == route.upstream:
+                # Same vendor: its pause and the rate learned from it carry on.
                 target.cooldown = old.cooldown
+                old.adaptive.ceiling = target.adaptive.ceiling
+                target.adaptive = old.adaptive
             self.targets[route.prefix] = target
         clients: dict[str, tuple[str, Client]] = {}
         self.clients: dict[str, Client] = {}
@@ -231,8 +234,9 @@ class Runtime:
                     values.append(secret.reveal())
         return values
 
-    def pauses(self) -> list[tuple[str, float]]:
-        return [(p, t.cooldown.paused_seconds) for p, t in self.targets.items()]
+    def pauses(self) -> list[tuple[str, float, float | None]]:
+        """Per route: seconds paused in all, and the learned rate (None: not pacing)."""
+        return [(p, t.cooldown.paused_seconds, t.adaptive.rate()) for p, t in self.targets.items()]
 
     def token_expiry(self) -> list[tuple[str, float | None]]:
         return [(n, m.status()["expires_in_s"]) for n, m in self.tokens.items()]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 from multidict import CIMultiDict, istr
 
+from .adaptive import AdaptiveRate
 from .auth.base import TokenProvider
 from .bodies import Spool
 from .client import BodyStream, Pool, Response, UpstreamError
@@ -35,6 +36,7 @@ class Target:
     """What a route needs per request, decided once at start-up."""
 
     __slots__ = (
+        "adaptive",
         "budget",
         "connect_timeout",
         "cooldown",
@@ -66,6 +68,9 @@ class Target:
         self.limits = limits
         self.retry = route.retry
         self.cooldown = Cooldown(route.prefix)
+        # Learned from the upstream's 429s; never above the route's own limits.
+        ceiling = min((limit.config.rate / limit.config.per for limit in limits), default=None)
+        self.adaptive = AdaptiveRate(f"route {route.prefix}", ceiling)
         self.budget = RetryBudget(route.retry.budget)
         # A route with auth injects its own token: the client's credential must not leak
         # to the vendor, nor be mistaken for ours.
@@ -89,6 +94,7 @@ class Exchange:
 
     attempts: int = 0  # requests sent upstream
     limiter_wait: float = 0.0
+    paused: float = 0.0  # of limiter_wait, seconds spent in route pauses
     retry_after: float | None = None  # to add when passing on a throttling answer without one
     retries: int = 0  # attempts repeated after a 429 (or 503)
     token_renewals: int = 0  # replays after a 401 with a fresh token
@@ -112,6 +118,7 @@ async def exchange(
     arrival = time.monotonic()
     retry = target.retry
     budget = target.budget
+    adaptive = target.adaptive
     budget.active += 1
     retrying = False
     attempt = 0
@@ -119,13 +126,15 @@ async def exchange(
     try:
         while True:
             attempt += 1
-            result.limiter_wait += await _admit(target, limits, arrival, first=attempt == 1)
+            await _admit(target, limits, arrival, result, first=attempt == 1)
             token = None
             if provider is not None:
                 token = await provider.token()
                 headers[AUTHORIZATION] = "Bearer " + token
+            sent_at = time.monotonic()
             if first_sent is None:
-                first_sent = time.monotonic()
+                first_sent = sent_at
+            adaptive.sent(sent_at)
             result.attempts = attempt
             response = await _send(target, method, path, headers, body, length)
             try:
@@ -141,14 +150,18 @@ async def exchange(
                         response.release()
                         continue
                 elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
+                    adaptive.throttled(sent_at)
                     delay, hinted = retry_delay(retry, attempt, response.headers)
                     if hinted:
                         target.cooldown.pause(delay, f"upstream_{status}")
+                    # The budget keeps retries from multiplying the load; it limits
+                    # retries, not requests that waited in a pause: those were released
+                    # at the learned rate, and keep their attempts.
                     can_retry = (
                         replayable
                         and attempt < retry.attempts
                         and time.monotonic() + delay <= arrival + retry.max_wait
-                        and (retrying or budget.allows_retry())
+                        and (retrying or result.paused > 0 or budget.allows_retry())
                     )
                     if not can_retry:
                         # Without the upstream's own Retry-After, tell the client the wait we
@@ -187,25 +200,40 @@ async def exchange(
 
 
 async def _admit(
-    target: Target, limits: tuple[RateLimit, ...], arrival: float, *, first: bool
-) -> float:
-    """Wait out a route pause and take a slot from every limit; return seconds waited."""
+    target: Target,
+    limits: tuple[RateLimit, ...],
+    arrival: float,
+    result: Exchange,
+    *,
+    first: bool,
+) -> None:
+    """Wait out a route pause, the learned rate's schedule, and take a slot from every
+    limit; add the seconds waited to ``result``."""
     started = time.monotonic()
+    # Pauses and the learned rate hold a request at most retry.max_wait from its arrival.
+    give_up = arrival + target.retry.max_wait
     # One deadline for all limits: a request passing a route, an auth and a client limit
     # waits at most the smallest max_wait in all, not the sum of them.
     deadline: float | None = None  # no limits: nothing to wait for
     if not first:
-        deadline = arrival + target.retry.max_wait
+        deadline = give_up
     elif limits:
-        deadline = started + min(limit.config.max_wait for limit in limits)
-    paused = target.cooldown.remaining()
-    if paused > 0:
-        if started + paused > arrival + target.retry.max_wait:
-            raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
-        await asyncio.sleep(paused)
+        deadline = min(give_up, started + min(limit.config.max_wait for limit in limits))
+    while True:
+        paused = target.cooldown.remaining()
+        if paused > 0:
+            if time.monotonic() + paused > give_up:
+                raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
+            before = time.monotonic()
+            await asyncio.sleep(paused)
+            result.paused += time.monotonic() - before
+        # Released from a pause at the learned rate, not all in the same millisecond.
+        paced = await target.adaptive.pace(give_up if deadline is None else deadline)
+        if not paced or not target.cooldown.remaining():
+            break  # (a pause that began while we were paced is waited out first)
     for limit in limits:
         await limit.acquire(deadline)
-    return time.monotonic() - started
+    result.limiter_wait += time.monotonic() - started
 
 
 async def _send(

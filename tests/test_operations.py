@@ -111,9 +111,10 @@ async def test_metrics_move_with_traffic(
             "rate_limit = { rate = 5, per = 10, max_wait = 0 }\nretry = { backoff = 0.01 }",
         )
     )
-    scripted.script = [(429, {"Retry-After": "0"})]
-    # 5 slots: the first request takes 2 (its 429 is retried), three more take the rest,
-    # and the last two are refused without reaching the upstream.
+    scripted.script = [(200, {}), (200, {}), (200, {}), (429, {"Retry-After": "0"})]
+    # 5 slots: three requests take one each, the fourth two (its 429 is retried), and the
+    # last two are refused without reaching the upstream (no slot left; after the 429 the
+    # route is also paced at its learned rate).
     statuses = [(await get(client, f"{proxy}/api/x")).status for _ in range(6)]
     assert statuses == [200, 200, 200, 200, 429, 429]
     async with client.get(f"{proxy}/-/metrics") as r:

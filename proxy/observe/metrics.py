@@ -35,9 +35,10 @@ LATENCY_BUCKETS: Final = (
 AGE_BUCKETS: Final = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-# (name, seconds to expiry or None) per auth; (route, seconds paused in all) per route.
+# (name, seconds to expiry or None) per auth; (route, seconds paused in all, learned rate
+# or None) per route.
 TokenStates = Callable[[], Iterable[tuple[str, float | None]]]
-RoutePauses = Callable[[], Iterable[tuple[str, float]]]
+RoutePauses = Callable[[], Iterable[tuple[str, float, float | None]]]
 
 
 # Token-fetch outcomes that may become label values: RFC 6749 5.2 error codes and ours.
@@ -226,14 +227,23 @@ class _LiveState:
             "Seconds a route spent paused by its upstream.",
             labels=["route"],
         )
+        learned = GaugeMetricFamily(
+            "proxy_route_learned_rate",
+            "Requests a second the route is paced at, learned from upstream throttling "
+            "(only while pacing).",
+            labels=["route"],
+        )
         for tokens, pauses in self._sources:
             for name, seconds in tokens():
                 if seconds is not None:
                     expiry.add_metric([name], seconds)
-            for route, total in pauses():
+            for route, total, rate in pauses():
                 paused.add_metric([route], total)
+                if rate is not None:
+                    learned.add_metric([route], rate)
         yield expiry
         yield paused
+        yield learned
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

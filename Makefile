@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NGINX := /usr/sbin/nginx
 
-.PHONY: demo test bench run lint check clean
+.PHONY: demo test tools bench run lint check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +17,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m proxy demo
 
-test: $(STAMP)
+test: $(STAMP) $(NGINX)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/test_differential.py compares the proxy with nginx on the same bytes. On a fresh
+# Debian machine (make test runs as root) Debian's nginx-light is installed when missing,
+# as bench/procs.py::ensure_tools does for make bench.
+tools: $(NGINX)
+$(NGINX):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 
 # Benchmarks (not part of make test): results in bench/results/latest.{json,md}.
 bench: $(STAMP)

@@ -33,8 +33,11 @@ WRITE_PIECE: Final = 16 * 1024
 # When the wire layer changes, update this table: each name must say where its value lives,
 # and constants are imported, so a renamed or removed one fails here at import.
 THRESHOLDS: Final[dict[str, int]] = {
-    "proxy.server._BODY_HIGH_WATER: request body held before the server pauses reading": (
-        server._BODY_HIGH_WATER
+    "proxy.server.BUFFER_HIGH_WATER: bytes a connection holds before it pauses reading": (
+        server.BUFFER_HIGH_WATER
+    ),
+    "proxy.server.MAX_HEAD: a request head (queued heads count against the buffer too)": (
+        server.MAX_HEAD
     ),
     "proxy.client._HIGH_WATER: answer body held before the upstream leg pauses reading": (
         client._HIGH_WATER

@@ -74,6 +74,42 @@ http {{
 """
 
 
+# A vendor's rate limit as nginx enforces it: a leaky bucket without burst (a request
+# less than 1/rate after the last one admitted is refused). limit_req runs before the
+# content phase, so the answer is a static file (a `return` would bypass it).
+_VENDOR: Final = """
+worker_processes 1;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format counted '$status';
+    access_log {dir}/access.log counted;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    limit_req_zone $server_port zone=vendor:1m rate={rate}r/s;
+    limit_req_status 429;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+        location / {{
+            limit_req zone=vendor;
+            try_files /ok.txt =404;
+        }}
+        error_page 429 = @throttled;
+        location @throttled {{
+            add_header Retry-After {retry_after} always;
+            return 429 "slow down\n";
+        }}
+    }}
+}}
+"""
+
+
 def require_nginx() -> None:
     """Fail (never skip) with what to do when nginx is not installed."""
     if not os.access(NGINX, os.X_OK):
@@ -93,6 +129,21 @@ class ReferenceNginx:
         self.port = 0
 
     async def start(self, upstream_port: int) -> int:
+        """nginx as the reference reverse proxy in front of ``upstream_port``."""
+        return await self._run(_CONF, upstream=upstream_port, timeout=TIMEOUT)
+
+    async def vendor(self, rate: int, retry_after: int) -> int:
+        """nginx as a throttling vendor: ``limit_req`` at ``rate`` requests a second, no
+        burst, 429 with ``Retry-After`` past it; each request logged to access_log()."""
+        (self.dir / "www").mkdir(parents=True, exist_ok=True)
+        (self.dir / "www" / "ok.txt").write_text("ok\n")
+        return await self._run(_VENDOR, rate=rate, retry_after=retry_after)
+
+    def access_log(self) -> list[str]:
+        path = self.dir / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    async def _run(self, template: str, **fields: object) -> int:
         require_nginx()
         self.dir.mkdir(parents=True, exist_ok=True)
         with socket.socket() as probe:
@@ -101,11 +152,7 @@ class ReferenceNginx:
         conf = self.dir / "nginx.conf"
         # As root the workers would run as "nobody" and could not write the temp dirs here.
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(
-            _CONF.format(
-                dir=self.dir, user=user, upstream=upstream_port, port=self.port, timeout=TIMEOUT
-            )
-        )
+        conf.write_text(template.format(dir=self.dir, user=user, port=self.port, **fields))
         self.process = subprocess.Popen(
             [str(NGINX), "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL,

@@ -227,6 +227,10 @@ class Forwarder:
                 response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
                 if result.retry_after is not None and RETRY_AFTER not in response_headers:
                     response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
+                if target.redirects is not None:
+                    target.redirects.rewrite(
+                        response_headers, request.scheme, request.headers.get("Host")
+                    )
                 await self._stream_back(request, upstream_response, response_headers, target, stats)
         finally:
             if isinstance(body, Spooled):

@@ -24,6 +24,7 @@ from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .limits import RateLimit
 from .observe.metrics import Metrics, RouteMetrics
+from .redirects import Redirects
 from .retry import Cooldown, RetryBudget, exhausted_for, retry_delay
 
 log = structlog.get_logger("proxy.upstream")
@@ -45,6 +46,7 @@ class Target:
         "pool",
         "provider",
         "read_timeout",
+        "redirects",
         "replay_limit",
         "retry",
         "route",
@@ -84,6 +86,7 @@ class Target:
         self.connect_timeout = route.timeout.connect
         self.read_timeout = route.timeout.read
         self.spool = spool or Spool()  # shared by every route of the process
+        self.redirects = Redirects(route) if route.rewrite_location else None
 
 
 @dataclass(slots=True)

@@ -323,11 +323,19 @@ def test_upstream_parts() -> None:
         (
             ROUTE + "retries = 1\n",
             "routes[0].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
-            "rate_limit, retry, request_buffering)",
+            "rate_limit, retry, request_buffering, rewrite_location)",
         ),
         (
             ROUTE + 'request_buffering = "yes"\n',
             "routes[0].request_buffering: must be true or false, got 'yes'",
+        ),
+        (
+            ROUTE + "rewrite_location = 1\n",
+            "routes[0].rewrite_location: must be true or false, got 1",
+        ),
+        (
+            "[server]\nvia = true\n" + ROUTE,
+            "server.via: must be a name, or false to send no Via, got true",
         ),
         (ROUTE + "rate_limit = { per = 1 }\n", "routes[0].rate_limit.rate: is required"),
         (
@@ -952,6 +960,15 @@ def test_duplicate_client_key_after_env_resolution() -> None:
     """Keys are compared after ${VAR} resolution, so two variables with one value clash."""
     text = ROUTE + '[clients.a]\nkey = "${A}"\n[clients.b]\nkey = "${B}"\n'
     assert problems(text, {"A": CRM_KEY, "B": CRM_KEY}) == ["clients.b.key: same key as clients.a"]
+
+
+def test_via_false_turns_the_header_off() -> None:
+    """server.via = false loads as no Via name; a route's rewrite_location defaults on."""
+    loaded = config.loads("[server]\nvia = false\n" + ROUTE, {})
+    assert loaded.server.via is None
+    assert loaded.routes[0].rewrite_location is True
+    off = config.loads(ROUTE + "rewrite_location = false\n", {})
+    assert off.routes[0].rewrite_location is False
 
 
 def test_server_keys_load() -> None:

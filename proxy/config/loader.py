@@ -249,12 +249,17 @@ class _Checker(Checks):
             port = default.port
         allow = self.networks(table, "allow")
         trusted = self.networks(table, "trusted_proxies")
-        via = self.string(table, "server", "via")
-        if via is None:
-            via = default.via
-        elif not _HEADER_NAME.fullmatch(via):
-            self.fail("server.via", f"must be a token (letters, digits, -._~), got {via!r}")
-            via = default.via
+        via: str | None = default.via
+        if table.get("via") is False:
+            via = None  # no Via at all (see README: server.via)
+        elif table.get("via") is True:
+            self.fail("server.via", "must be a name, or false to send no Via, got true")
+        else:
+            named = self.string(table, "server", "via")
+            if named is not None and not _HEADER_NAME.fullmatch(named):
+                self.fail("server.via", f"must be a token (letters, digits, -._~), got {named!r}")
+            elif named is not None:
+                via = named
         header = self.string(table, "server", "client_key_header")
         if header is None:
             header = default.client_key_header
@@ -345,6 +350,7 @@ class _Checker(Checks):
                 "rate_limit",
                 "retry",
                 "request_buffering",
+                "rewrite_location",
             ),
         )
         prefix = self.string(table, key, "prefix", required=True)
@@ -354,10 +360,8 @@ class _Checker(Checks):
         ca_file = self.ca_file(table, key, "ca_file")
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         retry = self.retry(table.get("retry", {}), f"{key}.retry")
-        buffering = table.get("request_buffering", True)
-        if not isinstance(buffering, bool):
-            self.fail(f"{key}.request_buffering", f"must be true or false, got {buffering!r}")
-            buffering = True
+        buffering = self.switch(table, key, "request_buffering", default=True)
+        rewrite_location = self.switch(table, key, "rewrite_location", default=True)
         if prefix is not None:
             prefix = self.prefix(prefix, f"{key}.prefix")
         upstream = None
@@ -377,7 +381,15 @@ class _Checker(Checks):
             rate_limit=rate_limit,
             retry=retry,
             request_buffering=buffering,
+            rewrite_location=rewrite_location,
         )
+
+    def switch(self, table: dict[str, Any], key: str, name: str, *, default: bool) -> bool:
+        value = table.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(f"{key}.{name}", f"must be true or false, got {value!r}")
+            return default
+        return value
 
     def rate_limit(self, raw: Any, key: str) -> RateLimitConfig | None:
         if raw is None:

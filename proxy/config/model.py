@@ -113,6 +113,9 @@ class RouteConfig:
     # Chunked request bodies are read whole before anything is sent, so a malformed chunk
     # never reaches the upstream; off, they stream after a 64 KiB read-ahead.
     request_buffering: bool = True
+    # Location and Content-Location naming the upstream are rewritten to the proxy's URL
+    # (nginx's proxy_redirect default).
+    rewrite_location: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,8 @@ class ServerConfig:
     workers: int = 1
     # Peers whose X-Forwarded-For / Forwarded we extend instead of replacing.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
-    via: str = "authproxy"  # our pseudonym in Via; a request already carrying it is a loop
+    # Our pseudonym in Via; a request already carrying it is a loop. None: no Via at all.
+    via: str | None = "authproxy"
     header_timeout: float = 10.0  # seconds a client has to send a whole request head
     idle_timeout: float = 60.0  # seconds of silence from a client (keep-alive, body, reads)
     max_connections: int = 10000  # client connections; past it new ones get a fast 503

@@ -97,18 +97,23 @@ class HeaderPolicy:
         self,
         client_key_header: str | None = None,
         *,
-        via: str = "authproxy",
+        via: str | None = "authproxy",
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
     ) -> None:
         extra = frozenset({client_key_header.lower()}) if client_key_header else frozenset()
-        self._drop = _REQUEST_DROP | extra | {"via"}
-        self._drop_with_auth = _REQUEST_DROP_WITH_AUTH | extra | {"via"}
+        # With a Via of ours, the client's is rebuilt with ours appended; without, it
+        # passes as sent (and loops cannot be told).
+        ours = frozenset({"via"}) if via is not None else frozenset()
+        self._drop = _REQUEST_DROP | extra | ours
+        self._drop_with_auth = _REQUEST_DROP_WITH_AUTH | extra | ours
         self._trusted = trusted_proxies
-        self.via_name = via.lower()
-        self.via_entry = f"1.1 {via}"
+        self.via_name = via.lower() if via is not None else None
+        self.via_entry = f"1.1 {via}" if via is not None else None
 
     def is_loop(self, headers: CIMultiDictProxy[str]) -> bool:
         """Does the request already carry our own Via entry (it came back to us)?"""
+        if self.via_name is None:
+            return False
         for value in headers.getall(VIA, ()):
             for entry in value.split(","):
                 parts = entry.split()
@@ -168,8 +173,9 @@ class HeaderPolicy:
             if host:
                 out["X-Forwarded-Host"] = host
         out[X_REQUEST_ID] = request_id
-        via = ", ".join(headers.getall(VIA, ()))
-        out[VIA] = f"{via}, {self.via_entry}" if via else self.via_entry
+        if self.via_entry is not None:
+            via = ", ".join(headers.getall(VIA, ()))
+            out[VIA] = f"{via}, {self.via_entry}" if via else self.via_entry
         if method == "OPTIONS" and MAX_FORWARDS in out:
             out[MAX_FORWARDS] = str(int(out[MAX_FORWARDS]) - 1)  # checked by max_forwards()
         return out

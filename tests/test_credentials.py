@@ -239,9 +239,13 @@ async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
     for vendor in CALLS:
         fetches = await sandbox.log(vendor, "token")
         assert 3 <= len(fetches) <= 8, (vendor, len(fetches))
-    grants = [e["grant_type"] for e in await sandbox.log("travis", "token")]
+    travis = await sandbox.log("travis", "token")
+    grants = [e["grant_type"] for e in travis]
     assert grants[0] == "password"
     assert set(grants[1:]) == {"refresh_token"}
+    # The configured scope goes with every grant, refreshes included: some issuers
+    # re-scope a refresh that omits it.
+    assert {(e["fields"] or {}).get("scope") for e in travis} == {"openid"}
     # Rotation: each renewal presented the refresh token the one before it was given.
     presented = await sandbox.refresh_tokens()
     assert len(presented) == len(grants) - 1

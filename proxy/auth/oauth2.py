@@ -20,7 +20,7 @@ from .base import Grant, TokenEndpointError
 class OAuth2Scheme:
     """Builds the grant's form once; each fetch is one request."""
 
-    __slots__ = ("_auth", "_basic", "_client", "_extra", "_primary", "_timeout")
+    __slots__ = ("_auth", "_basic", "_client", "_extra", "_primary", "_scope", "_timeout")
 
     def __init__(self, auth: AuthConfig) -> None:
         self._auth = auth
@@ -40,8 +40,10 @@ class OAuth2Scheme:
         if auth.type == "password":
             primary["username"] = auth.username or ""
             primary["password"] = Secret.required(auth.password, f"auth.{auth.name}.password")
-        if auth.scope:
-            primary["scope"] = auth.scope
+        # The scope goes with the refresh_token grant too (RFC 6749 6 makes it optional
+        # there): some issuers re-scope a refresh that omits it.
+        self._scope: dict[str, str] = {"scope": auth.scope} if auth.scope else {}
+        primary.update(self._scope)
         # Extra fields only add: the loader refuses reserved names, and should one slip
         # through it is dropped rather than allowed to replace a field set above.
         self._extra = {k: v for k, v in auth.params.items() if k not in OAUTH2_RESERVED_PARAMS}
@@ -59,6 +61,7 @@ class OAuth2Scheme:
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,
                 **self._client,
+                **self._scope,
                 **self._extra,
             }
         sent = time.time()

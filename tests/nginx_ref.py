@@ -77,7 +77,7 @@ http {{
 # A vendor's rate limit as nginx enforces it: a leaky bucket without burst (a request
 # less than 1/rate after the last one admitted is refused). limit_req runs before the
 # content phase, so the answer is a static file (a `return` would bypass it).
-_VENDOR: Final = """
+_ORIGIN: Final = """
 worker_processes 1;
 {user}
 pid {dir}/nginx.pid;
@@ -91,11 +91,19 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    limit_req_zone $server_port zone=vendor:1m rate={rate}r/s;
-    limit_req_status 429;
+    {http}
     server {{
         listen 127.0.0.1:{port};
         root {dir}/www;
+        {server}
+    }}
+}}
+"""
+_VENDOR_HTTP: Final = """
+    limit_req_zone $server_port zone=vendor:1m rate={rate}r/s;
+    limit_req_status 429;
+"""
+_VENDOR_SERVER: Final = """
         location / {{
             limit_req zone=vendor;
             try_files /ok.txt =404;
@@ -103,10 +111,8 @@ http {{
         error_page 429 = @throttled;
         location @throttled {{
             add_header Retry-After {retry_after} always;
-            return 429 "slow down\n";
+            return 429 "slow down";
         }}
-    }}
-}}
 """
 
 
@@ -135,9 +141,24 @@ class ReferenceNginx:
     async def vendor(self, rate: int, retry_after: int) -> int:
         """nginx as a throttling vendor: ``limit_req`` at ``rate`` requests a second, no
         burst, 429 with ``Retry-After`` past it; each request logged to access_log()."""
+        return await self.origin(
+            {"ok.txt": b"ok\n"},
+            http=_VENDOR_HTTP.format(rate=rate),
+            server=_VENDOR_SERVER.format(retry_after=retry_after),
+        )
+
+    async def origin(self, files: dict[str, bytes], *, http: str = "", server: str = "") -> int:
+        """nginx as an origin server: ``files`` served from its root, ``http`` and
+        ``server`` added to those blocks (each request logged to access_log())."""
         (self.dir / "www").mkdir(parents=True, exist_ok=True)
-        (self.dir / "www" / "ok.txt").write_text("ok\n")
-        return await self._run(_VENDOR, rate=rate, retry_after=retry_after)
+        for name, content in files.items():
+            (self.dir / "www" / name).write_bytes(content)
+
+        def literal(text: str) -> str:  # inserted as is: _run formats the template
+            return text.replace("{", "{{").replace("}", "}}")
+
+        template = _ORIGIN.replace("{http}", literal(http)).replace("{server}", literal(server))
+        return await self._run(template)
 
     def access_log(self) -> list[str]:
         path = self.dir / "access.log"

@@ -1,0 +1,281 @@
+"""The proxy between third-party software: nginx as the upstream that compresses, clients
+that follow redirects, curl sending large bodies the way it does (Expect: 100-continue)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.config.model import RouteConfig, Upstream
+from proxy.redirects import Redirects
+
+from .conftest import ProxyFactory
+from .nginx_ref import ReferenceNginx
+
+JSON = b'{"place": "Berlin", "lat": 52.52, "lon": 13.405}\n' * 200
+
+
+# -- Via and nginx's gzip_proxied ------------------------------------------------------------
+
+
+@pytest.fixture
+async def compressing(tmp_path: Path) -> AsyncIterator[ReferenceNginx]:
+    """nginx as a vendor that compresses JSON with its defaults (gzip_proxied off)."""
+    nginx = ReferenceNginx(tmp_path / "gzip")
+    await nginx.origin(
+        {"places.json": JSON},
+        http="gzip on; gzip_types application/json; gzip_min_length 0;",
+        server="location / { types { application/json json; } }",
+    )
+    yield nginx
+    nginx.stop()
+
+
+async def _fetch(url: str) -> tuple[str | None, int]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url, headers={"Accept-Encoding": "gzip"}) as response,
+    ):
+        body = await response.read()
+        assert response.status == 200
+        return response.headers.get("Content-Encoding"), len(body)
+
+
+async def test_via_off_lets_nginx_upstreams_compress(
+    compressing: ReferenceNginx, make_proxy: ProxyFactory
+) -> None:
+    """nginx (gzip_proxied off) does not compress a request carrying Via: with our Via the
+    client gets the whole body uncompressed; with server.via = false it gets gzip, as it
+    would calling the vendor directly."""
+    direct = await _fetch(f"http://127.0.0.1:{compressing.port}/places.json")
+    assert direct[0] == "gzip"
+    routes = f'[[routes]]\nprefix = "/v"\nupstream = "http://127.0.0.1:{compressing.port}"\n'
+    with_via = await make_proxy(routes)
+    without_via = await make_proxy("[server]\nvia = false\n" + routes)
+    assert await _fetch(f"{with_via}/v/places.json") == (None, len(JSON))
+    encoding, size = await _fetch(f"{without_via}/v/places.json")
+    assert (encoding, size) == direct
+    assert size * 5 < len(JSON)
+
+
+async def test_via_off_forwards_the_clients_via_untouched(make_proxy: ProxyFactory) -> None:
+    """With server.via = false nothing is added to Via either way, and a client's own Via
+    passes as sent (loops can then not be detected: README)."""
+    seen: list[str | None] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Via"))
+        return web.Response(text="ok", headers={"Via": "1.1 vendor-edge"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        proxy = await make_proxy(
+            f'[server]\nvia = false\n[[routes]]\nprefix = "/v"\nupstream = "http://127.0.0.1:{port}"\n'
+        )
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{proxy}/v/x", headers={"Via": "1.0 corp-proxy"}) as r:
+                assert r.headers.getall("Via") == ["1.1 vendor-edge"]
+            async with session.get(f"{proxy}/v/x") as r:
+                assert r.status == 200
+    finally:
+        await runner.cleanup()
+    assert seen == ["1.0 corp-proxy", None]
+
+
+# -- redirects -------------------------------------------------------------------------------
+
+
+def _redirects(upstream: str, prefix: str = "/travtus") -> Redirects:
+    scheme, _, rest = upstream.partition("://")
+    authority, slash, path = rest.partition("/")
+    if authority.startswith("["):  # an IPv6 literal keeps its brackets
+        host, _, port = authority.partition("]")
+        host, port = host + "]", port.lstrip(":")
+    else:
+        host, _, port = authority.partition(":")
+    default = 443 if scheme == "https" else 80
+    base = (slash + path).rstrip("/")
+    return Redirects(
+        RouteConfig(prefix, Upstream(scheme, host, int(port) if port else default, base))
+    )
+
+
+@pytest.mark.parametrize(
+    ("upstream", "location", "rewritten"),
+    [
+        # An absolute URL on the upstream, under its base path: the proxy's URL.
+        (
+            "https://api.example",
+            "https://api.example/v1/x?a=%2F#f",
+            "http://px:8080/travtus/v1/x?a=%2F#f",
+        ),
+        ("https://api.example", "HTTPS://API.EXAMPLE:443/x", "http://px:8080/travtus/x"),
+        ("https://api.example", "https://api.example", "http://px:8080/travtus/"),
+        ("https://api.example", "https://api.example?q=1", "http://px:8080/travtus/?q=1"),
+        (
+            "https://api.example/v1",
+            "https://api.example/v1/items/7",
+            "http://px:8080/travtus/items/7",
+        ),
+        ("https://api.example/v1", "https://api.example/v1", "http://px:8080/travtus"),
+        ("http://[::1]:9000/v1", "http://[::1]:9000/v1/a", "http://px:8080/travtus/a"),
+        # A path under the base path gets the prefix back; a relative reference is right.
+        ("https://api.example", "/x/y?z", "/travtus/x/y?z"),
+        ("https://api.example/v1", "/v1/x", "/travtus/x"),
+        ("https://api.example/v1", "/v1?page=2", "/travtus?page=2"),
+        ("https://api.example", "next?page=2", "next?page=2"),
+        # Anything else passes untouched.
+        ("https://api.example/v1", "/v10/x", "/v10/x"),
+        ("https://api.example/v1", "/other", "/other"),
+        ("https://api.example/v1", "https://api.example/v10/x", "https://api.example/v10/x"),
+        ("https://api.example", "http://api.example/x", "http://api.example/x"),
+        ("https://api.example", "https://api.example:8443/x", "https://api.example:8443/x"),
+        ("https://api.example", "https://evil.example/x", "https://evil.example/x"),
+        ("https://api.example", "https://user:pw@api.example/x", "https://user:pw@api.example/x"),
+        ("https://api.example", "//api.example/x", "//api.example/x"),
+        ("https://api.example", "mailto:a@b.example", "mailto:a@b.example"),
+    ],
+)
+def test_location_is_rewritten_as_nginx_proxy_redirect_default(
+    upstream: str, location: str, rewritten: str
+) -> None:
+    """Location naming the upstream becomes the proxy's URL under the route prefix; the
+    rest of the value is kept byte for byte; other values pass untouched."""
+    headers = CIMultiDict({"Location": location, "Content-Location": location})
+    _redirects(upstream).rewrite(headers, "http", "px:8080")
+    assert headers["Location"] == rewritten
+    assert headers["Content-Location"] == rewritten
+
+
+def test_catch_all_route_and_a_request_without_host() -> None:
+    """On the catch-all route "/" a path is kept as it is; without a Host the proxy's
+    URL is given as a path."""
+    headers = CIMultiDict({"Location": "https://api.example/x"})
+    _redirects("https://api.example", prefix="/").rewrite(headers, "http", None)
+    assert headers["Location"] == "/x"
+
+
+@pytest.fixture
+async def redirecting() -> AsyncIterator[tuple[int, list[str]]]:
+    """An upstream whose pages redirect with absolute and relative Locations (base /v1)."""
+    seen: list[str] = []
+    port = 0
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(f"{request.path} via={request.headers.get('X-Forwarded-For')}")
+        if request.path == "/v1/absolute":
+            raise web.HTTPFound(f"http://127.0.0.1:{port}/v1/landing")
+        if request.path == "/v1/relative":
+            raise web.HTTPFound("/v1/landing?from=relative")
+        return web.Response(text=f"landed {request.query_string}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield port, seen
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("start", ["absolute", "relative"])
+async def test_a_client_following_redirects_stays_on_the_proxy(
+    redirecting: tuple[int, list[str]], make_proxy: ProxyFactory, start: str
+) -> None:
+    """aiohttp's client follows the upstream's redirect and lands through the proxy (the
+    upstream sees X-Forwarded-For on both requests), never on the upstream directly."""
+    port, seen = redirecting
+    proxy = await make_proxy(
+        f'[[routes]]\nprefix = "/api"\nupstream = "http://127.0.0.1:{port}/v1"\n'
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{proxy}/api/{start}") as response,
+    ):
+        assert response.status == 200
+        assert str(response.url).startswith(f"{proxy}/api/landing")
+        assert (await response.text()).startswith("landed")
+    assert len(seen) == 2
+    assert all(line.endswith("via=127.0.0.1") for line in seen)
+
+
+async def test_rewriting_can_be_switched_off_per_route(
+    redirecting: tuple[int, list[str]], make_proxy: ProxyFactory
+) -> None:
+    """rewrite_location = false passes the upstream's Location as it sent it."""
+    port, _ = redirecting
+    proxy = await make_proxy(
+        f'[[routes]]\nprefix = "/api"\nupstream = "http://127.0.0.1:{port}/v1"\n'
+        "rewrite_location = false\n"
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{proxy}/api/absolute", allow_redirects=False) as response,
+    ):
+        assert response.headers["Location"] == f"http://127.0.0.1:{port}/v1/landing"
+
+
+# -- curl -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[int]:
+    """An upstream that answers each upload with its size and SHA-256."""
+
+    async def digest(request: web.Request) -> web.Response:
+        hasher = hashlib.sha256()
+        size = 0
+        async for piece in request.content.iter_any():
+            hasher.update(piece)
+            size += len(piece)
+        return web.Response(text=f"{size} {hasher.hexdigest()}")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", digest)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("size", [600 * 1000, 1024 * 1024, 3 * 1024 * 1024])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_curl_uploads_arrive_whole(
+    sink: int, make_proxy: ProxyFactory, tmp_path: Path, size: int, chunked: bool
+) -> None:
+    """curl's uploads (Expect: 100-continue past 1 MiB, chunked with -H) reach the
+    upstream byte for byte on a route that may replay them: the mid-sized upload that used
+    to hang among them."""
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is needed (Debian: apt-get install curl)"
+    proxy = await make_proxy(f'[[routes]]\nprefix = "/up"\nupstream = "http://127.0.0.1:{sink}"\n')
+    data = hashlib.sha256(b"seed").digest() * (size // 32 + 1)
+    data = data[:size]
+    (tmp_path / "body").write_bytes(data)
+    args = [curl, "-sS", "--max-time", "20", "--data-binary", f"@{tmp_path / 'body'}"]
+    if chunked:
+        args += ["-H", "Transfer-Encoding: chunked"]
+    process = await asyncio.create_subprocess_exec(
+        *args, f"{proxy}/up/file", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert out.decode() == f"{size} {hashlib.sha256(data).hexdigest()}"

@@ -53,6 +53,13 @@ def test_shipped_routes_toml_is_valid_with_vendor_env() -> None:
     assert cfg.auth["travis"].scope == "openid"
     assert cfg.auth["travelyzer"].expires_in == "24h"
     assert cfg.server.host == "127.0.0.1"
+    # The vendors' documented limits, where their docs give them.
+    travtus = cfg.auth["travtus"].rate_limit
+    assert travtus is not None
+    assert (travtus.rate / travtus.per, travtus.capacity) == (10000, 5000)
+    travelyzer = cfg.auth["travelyzer"].token_rate
+    assert travelyzer is not None
+    assert (travelyzer.rate, travelyzer.per) == (100, 60)
 
 
 def test_secrets_never_show_in_repr() -> None:

@@ -32,6 +32,7 @@ from .errors import (
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
+from .redirects import REWRITTEN
 from .routing import RouteTable
 from .server import Reply, Request
 from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
@@ -227,7 +228,9 @@ class Forwarder:
                 response_headers[X_PROXY_ATTEMPTS] = str(result.attempts)
                 if result.retry_after is not None and RETRY_AFTER not in response_headers:
                     response_headers[RETRY_AFTER] = retry_after_header(result.retry_after)
-                if target.redirects is not None:
+                if target.redirects is not None and (
+                    LOCATION in response_headers or CONTENT_LOCATION in response_headers
+                ):
                     target.redirects.rewrite(
                         response_headers, request.scheme, request.headers.get("Host")
                     )
@@ -291,3 +294,4 @@ class _UpstreamBroke(Exception):
 
 
 X_PROXY_ATTEMPTS: Final = istr("X-Proxy-Attempts")
+LOCATION, CONTENT_LOCATION = REWRITTEN

@@ -68,11 +68,11 @@ class Body:
 
     __slots__ = (
         "_conn",
-        "_continue",
         "_error",
         "_held",
         "_waiter",
         "eof",
+        "interim_due",
         "malformed",
         "total_bytes",
     )
@@ -84,8 +84,9 @@ class Body:
         self._error: BaseException | None = None
         # "Expect: 100-continue": the client waits for our go-ahead before sending. It is
         # given when the body is first waited for, never earlier: only then is this request
-        # at the head of the line, with every answer before it written whole.
-        self._continue = expect_continue
+        # at the head of the line, with every answer before it written whole. The final
+        # answer's head clears it (Request.start, Request.reply): no 100 after it.
+        self.interim_due = expect_continue
         self.eof = False
         self.malformed = False
         self.total_bytes = 0
@@ -99,12 +100,8 @@ class Body:
     def end(self, error: BaseException | None = None) -> None:
         self.eof = True
         self._error = error
-        self._continue = False
+        self.interim_due = False
         self._wake()
-
-    def no_interim(self) -> None:
-        """The final answer is on its way: no 100 Continue may follow it."""
-        self._continue = False
 
     def discard(self) -> None:
         """The request is done: bytes its handler never read stop counting."""
@@ -116,8 +113,8 @@ class Body:
 
     async def _wait(self, wanted: int = 0) -> None:
         conn = self._conn
-        if self._continue:
-            self._continue = False
+        if self.interim_due:
+            self.interim_due = False
             conn.write(_CONTINUE)
         self._waiter = asyncio.get_running_loop().create_future()
         conn.waiting_since = conn.server.now()  # the client owes us body bytes
@@ -232,7 +229,7 @@ class Request:
 
     def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Write the response head; the body follows with write() and finish()."""
-        self.content.no_interim()
+        self.content.interim_due = False
         self.status = status
         bodyless = self.method == "HEAD" or status in _BODYLESS or status < 200
         length = headers.get("Content-Length")
@@ -298,7 +295,7 @@ class Request:
 
     def reply(self, reply: Reply) -> None:
         """Send a complete response in one write."""
-        self.content.no_interim()
+        self.content.interim_due = False
         self.status = reply.status
         if reply.status in _CLOSING:
             # After a request we could not accept, trust no more of the stream (and for a
@@ -527,7 +524,9 @@ class HttpConnection(WriteFlow):
         if not request.body_exists:
             request.content.end()
         self._enqueue(request, size)
-        self.hold(size)
+        self._held += size
+        if self._held > BUFFER_HIGH_WATER:
+            self.hold(0)
 
     def on_chunk_header(self) -> None:
         # A chunk's size line: body bytes follow, or (after the last chunk) trailers.
@@ -634,7 +633,9 @@ class HttpConnection(WriteFlow):
                 if self._paused_queue and len(self._queue) <= _MAX_QUEUED // 2:
                     self._paused_queue = False
                     self._sync_reading()
-                self.release(held)
+                self._held -= held
+                if self._paused_body:
+                    self.release(0)
                 if isinstance(item, Reply):
                     item.headers = {**item.headers, "Connection": "close"}
                     self.write(_raw_reply(item, self.server.date_line()))
@@ -718,7 +719,8 @@ class HttpConnection(WriteFlow):
             return False
         finally:
             server.in_flight -= 1
-            request.content.discard()
+            if request.content.total_bytes:
+                request.content.discard()
         if not request.finished:
             return False
         return request.keep_alive

@@ -230,6 +230,8 @@ async def _admit(
             before = time.monotonic()
             await asyncio.sleep(paused)
             result.paused += time.monotonic() - before
+        if not target.adaptive.active:
+            break  # the common case: nothing learned, nothing to pace (no coroutine)
         # Released from a pause at the learned rate, not all in the same millisecond.
         paced = await target.adaptive.pace(give_up if deadline is None else deadline)
         if not paced or not target.cooldown.remaining():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +21,20 @@ from .conftest import ProxyFactory
 from .nginx_ref import ReferenceNginx
 
 JSON = b'{"place": "Berlin", "lat": 52.52, "lon": 13.405}\n' * 200
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _serve(handler: Handler) -> tuple[web.AppRunner, int]:
+    """An aiohttp app answering every path with ``handler``, on a free loopback port."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 # -- Via and nginx's gzip_proxied ------------------------------------------------------------
@@ -75,13 +89,7 @@ async def test_via_off_forwards_the_clients_via_untouched(make_proxy: ProxyFacto
         seen.append(request.headers.get("Via"))
         return web.Response(text="ok", headers={"Via": "1.1 vendor-edge"})
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _serve(echo)
     try:
         proxy = await make_proxy(
             f'[server]\nvia = false\n[[routes]]\nprefix = "/v"\nupstream = "http://127.0.0.1:{port}"\n'
@@ -183,13 +191,7 @@ async def redirecting() -> AsyncIterator[tuple[int, list[str]]]:
             raise web.HTTPFound("/v1/landing?from=relative")
         return web.Response(text=f"landed {request.query_string}")
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _serve(page)
     yield port, seen
     await runner.cleanup()
 
@@ -246,13 +248,8 @@ async def sink() -> AsyncIterator[int]:
             size += len(piece)
         return web.Response(text=f"{size} {hasher.hexdigest()}")
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", digest)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await _serve(digest)
+    yield port
     await runner.cleanup()
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,72 +15,25 @@ import pytest
 from proxy import config as config_module
 from proxy.app import STATE, Runner, build_app, start
 
-# A step of a scripted answer: bytes to send, seconds to wait, or how to end the connection.
-Step = bytes | float | str
-FIN, RST = "fin", "rst"
+from .rawpeer import FIN, RST, Answer, ScriptedUpstream, Step
 
-
-@dataclass
-class Peer:
-    """A raw upstream on 127.0.0.1: reads each request (head, then a Content-Length or
-    chunked body) and plays the next script; records what it received."""
-
-    scripts: list[list[Step]]
-    received: list[bytes] = field(default_factory=list)
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while self.scripts:
-                head = await reader.readuntil(b"\r\n\r\n")
-                body = b""
-                length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-                if length:
-                    body = await reader.readexactly(int(length.group(1)))
-                elif re.search(rb"(?i)\r\ntransfer-encoding: *chunked", head):
-                    body = await reader.readuntil(b"\r\n0\r\n\r\n")
-                self.received.append(head + body)
-                for step in self.scripts.pop(0):
-                    if isinstance(step, bytes):
-                        writer.write(step)
-                        await writer.drain()
-                    elif isinstance(step, float):
-                        await asyncio.sleep(step)
-                    elif step == RST:
-                        _reset(writer)
-                        return
-                    else:
-                        writer.close()
-                        return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-PeerFactory = Callable[..., Awaitable[Peer]]
+PeerFactory = Callable[..., Awaitable[ScriptedUpstream]]
 
 
 @pytest.fixture
 async def peer() -> AsyncIterator[PeerFactory]:
-    servers: list[asyncio.Server] = []
+    """Raw upstreams (tests/rawpeer.py), one script of steps per request."""
+    made: list[ScriptedUpstream] = []
 
-    async def factory(*scripts: list[Step]) -> Peer:
-        made = Peer(list(scripts))
-        server = await asyncio.start_server(made.handle, "127.0.0.1", 0)
-        servers.append(server)
-        made.port = server.sockets[0].getsockname()[1]
-        return made
+    async def factory(*scripts: list[Step]) -> ScriptedUpstream:
+        upstream = ScriptedUpstream(tuple(Answer(tuple(steps)) for steps in scripts))
+        await upstream.start()
+        made.append(upstream)
+        return upstream
 
     yield factory
-    for server in servers:
-        server.close()
+    for upstream in made:
+        await upstream.close()
 
 
 @dataclass
@@ -185,8 +136,8 @@ async def test_100_continue_waits_for_the_answer_ahead_of_it(
         second = await reader.readuntil(b"posted")
     writer.close()
     assert second.startswith(b"HTTP/1.1 200")
-    assert up.received[1].endswith(b"\r\n\r\nhello")
-    assert b"expect" not in up.received[1].lower()
+    assert up.seen[1].raw.endswith(b"\r\n\r\nhello")
+    assert b"expect" not in up.seen[1].raw.lower()
 
 
 async def test_expect_with_trailing_whitespace_is_recognised(
@@ -272,8 +223,8 @@ async def test_request_trailers_get_exactly_one_answer(
         got = await reader.read(-1)
     writer.close()
     assert re.findall(rb"HTTP/1.1 (\d+)", got) == [b"200", b"200"]
-    assert up.received[0].endswith(b"\r\n\r\nabc")
-    assert b"X-Sum" not in up.received[0]
+    assert up.seen[0].raw.endswith(b"\r\n\r\nabc")
+    assert b"X-Sum" not in up.seen[0].raw
 
 
 async def test_endless_request_trailers_are_bounded(peer: PeerFactory, proxy: ProxyMaker) -> None:
@@ -295,7 +246,7 @@ async def test_endless_request_trailers_are_bounded(peer: PeerFactory, proxy: Pr
         got = await reader.read(-1)
     writer.close()
     assert re.findall(rb"HTTP/1.1 (\d+)", got) == [b"400"]
-    assert up.received == []
+    assert up.seen == []
 
 
 # -- answers cut short ----------------------------------------------------------------------
@@ -427,7 +378,7 @@ async def test_a_key_that_is_not_utf8_is_a_401(peer: PeerFactory, proxy: ProxyMa
     counts = _requests_total(running.state().metrics.exposition().decode())
     assert list(counts.values()) == [1.0]
     assert "4xx" in next(iter(counts))
-    assert up.received == []
+    assert up.seen == []
 
 
 async def test_a_valid_key_with_trailing_whitespace_is_accepted(
@@ -443,7 +394,7 @@ async def test_a_valid_key_with_trailing_whitespace_is_accepted(
         "Connection: close\r\n\r\n".encode(),
     )
     assert got.startswith(b"HTTP/1.1 200"), got
-    assert b"x-proxy-key" not in up.received[0].lower()
+    assert b"x-proxy-key" not in up.seen[0].raw.lower()
 
 
 @pytest.mark.parametrize("value", [b"\xc2\xb2", b"\xff", b"\xd9\xa1", b"12\xe2\x80\x8b"])

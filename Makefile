@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NGINX := /usr/sbin/nginx
+CURL := /usr/bin/curl
 
 .PHONY: demo test tools bench run lint check clean
 
@@ -17,20 +18,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m proxy demo
 
-test: $(STAMP) $(NGINX)
+test: $(STAMP) $(NGINX) $(CURL)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# tests/test_differential.py compares the proxy with nginx on the same bytes. On a fresh
-# Debian machine (make test runs as root) Debian's nginx-light is installed when missing,
-# as bench/procs.py::ensure_tools does for make bench.
-tools: $(NGINX)
+# The tests put real third-party software around the proxy: nginx (the reference proxy of
+# tests/test_differential.py, a throttling vendor, a compressing origin) and curl. On a
+# fresh Debian machine (make test runs as root) they are installed when missing, as
+# bench/procs.py::ensure_tools does for make bench.
+tools: $(NGINX) $(CURL)
 $(NGINX):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
+$(CURL):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
 
 # Benchmarks (not part of make test): results in bench/results/latest.{json,md}.
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 run: $(STAMP)
 	$(BIN)/python -m proxy serve --config routes.toml

@@ -71,14 +71,15 @@ def raise_fd_limit() -> None:
 
 
 def ensure_tools() -> None:
-    """Install nginx and wrk from the distribution when missing (make bench runs as root)."""
-    missing = [name for name in ("nginx", "wrk") if shutil.which(name) is None]
+    """Install nginx, wrk and valgrind from the distribution when missing (make bench runs
+    as root)."""
+    missing = [name for name in ("nginx", "wrk", "valgrind") if shutil.which(name) is None]
     if not missing and Path("/usr/sbin/nginx").exists():
         return
     print(f"installing {', '.join(missing)} from Debian packages ...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)  # noqa: S607
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"],  # noqa: S607
+        ["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "valgrind"],  # noqa: S607
         check=True,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
@@ -88,8 +89,10 @@ class Proxy:
     """``python -m proxy serve`` as a subprocess, its log lines going to a file (a pipe
     nobody drains would stall it once the access log fills the pipe buffer)."""
 
-    def __init__(self, config: Path, log: Path, *extra: str) -> None:
-        self.config, self.log, self.extra = config, log, extra
+    def __init__(self, config: Path, log: Path, *extra: str, source: Path | None = None) -> None:
+        # source: another checkout of the proxy to run (python -m proxy imports it from
+        # the working directory), for a before/after in one run.
+        self.config, self.log, self.extra, self.source = config, log, extra, source
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -113,6 +116,7 @@ class Proxy:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                cwd=self.source,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

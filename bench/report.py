@@ -49,6 +49,17 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "many_connections_p99_ms": results["many_connections"]["p99_ms"],
         "many_connections_rss_growth_mb": results["many_connections"]["rss_growth_mb"],
     }
+    counted = results.get("instructions", {})
+    out["baseline"] = results.get("baseline")
+    out["instructions_per_request"] = counted.get("proxy")
+    if "ratio" in counted:
+        out["baseline_instructions_per_request"] = counted["baseline"]
+        out["instructions_ratio_vs_baseline"] = counted["ratio"]
+    if "proxy_baseline_c64" in t:
+        out["baseline_cpu_us_per_request"] = t["proxy_baseline_c64"]["cpu_us_per_request"]
+        out["cpu_ratio_vs_baseline"] = _per_round(
+            runs["proxy_c64"], runs["proxy_baseline_c64"], "cpu_us_per_request", "/"
+        )
     return out
 
 
@@ -111,6 +122,24 @@ def table(results: dict[str, Any]) -> str:
         f"{slow['p50_ratio']}x) | normal traffic keeps its latency |",
         f"| access log CPU µs/request (on - off) | {h['access_log_cpu_us_per_request']:.1f} "
         f"({h['access_log_cpu_ratio']:.3f}x) | - |",
+    ]
+    if h.get("instructions_per_request") is not None:
+        lines.append(
+            f"| instructions per request (callgrind) | {h['instructions_per_request']:,} | - |"
+        )
+    if "instructions_ratio_vs_baseline" in h:
+        lines.append(
+            f"| instructions per request / baseline {h['baseline']} | "
+            f"{h['instructions_ratio_vs_baseline']:.4f}x (baseline "
+            f"{h['baseline_instructions_per_request']:,}) | <= 1.05x |"
+        )
+    if "cpu_ratio_vs_baseline" in h:
+        lines.append(
+            f"| proxy CPU / baseline {h['baseline']} CPU per request | "
+            f"{h['cpu_ratio_vs_baseline']:.3f}x (baseline "
+            f"{h['baseline_cpu_us_per_request']:.1f} µs) | <= 1.05x |"
+        )
+    lines += [
         "",
         f"### Streaming {s['bytes'] / (1 << 30):g} GiB through the proxy",
         "",

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import nginx, rate, report, stream, throughput
+from . import instructions, nginx, rate, report, stream, throughput
 from .procs import ensure_tools, python_server, raise_fd_limit
 
 RESULTS = Path(__file__).parent / "results"
 GIB = 1 << 30
 
 
-def scenarios(stream_bytes: int) -> dict[str, Any]:
+def scenarios(stream_bytes: int, baseline: Path | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -32,8 +35,14 @@ def scenarios(stream_bytes: int) -> dict[str, Any]:
                 with nginx.reverse_proxy(directory / "nginx_proxy", up_port) as (ngx, ngx_port):
                     print("scenarios 1-4: direct, nginx, proxy, proxy --workers 2", flush=True)
                     results["throughput"] = throughput.run_all(
-                        directory, up_port, (ngx.pid, ngx_port), token_url
+                        directory, up_port, (ngx.pid, ngx_port), token_url, baseline
                     )
+                print("scenario 8: instructions per request (callgrind)", flush=True)
+                results["instructions"] = instructions.run(
+                    throughput.proxy_config(directory, "counted", up_port, token_url),
+                    directory,
+                    baseline,
+                )
                 print("scenario 7: 1,000 connections", flush=True)
                 results["many_connections"] = throughput.many_connections(
                     directory, up_port, token_url
@@ -60,14 +69,38 @@ def scenarios(stream_bytes: int) -> dict[str, Any]:
     return results
 
 
+@contextlib.contextmanager
+def _checkout(revision: str | None) -> Iterator[Path | None]:
+    """A temporary git worktree of ``revision`` (None: nothing)."""
+    if revision is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        git = ["git", "-C", str(Path(__file__).parent.parent)]
+        subprocess.run([*git, "worktree", "add", "--detach", str(tree), revision], check=True)  # noqa: S603
+        try:
+            yield tree
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], check=False)  # noqa: S603
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--stream-mb", type=int, default=1024, help="size of scenario 6")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the proxy of this git revision in the throughput rounds (CPU before/after)",
+    )
     args = parser.parse_args()
     ensure_tools()
     raise_fd_limit()
     started = time.time()
-    results = scenarios(args.stream_mb * (1 << 20))
+    with _checkout(args.baseline) as baseline:
+        results = scenarios(args.stream_mb * (1 << 20), baseline)
+    if args.baseline:
+        results["baseline"] = args.baseline
     results.update(report.headline(results))
     results["meta"] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -68,9 +68,14 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_all(
-    directory: Path, upstream_port: int, nginx_proxy: tuple[int, int], token_url: str
+    directory: Path,
+    upstream_port: int,
+    nginx_proxy: tuple[int, int],
+    token_url: str,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """Scenarios 1-4 (and the proxy without its access log, for the log's cost)."""
+    """Scenarios 1-4 (and the proxy without its access log, for the log's cost; and, with
+    ``baseline``, the proxy of that checkout, for a before/after in the same rounds)."""
     nginx_pid, nginx_port = nginx_proxy
     config = proxy_config(directory, "full", upstream_port, token_url)
     with ExitStack() as stack:
@@ -86,6 +91,9 @@ def run_all(
             "proxy_workers_2": (f"{two.url}/api/x", two.pid),
             "proxy_no_access_log": (f"{quiet.url}/api/x", quiet.pid),
         }
+        if baseline is not None:
+            before = stack.enter_context(Proxy(config, directory / "baseline.log", source=baseline))
+            targets["proxy_baseline"] = (f"{before.url}/api/x", before.pid)
         for url, _ in targets.values():  # warm pools and tokens, unmeasured
             wrk.run(url, 8, 1.0)
         runs: dict[str, list[dict[str, Any]]] = {}

@@ -41,6 +41,9 @@ MAX_HEADERS: Final = 128  # header fields (431 past it)
 # for a replay) raises the mark to that body's size (see Body.readexactly).
 BUFFER_HIGH_WATER: Final = 256 * 1024
 _MAX_QUEUED: Final = 16  # pipelined requests parsed ahead of the one being answered
+_HEAD_END: Final = b"\r\n\r\n"
+# A read this large may hold many pipelined heads; a smaller one holds too few to matter.
+_SLICE_MIN: Final = 4096
 _REASONS: Final = {s.value: s.phrase for s in HTTPStatus}
 _LINGER_SECONDS: Final = 2.0
 _LINGER_BYTES: Final = 1024 * 1024
@@ -117,12 +120,12 @@ class Body:
             self.interim_due = False
             conn.write(_CONTINUE)
         self._waiter = asyncio.get_running_loop().create_future()
-        conn.waiting_since = conn.server.now()  # the client owes us body bytes
+        conn.reading_since = conn.server.now()  # the client owes us body bytes
         conn.want(wanted)
         try:
             await self._waiter
         finally:
-            conn.waiting_since = None
+            conn.reading_since = None
             conn.want(0)
 
     def _take(self, limit: int = -1) -> bytes:
@@ -338,15 +341,17 @@ class HttpConnection(WriteFlow):
         "_task",
         "_trailer_size",
         "_trailers",
+        "_unparsed",
         "_url",
         "_wanted",
         "busy",
         "head_started",
         "idle_since",
+        "reading_since",
         "remote",
         "server",
         "transport",
-        "waiting_since",
+        "writing_since",
     )
 
     def __init__(self, server: Server) -> None:
@@ -377,9 +382,13 @@ class HttpConnection(WriteFlow):
         # (llhttp reports its fields through on_header, after the body).
         self._trailers = False
         self._trailer_size = 0
+        self._unparsed = b""  # read but held back until the queue has room
         self.busy = False  # a request is being answered
         self.head_started: float | None = None  # first byte of an incomplete request head
-        self.waiting_since: float | None = None  # since when a handler waits on the client
+        # Since when a handler waits for the client to send body bytes, and to read what
+        # was written: two clocks, so that a trickle of one cannot reset the other.
+        self.reading_since: float | None = None
+        self.writing_since: float | None = None
         self.idle_since = self._loop.time()
 
     @property
@@ -422,6 +431,37 @@ class HttpConnection(WriteFlow):
             if self._discarded > _LINGER_BYTES and self.transport is not None:
                 self.transport.abort()
             return
+        if self._unparsed:
+            self._unparsed += data  # a read after the pause: it waits its turn too
+            return
+        if self._body is None and len(data) > _SLICE_MIN and data.count(_HEAD_END) > _MAX_QUEUED:
+            self._feed_in_turn(data)
+            return
+        self._feed(data)
+
+    def _feed_in_turn(self, data: bytes) -> None:
+        """Parse a read that holds more pipelined heads than may be queued a slice at a
+        time, and keep what is left unparsed once the queue is full. llhttp parses all it
+        is given: a 256 KiB read of 30-byte requests would become some 8,000 queued
+        requests at once, megabytes of objects that no byte count bounds."""
+        start = 0
+        while start < len(data):
+            end = start
+            for _ in range(_MAX_QUEUED):  # a heuristic cut: a body may hold CRLFCRLF too
+                found = data.find(_HEAD_END, end)
+                if found < 0:
+                    end = len(data)
+                    break
+                end = found + len(_HEAD_END)
+            self._feed(data[start:end])
+            start = end
+            if self._closing:
+                return
+            if self._paused_queue and start < len(data):
+                self._unparsed = data[start:]  # parsed when the queue has room (_serve)
+                return
+
+    def _feed(self, data: bytes) -> None:
         body = self._body
         if self.head_started is None and body is None:
             self.head_started = self._loop.time()
@@ -597,11 +637,19 @@ class HttpConnection(WriteFlow):
 
     async def drain(self) -> None:
         if self._write_paused:
-            self.waiting_since = self._loop.time()  # the client is not reading
+            self.writing_since = self._loop.time()  # the client is not reading
             try:
                 await self.writable()
             finally:
-                self.waiting_since = None
+                self.writing_since = None
+
+    def stalled_since(self) -> float | None:
+        """Since when the client has kept the request being answered waiting (not
+        sending its body, or not reading the answer), if it does."""
+        reading, writing = self.reading_since, self.writing_since
+        if reading is None:
+            return writing
+        return reading if writing is None else min(reading, writing)
 
     def _refuse(self, status: int, message: str, cause: BaseException | None = None) -> None:
         """A request we will not parse further: answer it (in turn) and close."""
@@ -632,6 +680,9 @@ class HttpConnection(WriteFlow):
                 item, held = self._queue.popleft()
                 if self._paused_queue and len(self._queue) <= _MAX_QUEUED // 2:
                     self._paused_queue = False
+                    if self._unparsed:
+                        pending, self._unparsed = self._unparsed, b""
+                        self.data_received(pending)
                     self._sync_reading()
                 self._held -= held
                 if self._paused_body:
@@ -646,6 +697,11 @@ class HttpConnection(WriteFlow):
                 if not item.finished:
                     return  # cut or closed (see finally)
                 self._current = None
+                if self._write_paused:
+                    # A whole answer can be written without waiting (our own replies,
+                    # small ones): the next pipelined request waits until the client
+                    # reads, so a client that never does holds no more than the buffer.
+                    await self.drain()
                 self.busy = False
                 self.idle_since = self._loop.time()
                 if not keep_alive or self.server.stopping:
@@ -694,7 +750,13 @@ class HttpConnection(WriteFlow):
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()
-        self._loop.call_later(_LINGER_SECONDS, transport.close)
+        self._loop.call_later(_LINGER_SECONDS, self._end_linger, transport)
+
+    def _end_linger(self, transport: asyncio.Transport) -> None:
+        # close() waits until the client has read what is still buffered; a client that
+        # never reads gets idle_timeout for it, then the connection goes.
+        transport.close()
+        self._loop.call_later(self.server.idle_timeout, transport.abort)
 
     async def _answer(self, request: Request) -> bool:
         server = self.server
@@ -790,7 +852,7 @@ class Server:
         self.lingering_refusals = 0
         self.max_in_flight = max_in_flight
         self.in_flight = 0
-        self._idle = idle_timeout
+        self.idle_timeout = idle_timeout
         self._header_timeout = header_timeout
         # The sweep looks often enough to keep each deadline within a quarter of itself.
         self._tick = min(1.0, header_timeout / 4, idle_timeout / 4)
@@ -833,8 +895,8 @@ class Server:
             if transport is None:
                 continue
             if conn.busy:
-                waiting = conn.waiting_since
-                if waiting is not None and now - waiting > self._idle:
+                waiting = conn.stalled_since()
+                if waiting is not None and now - waiting > self.idle_timeout:
                     log.info("client_idle_cut", remote=conn.remote)
                     conn.abandon()
                 continue
@@ -843,8 +905,13 @@ class Server:
                 if now - started > self._header_timeout:
                     conn.write(_raw_reply(self.refusal(408, "request head too slow"), ""))
                     transport.close()
-            elif now - conn.idle_since > self._idle:
-                transport.close()
+            elif now - conn.idle_since > self.idle_timeout:
+                if transport.get_write_buffer_size():
+                    # Still not read, after this long: dropped with the connection
+                    # (close() would wait for the client forever).
+                    transport.abort()
+                else:
+                    transport.close()
         self._sweeper = loop.call_later(self._tick, self._sweep)
 
     async def stop(self, grace: float) -> None:

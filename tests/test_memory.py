@@ -385,6 +385,48 @@ async def test_client_that_sends_a_large_body_and_never_reads(memory: Memory) ->
     assert growth < MAX_GROWTH_KIB, message
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /nowhere HTTP/1.1", b"GET /-/metrics HTTP/1.1", b"GET /a/empty HTTP/1.1"],
+    ids=["our-404", "metrics", "upstream-answer"],
+)
+async def test_pipelined_requests_from_a_client_that_never_reads(
+    memory: Memory, request_line: bytes
+) -> None:
+    """Requests pipelined without end by a client that reads none of the answers (the
+    proxy's own 404s, /-/metrics, small upstream answers) hold the proxy to at most
+    MAX_GROWTH_KIB: the next request is answered only once the client reads."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    sent = 0
+
+    async def pattern() -> None:
+        nonlocal sent
+        await loop.sock_connect(sock, memory.address)
+        block = (request_line + b"\r\n" + H + b"\r\n") * 1000
+        stalled_since = time.monotonic()
+        while sent < WIRE_BYTES and time.monotonic() - stalled_since < 1.0:
+            try:
+                n = sock.send(block)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+                continue
+            sent += n
+            stalled_since = time.monotonic()
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)
+
+    try:
+        growth = await _growth_kib(memory, pattern)
+    finally:
+        sock.close()
+    message = _report(f"{sent} bytes of pipelined {request_line!r}, nothing read", growth)
+    assert growth < MAX_GROWTH_KIB, message
+    assert sent < WIRE_BYTES  # the proxy stopped taking requests: backpressure
+
+
 async def test_tiny_chunked_answer_to_a_slow_reader(memory: Memory) -> None:
     """An answer of 2-byte chunks to a client that reads nothing for a while, then slowly,
     costs the proxy at most MAX_GROWTH_KIB."""

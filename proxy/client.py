@@ -97,6 +97,7 @@ class Connection(WriteFlow):
     __slots__ = (
         "_body_waiter",
         "_counted",
+        "_eof",
         "_error",
         "_head",
         "_head_bytes",
@@ -136,6 +137,7 @@ class Connection(WriteFlow):
         self._writer: asyncio.Task[None] | None = None
         self._counted = True  # holds one of the pool's places until forgotten
         self._new_parser = False
+        self._eof = False  # the upstream ended its stream in order (see eof_received)
         self._reset()
 
     def _reset(self) -> None:
@@ -188,14 +190,17 @@ class Connection(WriteFlow):
                 self._fail(UpstreamProtocolError("response head too large"))
 
     def eof_received(self) -> bool:
+        self._eof = _orderly_end(self.transport)
         return False  # close the transport; connection_lost decides what the EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.in_use and not self.complete:
-            if self.close_delimited and self._headers_done() and exc is None:
-                # The body ran until the upstream closed: a FIN is its end. A reset (exc)
-                # is not: the answer was cut, and must reach the client as cut.
+            if self.close_delimited and self._headers_done() and exc is None and self._eof:
+                # The body ran until the upstream closed: its orderly end (a FIN; over TLS
+                # a close_notify) ends it. A reset (exc), or a TLS stream that stops
+                # without close_notify, does not: the answer was cut, and must reach the
+                # client as cut.
                 self._message_complete()
             else:
                 self._fail(UpstreamClosedError("upstream closed the connection"))
@@ -404,6 +409,20 @@ class Connection(WriteFlow):
             if self.transport is not None:
                 self.transport.close()
             self._pool.forget(self)
+
+
+def _orderly_end(transport: asyncio.Transport | None) -> bool:
+    """Did the upstream end its stream in order? Over plain TCP a FIN is that. Over TLS
+    only close_notify is: asyncio reports a bare TCP FIN (a truncation, or a FIN injected
+    on the path) as the same EOF, but the TLS object tells them apart: after close_notify
+    it reads as ended (b""), after a bare FIN it still wants bytes."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return True
+    try:
+        return bool(ssl_object.read(1) == b"")
+    except (ssl.SSLError, ValueError):
+        return False
 
 
 class Pool:

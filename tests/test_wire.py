@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import ssl
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from proxy import config as config_module
 from proxy.app import STATE, Runner, build_app, start
@@ -454,3 +460,64 @@ async def test_errors_echo_no_word_of_the_request(
     assert got.startswith(b"HTTP/1.1 404")
     assert b"svg" not in got.lower()
     assert b"onload" not in got
+
+
+@pytest.mark.parametrize("value", ["\u00b2\u00b3\u00b9", "\u0661", "1 2", "-1"])
+async def test_a_max_forwards_that_is_no_ascii_number_is_refused_unechoed(
+    peer: PeerFactory, proxy: ProxyMaker, value: str
+) -> None:
+    """Max-Forwards of superscript or Arabic-Indic digits is a 400 that does not repeat
+    it, and nothing is forwarded."""
+    up = await peer([ok(b"never")])
+    running = await proxy(routes(up.port))
+    head = f"OPTIONS /p/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: {value}\r\n\r\n"
+    got, _ = await talk(running, head.encode())
+    assert got.startswith(b"HTTP/1.1 400")
+    assert value.encode() not in got
+    assert b"int()" not in got
+    assert up.seen == []
+
+
+def _tls_upstream(context: ssl.SSLContext, ragged: bool, ports: list[int]) -> None:
+    """A TLS upstream (in a thread) answering one request close-delimited, then ending its
+    stream with close_notify, or with a bare TCP FIN (``ragged``: a truncation)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ports.append(listener.getsockname()[1])
+        listener.settimeout(10)
+        raw, _ = listener.accept()
+        tls = context.wrap_socket(raw, server_side=True)
+        tls.recv(65536)
+        tls.sendall(b"HTTP/1.1 200 OK\r\n\r\npartial-body")
+        time.sleep(0.2)
+        if ragged:
+            plain = socket.socket(fileno=tls.detach())  # the TLS state dropped: no close_notify
+            plain.shutdown(socket.SHUT_WR)
+            time.sleep(0.3)
+            plain.close()
+        else:
+            tls.unwrap().close()
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+async def test_a_tls_answer_without_close_notify_is_cut(
+    proxy: ProxyMaker, tmp_path: Path, ragged: bool
+) -> None:
+    """Over TLS a close-delimited answer ends with the upstream's close_notify; a TCP FIN
+    without it is a truncation, and an HTTP/1.0 client gets a reset, not a clean end."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ports: list[int] = []
+    thread = threading.Thread(target=_tls_upstream, args=(context, ragged, ports), daemon=True)
+    thread.start()
+    while not ports:
+        await asyncio.sleep(0.01)
+    running = await proxy(
+        f'[[routes]]\nprefix = "/p"\nupstream = "https://127.0.0.1:{ports[0]}"\n'
+        f'ca_file = "{tmp_path / "ca.pem"}"\ntimeout = {{ connect = 2, read = 3 }}\n'
+    )
+    got, ended = await talk(running, b"GET /p/x HTTP/1.0\r\n\r\n")
+    thread.join(5)
+    assert got.endswith(b"partial-body")
+    assert _looks_whole(got, ended, "1.0") is (not ragged)

@@ -231,9 +231,7 @@ class Forwarder:
                 if target.redirects is not None and (
                     LOCATION in response_headers or CONTENT_LOCATION in response_headers
                 ):
-                    target.redirects.rewrite(
-                        response_headers, request.scheme, request.headers.get("Host")
-                    )
+                    target.redirects.rewrite(response_headers)
                 await self._stream_back(request, upstream_response, response_headers, target, stats)
         finally:
             if isinstance(body, Spooled):
@@ -281,8 +279,9 @@ class Forwarder:
 def _max_forwards(request: Request) -> int | None:
     try:
         return max_forwards(request.headers)
-    except ValueError as exc:
-        raise BadRequestError(str(exc)) from None
+    except ValueError:
+        # Our own words: the value is not repeated.
+        raise BadRequestError("Max-Forwards must be one non-negative integer") from None
 
 
 class _ClientAborted(asyncio.CancelledError):

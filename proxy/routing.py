@@ -52,7 +52,7 @@ class RouteTable:
         if "#" in raw_target:
             raise BadRequestError("request target must not carry a #fragment")
         path, mark, query = raw_target.partition("?")
-        if _has_dot_segment(path):
+        if has_dot_segment(path):
             raise BadRequestError("path must not contain '.' or '..' segments")
         if path.startswith(RESERVED_PREFIX):
             raise NoRouteError("no such endpoint of the proxy")
@@ -106,7 +106,7 @@ class RouteTable:
         raise NoRouteError("no route for this path")
 
 
-def _has_dot_segment(path: str) -> bool:
+def has_dot_segment(path: str) -> bool:
     if not _MAYBE_DOT.search(path):
         return False
     for segment in path.split("/"):

@@ -125,26 +125,21 @@ def _redirects(upstream: str, prefix: str = "/travtus") -> Redirects:
 @pytest.mark.parametrize(
     ("upstream", "location", "rewritten"),
     [
-        # An absolute URL on the upstream, under its base path: the proxy's URL.
-        (
-            "https://api.example",
-            "https://api.example/v1/x?a=%2F#f",
-            "http://px:8080/travtus/v1/x?a=%2F#f",
-        ),
-        ("https://api.example", "HTTPS://API.EXAMPLE:443/x", "http://px:8080/travtus/x"),
-        ("https://api.example", "https://api.example", "http://px:8080/travtus/"),
-        ("https://api.example", "https://api.example?q=1", "http://px:8080/travtus/?q=1"),
-        (
-            "https://api.example/v1",
-            "https://api.example/v1/items/7",
-            "http://px:8080/travtus/items/7",
-        ),
-        ("https://api.example/v1", "https://api.example/v1", "http://px:8080/travtus"),
-        ("http://[::1]:9000/v1", "http://[::1]:9000/v1/a", "http://px:8080/travtus/a"),
+        # An absolute URL on the upstream, under its base path: a path on the proxy, which
+        # the client resolves against the URL it used (scheme and host stay its own).
+        ("https://api.example", "https://api.example/v1/x?a=%2F#f", "/travtus/v1/x?a=%2F#f"),
+        ("https://api.example", "HTTPS://API.EXAMPLE:443/x", "/travtus/x"),
+        ("https://api.example", "https://api.example", "/travtus/"),
+        ("https://api.example", "https://api.example?q=1", "/travtus/?q=1"),
+        ("https://api.example/v1", "https://api.example/v1/items/7", "/travtus/items/7"),
+        ("https://api.example/v1", "https://api.example/v1", "/travtus"),
+        ("http://[::1]:9000/v1", "http://[::1]:9000/v1/a", "/travtus/a"),
+        ("http://[::1]:9000/v1", "http://[0:0:0:0:0:0:0:1]:9000/v1/a", "/travtus/a"),
         # A path under the base path gets the prefix back; a relative reference is right.
         ("https://api.example", "/x/y?z", "/travtus/x/y?z"),
         ("https://api.example/v1", "/v1/x", "/travtus/x"),
         ("https://api.example/v1", "/v1?page=2", "/travtus?page=2"),
+        ("https://api.example/v1", "/v1//double", "/travtus//double"),
         ("https://api.example", "next?page=2", "next?page=2"),
         # Anything else passes untouched.
         ("https://api.example/v1", "/v10/x", "/v10/x"),
@@ -156,25 +151,52 @@ def _redirects(upstream: str, prefix: str = "/travtus") -> Redirects:
         ("https://api.example", "https://user:pw@api.example/x", "https://user:pw@api.example/x"),
         ("https://api.example", "//api.example/x", "//api.example/x"),
         ("https://api.example", "mailto:a@b.example", "mailto:a@b.example"),
+        # Dot segments would climb into another route once the client resolves them.
+        ("https://api.example/v1", "https://api.example/v1/../../admin", None),
+        ("https://api.example", "/a/%2e%2e/b", None),
+        # Values yarl cannot take pass untouched, never a 500.
+        ("http://127.0.0.1", "http://127.0.0.1:99999/x", None),
+        ("http://127.0.0.1", "http://127.0.0.1:80x/x", None),
+        ("https://api.example", "http://xn--a.com/x", None),
+        ("https://api.example", "https://api.\udcffexample/x", None),
+        ("https://api.example", "/x\u00a0", "/travtus/x\u00a0"),
     ],
 )
 def test_location_is_rewritten_as_nginx_proxy_redirect_default(
-    upstream: str, location: str, rewritten: str
+    upstream: str, location: str, rewritten: str | None
 ) -> None:
-    """Location naming the upstream becomes the proxy's URL under the route prefix; the
-    rest of the value is kept byte for byte; other values pass untouched."""
+    """Location naming the upstream becomes a path on the proxy under the route prefix;
+    the rest of the value is kept byte for byte; other values pass untouched (None)."""
     headers = CIMultiDict({"Location": location, "Content-Location": location})
-    _redirects(upstream).rewrite(headers, "http", "px:8080")
+    _redirects(upstream).rewrite(headers)
+    assert headers["Location"] == (rewritten if rewritten is not None else location)
+    assert headers["Content-Location"] == headers["Location"]
+
+
+@pytest.mark.parametrize(
+    ("location", "rewritten"),
+    [
+        ("/v1/x", "/x"),
+        ("/v1?page=2", "/?page=2"),
+        ("/v1#top", "/#top"),
+        ("https://api.example/v1", "/"),
+        ("/v1//evil.example/x", "/v1//evil.example/x"),  # never "//evil.example/x"
+        ("https://api.example/v1//evil.example/x", "https://api.example/v1//evil.example/x"),
+    ],
+)
+def test_catch_all_route_never_yields_a_network_path(location: str, rewritten: str) -> None:
+    """On the catch-all route "/" the proxy's path is the upstream's below its base path,
+    always an absolute path: never a query or fragment alone, never "//host"."""
+    headers = CIMultiDict({"Location": location})
+    _redirects("https://api.example/v1", prefix="/").rewrite(headers)
     assert headers["Location"] == rewritten
-    assert headers["Content-Location"] == rewritten
 
 
-def test_catch_all_route_and_a_request_without_host() -> None:
-    """On the catch-all route "/" a path is kept as it is; without a Host the proxy's
-    URL is given as a path."""
-    headers = CIMultiDict({"Location": "https://api.example/x"})
-    _redirects("https://api.example", prefix="/").rewrite(headers, "http", None)
-    assert headers["Location"] == "/x"
+def test_every_location_value_is_kept() -> None:
+    """An upstream that sends Location twice keeps both, each rewritten."""
+    headers = CIMultiDict([("Location", "/a"), ("Location", "https://evil.example/")])
+    _redirects("https://api.example").rewrite(headers)
+    assert headers.getall("Location") == ["/travtus/a", "https://evil.example/"]
 
 
 @pytest.fixture

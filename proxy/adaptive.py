@@ -10,14 +10,18 @@ cubic curve (CUBIC, RFC 9438) while the upstream keeps answering, never above th
 route's configured rate limit. Once it has grown to twice the rate that was throttled
 without another 429, the vendor's limit has clearly moved and pacing stops.
 
-Pacing is a schedule, not a bucket: each request reserves the next slot (one every
-1/rate seconds) and sleeps until it. It costs nothing until the first 429, and nothing
-but a clock read when the route is below its learned rate.
+Pacing is a line, not a bucket: requests wait first come first served, and one task lets
+the head go every 1/rate seconds at the rate of that moment, so a rate that grows (or is
+cut again) applies to everyone still waiting, and a request whose client has gone frees
+its turn. It costs nothing until the first 429, and nothing but a clock read when the
+route is below its learned rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -33,14 +37,16 @@ _WINDOW: Final = 0.5
 
 
 class AdaptiveRate:
-    """One route's learned rate and the schedule that paces requests to it."""
+    """One route's learned rate and the line that paces requests to it."""
 
     __slots__ = (
         "_clock",
         "_count",
-        "_generation",
+        "_dispatcher",
+        "_joined",
         "_k",
         "_last_rate",
+        "_line",
         "_next",
         "_sleep",
         "_window_start",
@@ -68,8 +74,13 @@ class AdaptiveRate:
         self.w_max = 0.0  # the rate that was throttled
         self._k = 0.0  # seconds after a throttle until the rate is back at w_max
         self.last_throttle = -math.inf
-        self._next = 0.0  # the next free slot of the schedule
-        self._generation = 0
+        self._next = 0.0  # when the next request may leave
+        # Requests waiting for their turn, oldest first (by arrival at the proxy, so a
+        # retry goes before requests that came after it); one task releases them at the
+        # rate of the moment (it follows the rate as it grows or is cut).
+        self._line: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._joined = 0
+        self._dispatcher: asyncio.Task[None] | None = None
         now = clock()
         self._window_start = now
         self._count = 0
@@ -88,17 +99,22 @@ class AdaptiveRate:
         current = self._count / max(now - self._window_start, _WINDOW)
         return max(current, self._last_rate)
 
+    def _floor(self) -> float:
+        return MIN_RATE if self.ceiling is None else min(MIN_RATE, self.ceiling)
+
     def rate(self, now: float | None = None) -> float | None:
         """The learned rate, requests a second; None while pacing is off."""
         if not self.active:
             return None
         now = self._clock() if now is None else now
         rate = SCALE * (now - self.last_throttle - self._k) ** 3 + self.w_max
-        if rate >= 2 * self.w_max or (self.ceiling is not None and rate >= self.ceiling):
+        grown = rate >= 2 * self.w_max or (self.ceiling is not None and rate >= self.ceiling)
+        if grown and not self._line:
             self.active = False  # grown past the throttled rate (or to the limit): done
             return None
-        floor = MIN_RATE if self.ceiling is None else min(MIN_RATE, self.ceiling)
-        return max(floor, rate)
+        if self.ceiling is not None:
+            rate = min(rate, self.ceiling)
+        return max(self._floor(), rate)
 
     def throttled(self, sent_at: float) -> None:
         """The upstream throttled an attempt sent at ``sent_at``: cut the rate, once per
@@ -112,38 +128,77 @@ class AdaptiveRate:
             current = self.sending_rate(now)
             if self.ceiling is not None:
                 current = min(current, self.ceiling)
-        current = max(current, MIN_RATE if self.ceiling is None else min(MIN_RATE, self.ceiling))
+        current = max(current, self._floor())
         self.w_max = current
         self._k = (current * (1 - BETA) / SCALE) ** (1 / 3)
         self.last_throttle = now
         self.active = True
         self.throttles += 1
-        # Slots handed out at the old rate are void: their holders take new ones as they
-        # wake, spaced at the new rate from now.
-        self._generation += 1
-        self._next = now
 
-    async def pace(self, deadline: float | None) -> float:
-        """Wait for this request's slot; return the seconds waited. Raises
-        RateLimitedError at once when the slot lies past ``deadline``."""
-        waited = 0.0
-        while True:
-            now = self._clock()
-            rate = self.rate(now)
-            if rate is None:
-                return waited
-            slot = max(now, self._next)
-            if deadline is not None and slot > deadline:
-                raise RateLimitedError(f"{self.name} (learned rate)", slot - now)
-            self._next = slot + 1 / rate
-            if slot <= now:
-                return waited
-            generation = self._generation
-            await self._sleep(slot - now)
-            waited += self._clock() - now
-            if generation == self._generation:
-                return waited
-            # Throttled while we waited: our slot was taken at the old rate; take another.
+    async def pace(self, deadline: float | None, arrival: float | None = None) -> float:
+        """Wait for this request's turn (``arrival``: when it reached the proxy, which
+        orders the line); return the seconds waited. Raises RateLimitedError when its
+        turn would come after ``deadline`` (at once, when the line says so)."""
+        now = self._clock()
+        rate = self.rate(now)
+        if rate is None:
+            return 0.0
+        line = self._line
+        if not line and now >= self._next:
+            self._next = now + 1 / rate
+            return 0.0
+        # At most everyone now waiting goes first (fewer, if some came later than we did).
+        expected = max(0.0, self._next - now) + len(line) / rate
+        if deadline is not None and now + expected > deadline:
+            raise RateLimitedError(f"{self.name} (learned rate)", expected)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._joined += 1
+        heapq.heappush(line, (now if arrival is None else arrival, self._joined, turn))
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+        try:
+            if deadline is None:
+                await turn
+            else:
+                async with asyncio.timeout(max(0.0, deadline - now)):
+                    await turn
+        except TimeoutError:
+            # The rate fell while we waited: the deadline came first.
+            raise RateLimitedError(f"{self.name} (learned rate)", len(line) / rate) from None
+        finally:
+            turn.cancel()  # given up (timeout, client gone): the dispatcher skips it
+        return self._clock() - now
+
+    async def _dispatch(self) -> None:
+        line = self._line
+        try:
+            while line:
+                if line[0][2].done():
+                    heapq.heappop(line)
+                    continue
+                now = self._clock()
+                rate = self.rate(now)
+                if rate is None:
+                    break  # pacing ended (the line is empty, or was emptied below)
+                if now < self._next:
+                    await self._sleep(self._next - now)
+                    continue  # the head may have gone, the rate moved: look again
+                heapq.heappop(line)[2].set_result(None)
+                self._next = max(self._next, now - 1 / rate) + 1 / rate
+        finally:
+            self._dispatcher = None
+            for _, _, turn in line:  # nothing paces any more: whoever still waits goes
+                if not turn.done():
+                    turn.set_result(None)
+            line.clear()
+
+    async def close(self) -> None:
+        """Stop the dispatcher (shutdown); whoever waits is let go."""
+        task = self._dispatcher
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def status(self) -> dict[str, Any]:
         rate = self.rate()
@@ -152,5 +207,6 @@ class AdaptiveRate:
             "rate": None if rate is None else round(rate, 3),
             "throttled_at_rate": round(self.w_max, 3) if self.throttles else None,
             "throttles": self.throttles,
+            "waiting": sum(1 for _, _, turn in self._line if not turn.done()),
             "ceiling": self.ceiling,
         }

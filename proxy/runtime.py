@@ -85,6 +85,7 @@ class Runtime:
     __slots__ = (
         "_handed_limits",
         "_handed_over",
+        "_handed_routes",
         "_limits",
         "_new_tokens",
         "_sessions",
@@ -140,6 +141,7 @@ class Runtime:
         # that the upstream asked us to wait.
         self._limits: dict[str, RateLimit] = {}
         self._handed_limits: set[str] = set()
+        self._handed_routes: set[str] = set()  # routes whose pause and learned rate moved on
         # Limits of an auth table are shared by every route that uses it: vendors limit
         # per client, not per path.
         auth_limits = {
@@ -168,11 +170,12 @@ class Runtime:
                     limits = (*own, auth_limits[route.auth])
             target = Target(route, self._sessions[key], provider, limits, metrics, self.spool)
             old = previous.targets.get(route.prefix) if previous is not None else None
-            if old is not None and old.route.upstream == route.upstream:
+            if previous is not None and old is not None and old.route.upstream == route.upstream:
                 # Same vendor: its pause and the rate learned from it carry on.
                 target.cooldown = old.cooldown
                 old.adaptive.ceiling = target.adaptive.ceiling
                 target.adaptive = old.adaptive
+                previous._handed_routes.add(route.prefix)
             self.targets[route.prefix] = target
         clients: dict[str, tuple[str, Client]] = {}
         self.clients: dict[str, Client] = {}
@@ -250,5 +253,8 @@ class Runtime:
         for name, limit in self._limits.items():
             if name not in self._handed_limits:
                 await limit.close()
+        for prefix, target in self.targets.items():
+            if prefix not in self._handed_routes:
+                await target.adaptive.close()
         for session in self._sessions.values():
             await session.close()

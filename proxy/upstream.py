@@ -233,7 +233,7 @@ async def _admit(
         if not target.adaptive.active:
             break  # the common case: nothing learned, nothing to pace (no coroutine)
         # Released from a pause at the learned rate, not all in the same millisecond.
-        paced = await target.adaptive.pace(give_up if deadline is None else deadline)
+        paced = await target.adaptive.pace(give_up if deadline is None else deadline, arrival)
         if not paced or not target.cooldown.remaining():
             break  # (a pause that began while we were paced is waited out first)
     for limit in limits:

@@ -73,22 +73,24 @@ async def test_a_throttle_cuts_to_beta_times_the_sending_rate() -> None:
 
 
 async def test_requests_are_released_at_the_learned_rate() -> None:
-    """Requests held back leave one every 1/rate seconds, in order, not all at once."""
+    """Requests held back leave one turn apart, a turn being 1/rate at the moment the one
+    before left (the rate grows back meanwhile), not all at once."""
     rate, clock = learner()
     send(rate, clock, 10, 2)
     rate.throttled(clock.now)
-    learned = rate.rate()
-    assert learned is not None
-    starts: list[float] = []
+    starts: list[tuple[float, float]] = []
 
     async def one() -> None:
         await rate.pace(None)
-        starts.append(clock.now)
+        current = rate.rate(clock.now)
+        assert current is not None
+        starts.append((clock.now, current))
 
     await clock.run(*(one() for _ in range(5)))
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 5
-    assert all(gap == pytest.approx(1 / learned, rel=0.1) for gap in gaps)
+    for (before, current), (after, _) in itertools.pairwise(starts):
+        assert after - before == pytest.approx(1 / current, rel=0.01)
+    assert starts[-1][0] - starts[0][0] > 4 * 0.9 / 10  # slower than the 10/s throttled
 
 
 async def test_answers_to_attempts_sent_before_the_cut_do_not_cut_again() -> None:
@@ -166,26 +168,90 @@ async def test_a_slot_past_the_deadline_is_refused_at_once() -> None:
     assert refused.value.retry_after == pytest.approx(1 / MIN_RATE)
 
 
-async def test_a_throttle_while_waiting_reschedules_at_the_new_rate() -> None:
-    """Requests waiting for slots handed out before a new 429 take new ones at the cut
-    rate instead of leaving at the old one."""
+async def test_the_line_is_first_come_first_served() -> None:
+    """A request arriving while others wait goes after them, never ahead."""
     rate, clock = learner()
-    send(rate, clock, 20, 2)
+    rate.throttled(clock.now)  # the floor: one request every 2 s
+    order: list[str] = []
+
+    async def one(name: str, arrive: float) -> None:
+        await clock.sleep(arrive)
+        await rate.pace(None)
+        order.append(name)
+
+    await clock.run(*(one(f"early{i}", 0.01 * i) for i in range(4)), one("late", 3.0))
+    assert order == ["early0", "early1", "early2", "early3", "late"]
+
+
+async def test_a_request_given_up_frees_its_turn() -> None:
+    """Requests whose clients left (cancelled) do not hold up those behind them."""
+    rate, clock = learner()
+    rate.throttled(clock.now)  # one request every 2 s
+    started = clock.now
+    done: dict[str, float] = {}
+
+    async def one(name: str) -> None:
+        await rate.pace(None)
+        done[name] = clock.now - started
+
+    async def leaves(task: asyncio.Task[None]) -> None:
+        await clock.sleep(0.5)
+        task.cancel()
+
+    first = asyncio.ensure_future(one("first"))
+    gone = [asyncio.ensure_future(one(f"gone{i}")) for i in range(5)]
+    last = asyncio.ensure_future(one("last"))
+    await clock.run(*(leaves(task) for task in gone))
+    await clock.run(asyncio.wait([first, last]))  # type: ignore[arg-type]
+    assert done["first"] == 0.0
+    assert done["last"] == pytest.approx(1 / MIN_RATE, abs=0.01)  # next turn, not sixth
+
+
+async def test_waiting_requests_follow_the_rate_as_it_grows() -> None:
+    """A line released while the rate grows back leaves faster and faster, and what is
+    left when pacing ends goes at once instead of at the old rate."""
+    rate, clock = learner()
+    send(rate, clock, 4, 2)
     rate.throttled(clock.now)
-    old = rate.rate()
-    assert old is not None
     starts: list[float] = []
 
     async def one() -> None:
         await rate.pace(None)
         starts.append(clock.now)
 
-    async def throttle_soon() -> None:
-        await clock.sleep(0.01)  # the first request is out, the rest wait for slots
-        rate.throttled(clock.now)
+    await clock.run(*(one() for _ in range(20)))
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[-1] < gaps[1] / 2
+    assert rate.rate() is None or rate.rate() > rate.w_max  # type: ignore[operator]
 
-    await clock.run(*(one() for _ in range(6)), throttle_soon())
-    new = rate.rate(starts[-1])
-    assert new is not None
-    last_gap = starts[-1] - starts[-2]
-    assert last_gap > 1 / old * 1.2  # spaced at the slower, cut rate
+
+async def test_pacing_can_be_closed_with_requests_waiting() -> None:
+    """close() (shutdown) lets whoever waits go."""
+    rate, clock = learner()
+    rate.throttled(clock.now)
+    waiting = [asyncio.ensure_future(rate.pace(None)) for _ in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await rate.close()
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+
+
+async def test_a_retry_goes_before_requests_that_came_after_it() -> None:
+    """The line is ordered by arrival at the proxy: a request coming back for a retry
+    waits behind older ones only, not behind everyone who came since."""
+    rate, clock = learner()
+    rate.throttled(clock.now)  # one request every 2 s
+    first_arrival = clock.now
+    order: list[str] = []
+
+    async def one(name: str, arrival: float, delay: float) -> None:
+        await clock.sleep(delay)
+        await rate.pace(None, arrival)
+        order.append(name)
+
+    await clock.run(
+        one("head", clock.now, 0.0),
+        *(one(f"new{i}", clock.now + 0.1 + i / 100, 0.1 + i / 100) for i in range(3)),
+        one("retry", first_arrival - 5.0, 0.5),  # arrived 5 s ago, back for a retry
+    )
+    assert order == ["head", "retry", "new0", "new1", "new2"]

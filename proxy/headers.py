@@ -205,9 +205,12 @@ def max_forwards(headers: CIMultiDictProxy[str]) -> int | None:
     values = headers.getall(MAX_FORWARDS, ())
     if not values:
         return None
-    if len(values) > 1 or not values[0].strip().isdigit():
+    value = values[0].strip()
+    # ASCII digits only: str.isdigit() takes superscripts (int() refuses them) and
+    # Arabic-Indic digits (int() reads them), neither of which RFC 9110's 1*DIGIT allows.
+    if len(values) > 1 or not (value.isascii() and value.isdigit()):
         raise ValueError("Max-Forwards must be one non-negative integer")
-    return int(values[0])
+    return int(value)
 
 
 def client_response_headers(

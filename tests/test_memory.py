@@ -348,9 +348,10 @@ async def test_chunked_upload_of_tiny_chunks(memory: Memory, prefix: str) -> Non
     assert growth < MAX_GROWTH_KIB, message
 
 
-async def test_client_that_sends_a_large_body_and_never_reads(memory: Memory) -> None:
-    """A client that streams a large body to an upstream echoing it back, and reads none of
-    the answer, holds the proxy to at most MAX_GROWTH_KIB: backpressure reaches it."""
+async def _send_without_reading(memory: Memory, head: bytes, block: bytes) -> tuple[int, int]:
+    """Send ``head``, then ``block`` again and again (up to WIRE_BYTES) on a connection
+    with a small receive window that never reads, until the proxy takes nothing for a
+    second: (bytes sent, the proxy's RSS growth in KiB)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
@@ -360,12 +361,8 @@ async def test_client_that_sends_a_large_body_and_never_reads(memory: Memory) ->
     async def pattern() -> None:
         nonlocal sent
         await loop.sock_connect(sock, memory.address)
-        await loop.sock_sendall(
-            sock, b"POST /a/echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % WIRE_BYTES
-        )
-        block = b"b" * 65536
+        await loop.sock_sendall(sock, head)
         stalled_since = time.monotonic()
-        # Send until the proxy takes no more for a second (or all of it went).
         while sent < WIRE_BYTES and time.monotonic() - stalled_since < 1.0:
             try:
                 n = sock.send(block[: WIRE_BYTES - sent])
@@ -381,6 +378,14 @@ async def test_client_that_sends_a_large_body_and_never_reads(memory: Memory) ->
         growth = await _growth_kib(memory, pattern)
     finally:
         sock.close()
+    return sent, growth
+
+
+async def test_client_that_sends_a_large_body_and_never_reads(memory: Memory) -> None:
+    """A client that streams a large body to an upstream echoing it back, and reads none of
+    the answer, holds the proxy to at most MAX_GROWTH_KIB: backpressure reaches it."""
+    head = b"POST /a/echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % WIRE_BYTES
+    sent, growth = await _send_without_reading(memory, head, b"b" * 65536)
     message = _report(f"{sent} bytes sent to /echo, none of the answer read", growth)
     assert growth < MAX_GROWTH_KIB, message
 
@@ -396,32 +401,8 @@ async def test_pipelined_requests_from_a_client_that_never_reads(
     """Requests pipelined without end by a client that reads none of the answers (the
     proxy's own 404s, /-/metrics, small upstream answers) hold the proxy to at most
     MAX_GROWTH_KIB: the next request is answered only once the client reads."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-    sock.setblocking(False)
-    sent = 0
-
-    async def pattern() -> None:
-        nonlocal sent
-        await loop.sock_connect(sock, memory.address)
-        block = (request_line + b"\r\n" + H + b"\r\n") * 1000
-        stalled_since = time.monotonic()
-        while sent < WIRE_BYTES and time.monotonic() - stalled_since < 1.0:
-            try:
-                n = sock.send(block)
-            except BlockingIOError:
-                await asyncio.sleep(0.01)
-                continue
-            sent += n
-            stalled_since = time.monotonic()
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.5)
-
-    try:
-        growth = await _growth_kib(memory, pattern)
-    finally:
-        sock.close()
+    block = (request_line + b"\r\n" + H + b"\r\n") * 1000
+    sent, growth = await _send_without_reading(memory, b"", block)
     message = _report(f"{sent} bytes of pipelined {request_line!r}, nothing read", growth)
     assert growth < MAX_GROWTH_KIB, message
     assert sent < WIRE_BYTES  # the proxy stopped taking requests: backpressure

@@ -222,10 +222,6 @@ class Request:
         self._chunked = False
         self._pending = b""
 
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self._conn.transport
-
     def cut(self) -> None:
         """Abort the connection with a reset: the answer under way must look cut."""
         self._conn.cut()

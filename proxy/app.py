@@ -29,10 +29,10 @@ from .errors import (
 from .fds import connection_cap
 from .forward import Stats
 from .headers import RequestIds
+from .http.server import Reply, Request, Server
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
-from .server import Reply, Request, Server
 
 log = structlog.get_logger("proxy.app")
 

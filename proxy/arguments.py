@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .authority import listen_host_problem
+from .http.authority import listen_host_problem
 
 
 def listen_host(text: str) -> str:

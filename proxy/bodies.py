@@ -23,10 +23,10 @@ from typing import IO, Final
 
 import structlog
 
-from .client import BodyStream
 from .config import ServerConfig
 from .errors import BadRequestError, BodyTooLargeError, InternalError, OverloadedError
-from .server import Body, MalformedBodyError, Request
+from .http.client import BodyStream
+from .http.server import Body, MalformedBodyError, Request
 
 log = structlog.get_logger("proxy.bodies")
 

@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .server import Reply
+from .http.server import Reply
 
 
 class ConfigError(Exception):

@@ -18,7 +18,6 @@ from multidict import CIMultiDict, istr
 
 from .access import Access, Client
 from .bodies import Spooled, request_body
-from .client import Response, UpstreamError
 from .errors import (
     BadRequestError,
     InternalError,
@@ -30,11 +29,12 @@ from .errors import (
     error_response,
 )
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
+from .http.client import Response, UpstreamError
+from .http.server import Reply, Request
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .redirects import REWRITTEN
 from .routing import RouteTable
-from .server import Reply, Request
 from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
 
 log = structlog.get_logger("proxy.forward")

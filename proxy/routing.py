@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote
 
-from .authority import split_authority
 from .config import RouteConfig
 from .errors import BadRequestError, MisdirectedError, NoRouteError
+from .http.authority import split_authority
 
 RESERVED_PREFIX: Final = "/-/"
 

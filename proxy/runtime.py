@@ -18,11 +18,11 @@ from .access import Access, Client, Override
 from .auth import TokenManager
 from .auth.base import TokenProvider
 from .bodies import Spool
-from .client import Pool
 from .config import Config, RateLimitConfig, RouteConfig, trust_store
 from .errors import ConfigError
 from .forward import Forwarder
 from .headers import HeaderPolicy
+from .http.client import Pool
 from .limits import RateLimit
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics

@@ -19,9 +19,9 @@ from multidict import CIMultiDict, istr
 from .adaptive import AdaptiveRate
 from .auth.base import TokenProvider
 from .bodies import Spool
-from .client import BodyStream, Pool, Response, UpstreamError
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
+from .http.client import BodyStream, Pool, Response, UpstreamError
 from .limits import RateLimit
 from .observe.metrics import Metrics, RouteMetrics
 from .redirects import Redirects

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from multidict import CIMultiDict
 
-from proxy.client import Pool, UpstreamClosedError, UpstreamError, UpstreamProtocolError
+from proxy.http.client import Pool, UpstreamClosedError, UpstreamError, UpstreamProtocolError
 
 
 @dataclass

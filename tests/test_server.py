@@ -1,4 +1,4 @@
-"""The client leg (proxy/server.py) over raw sockets: framing, order, limits, refusals."""
+"""The client leg (proxy/http/server.py) over raw sockets: framing, order, limits, refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from proxy.server import MAX_HEAD, Reply, Request, Server
+from proxy.http.server import MAX_HEAD, Reply, Request, Server
 
 from .conftest import ProxyFactory, Upstream
 from .conftest import send_raw as _exchange
@@ -209,7 +209,7 @@ def test_both_legs_parse_http_with_compiled_llhttp() -> None:
     import httptools
     import httptools.parser.parser as compiled
 
-    from proxy import client, server
+    from proxy.http import client, server
 
     assert compiled.__file__ is not None
     assert compiled.__file__.endswith(".so")

@@ -22,8 +22,9 @@ from typing import Final
 import httptools
 import pytest
 
-from proxy import bodies, client, server
+from proxy import bodies
 from proxy.config.model import RetryConfig
+from proxy.http import client, server
 
 from .conftest import LEAK_WATCH, ProxyFactory, Upstream
 
@@ -33,13 +34,13 @@ WRITE_PIECE: Final = 16 * 1024
 # When the wire layer changes, update this table: each name must say where its value lives,
 # and constants are imported, so a renamed or removed one fails here at import.
 THRESHOLDS: Final[dict[str, int]] = {
-    "proxy.server.BUFFER_HIGH_WATER: bytes a connection holds before it pauses reading": (
+    "proxy.http.server.BUFFER_HIGH_WATER: bytes a connection holds before it pauses reading": (
         server.BUFFER_HIGH_WATER
     ),
-    "proxy.server.MAX_HEAD: a request head (queued heads count against the buffer too)": (
+    "proxy.http.server.MAX_HEAD: a request head (queued heads count against the buffer too)": (
         server.MAX_HEAD
     ),
-    "proxy.client._HIGH_WATER: answer body held before the upstream leg pauses reading": (
+    "proxy.http.client._HIGH_WATER: answer body held before the upstream leg pauses reading": (
         client._HIGH_WATER
     ),
     "proxy.bodies.READ_AHEAD: chunked body in memory on a route that cannot replay": (

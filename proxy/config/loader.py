@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from ..authority import NUMERIC_LABEL, listen_host_problem, split_authority
 from ..errors import ConfigError
+from ..http.authority import NUMERIC_LABEL, listen_host_problem, split_authority
 from .checks import Checks, _type_name
 from .model import (
     AUTH_TYPES,

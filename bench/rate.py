@@ -12,6 +12,7 @@ from typing import Any
 
 from proxy.config import RateLimitConfig
 from proxy.limits import RateLimit
+from proxy.state.local import LocalState
 
 WINDOWS = (0.01, 0.1, 1.0)
 
@@ -41,7 +42,8 @@ def achieved(times: Sequence[float], burst: float) -> float:
 
 async def limiter_only(rate: float, burst: float, seconds: float) -> dict[str, Any]:
     """The limit stage alone, in one event loop: what the proxy admits."""
-    limit = RateLimit("bench", RateLimitConfig(rate=rate, burst=burst, max_wait=3600))
+    config = RateLimitConfig(rate=rate, burst=burst, max_wait=3600)
+    limit = RateLimit("bench", config, LocalState().capacity("bench", config))
     admitted: list[float] = []
     deadline = time.monotonic() + seconds
 

@@ -16,29 +16,31 @@ from multidict import CIMultiDictProxy
 from .auth.base import TokenProvider
 from .config import ServerConfig
 from .errors import ForbiddenError, UnauthorizedError
-from .limits import RateLimit
+from .limits import Limit
 
-# A client's own credentials on a route: the token provider, and the limits its requests
-# take there (the route's own, and the overriding auth table's instead of the default's).
-Override = tuple[TokenProvider, tuple[RateLimit, ...]]
+# What a request spends on its way upstream: whose token it carries (None: the route injects
+# none) and every limit it takes a slot from.
+Terms = tuple[TokenProvider | None, tuple[Limit, ...]]
 
 
-class Client:
-    """A known caller: what it may reach, its own limit and its own credentials per route."""
+class Caller:
+    """A known client of the proxy: what it may reach, its own limit, and per route the
+    terms its requests go upstream on (decided once, by the runtime: the route's own limit,
+    its own auth table's token and limit where it brings one, and its own limit)."""
 
-    __slots__ = ("limits", "name", "overrides", "routes")
+    __slots__ = ("limits", "name", "routes", "terms")
 
     def __init__(
         self,
         name: str,
         routes: frozenset[str] | None,
-        limit: RateLimit | None,
-        overrides: Mapping[str, Override],
+        limit: Limit | None,
+        terms: Mapping[str, Terms],
     ) -> None:
         self.name = name
         self.routes = routes
-        self.limits: tuple[RateLimit, ...] = () if limit is None else (limit,)
-        self.overrides = overrides
+        self.limits: tuple[Limit, ...] = () if limit is None else (limit,)
+        self.terms = terms  # by route prefix, every route
 
 
 def _address(remote: str | None) -> IPv4Address | IPv6Address | None:
@@ -70,7 +72,7 @@ class Access:
 
     __slots__ = ("_admin", "_allow", "_clients", "header", "required")
 
-    def __init__(self, server: ServerConfig, clients: Mapping[str, tuple[str, Client]]) -> None:
+    def __init__(self, server: ServerConfig, clients: Mapping[str, tuple[str, Caller]]) -> None:
         self._allow = server.allow
         self.header = server.client_key_header
         # Keys are kept as SHA-256 digests and every one is compared in constant time:
@@ -85,7 +87,7 @@ class Access:
         address = _address(remote)
         return address is not None and any(address in network for network in self._allow)
 
-    def identify(self, headers: CIMultiDictProxy[str]) -> Client | None:
+    def identify(self, headers: CIMultiDictProxy[str]) -> Caller | None:
         """The client whose key the request carries; None when no clients are configured."""
         if not self.required:
             return None
@@ -102,7 +104,7 @@ class Access:
         return found
 
     @staticmethod
-    def check_route(client: Client | None, prefix: str) -> None:
+    def check_route(client: Caller | None, prefix: str) -> None:
         if client is not None and client.routes is not None and prefix not in client.routes:
             raise ForbiddenError(f"client {client.name!r} may not use {prefix}")
 

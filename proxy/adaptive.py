@@ -23,10 +23,9 @@ import asyncio
 import contextlib
 import heapq
 import math
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from .clock import MONOTONIC, Clock
 from .errors import RateLimitedError
 
 BETA: Final = 0.7  # the rate kept after a throttle (CUBIC's multiplicative decrease)
@@ -48,7 +47,6 @@ class AdaptiveRate:
         "_last_rate",
         "_line",
         "_next",
-        "_sleep",
         "_window_start",
         "active",
         "ceiling",
@@ -62,13 +60,11 @@ class AdaptiveRate:
         self,
         name: str,
         ceiling: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.name = name
         self.ceiling = ceiling  # requests a second: the configured limit, if any
         self._clock = clock
-        self._sleep = sleep
         self.active = False
         self.throttles = 0
         self.w_max = 0.0  # the rate that was throttled
@@ -81,7 +77,7 @@ class AdaptiveRate:
         self._line: list[tuple[float, int, asyncio.Future[None]]] = []
         self._joined = 0
         self._dispatcher: asyncio.Task[None] | None = None
-        now = clock()
+        now = clock.monotonic()
         self._window_start = now
         self._count = 0
         self._last_rate = 0.0
@@ -106,7 +102,7 @@ class AdaptiveRate:
         """The learned rate, requests a second; None while pacing is off."""
         if not self.active:
             return None
-        now = self._clock() if now is None else now
+        now = self._clock.monotonic() if now is None else now
         rate = SCALE * (now - self.last_throttle - self._k) ** 3 + self.w_max
         grown = rate >= 2 * self.w_max or (self.ceiling is not None and rate >= self.ceiling)
         if grown and not self._line:
@@ -122,7 +118,7 @@ class AdaptiveRate:
         left at the rate already cut)."""
         if sent_at < self.last_throttle:
             return
-        now = self._clock()
+        now = self._clock.monotonic()
         current = self.rate(now)
         if current is None:
             current = self.sending_rate(now)
@@ -139,7 +135,7 @@ class AdaptiveRate:
         """Wait for this request's turn (``arrival``: when it reached the proxy, which
         orders the line); return the seconds waited. Raises RateLimitedError when its
         turn would come after ``deadline`` (at once, when the line says so)."""
-        now = self._clock()
+        now = self._clock.monotonic()
         rate = self.rate(now)
         if rate is None:
             return 0.0
@@ -167,7 +163,7 @@ class AdaptiveRate:
             raise RateLimitedError(f"{self.name} (learned rate)", len(line) / rate) from None
         finally:
             turn.cancel()  # given up (timeout, client gone): the dispatcher skips it
-        return self._clock() - now
+        return self._clock.monotonic() - now
 
     async def _dispatch(self) -> None:
         line = self._line
@@ -176,12 +172,12 @@ class AdaptiveRate:
                 if line[0][2].done():
                     heapq.heappop(line)
                     continue
-                now = self._clock()
+                now = self._clock.monotonic()
                 rate = self.rate(now)
                 if rate is None:
                     break  # pacing ended (the line is empty, or was emptied below)
                 if now < self._next:
-                    await self._sleep(self._next - now)
+                    await self._clock.sleep(self._next - now)
                     continue  # the head may have gone, the rate moved: look again
                 heapq.heappop(line)[2].set_result(None)
                 self._next = max(self._next, now - 1 / rate) + 1 / rate

@@ -146,9 +146,7 @@ async def _status(request: Request, state: ProxyState) -> Reply:
         name: {
             "routes": None if client.routes is None else sorted(client.routes),
             "limits": {limit.name: limit.status() for limit in client.limits},
-            "own_auth": {
-                prefix: runtime.config.clients[name].auth[prefix] for prefix in client.overrides
-            },
+            "own_auth": dict(runtime.config.clients[name].auth),
         }
         for name, client in sorted(runtime.clients.items())
     }

@@ -16,7 +16,7 @@ from typing import Final
 import structlog
 from multidict import CIMultiDict, istr
 
-from .access import Access, Client
+from .access import Access, Caller
 from .bodies import Spooled, request_body
 from .errors import (
     BadRequestError,
@@ -175,7 +175,7 @@ class Forwarder:
         self,
         request: Request,
         target: Target,
-        client: Client | None,
+        client: Caller | None,
         path: str,
         request_id: str,
         stats: Stats,
@@ -189,15 +189,11 @@ class Forwarder:
             request_id=request_id,
             method=request.method,
         )
-        provider = target.provider
-        limits = target.limits
-        if client is not None:
-            # A client may bring its own identity for this route (with that identity's
-            # limit instead of the default one's), and has its own limit.
-            override = client.overrides.get(target.route.prefix)
-            if override is not None:
-                provider, limits = override
-            limits = limits + client.limits
+        provider, limits = (
+            (target.provider, target.limits)
+            if client is None
+            else client.terms[target.route.prefix]
+        )
         body, length, replayable = await request_body(
             request,
             target.replay_limit,

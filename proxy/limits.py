@@ -1,70 +1,98 @@
 """Client-side rate limits: the upstream never sees more than it allows.
 
-A limit of ``rate`` per ``per`` seconds with bursts of ``burst`` is aiolimiter's leaky
-bucket of capacity ``burst`` draining ``rate / per`` a second: ``AsyncLimiter(burst,
-burst * per / rate)``. Starting empty, it admits at most ``burst + rate * t`` requests in
-any window of ``t`` seconds, which is the guarantee we promise upstreams.
+A limit of ``rate`` per ``per`` seconds with bursts of ``burst`` admits at most
+``burst + rate * t`` requests in any window of ``t`` seconds, which is the guarantee we
+promise upstreams. The slots come from the state (proxy/state/: a bucket in this process
+today); the line of waiters is kept here.
 
-aiolimiter orders its waiters by amount, then arrival, and lets a newcomer take capacity
-ahead of a woken waiter; users waiting in line expect first come, first served. So waiters
-queue here, and one dispatcher task takes slots from the limiter on their behalf and hands
-them out in order: while capacity lasts, ``acquire()`` returns without suspending, so a
-whole run of waiters is released in one go (a lock handed from waiter to waiter costs a
-task switch per slot and fell 7% short at 10,000/s). A request whose place in line means a
-wait beyond ``max_wait`` is told at once (429 with Retry-After) instead of after waiting.
+A bucket such as aiolimiter's orders its waiters by amount, then arrival, and lets a
+newcomer take capacity ahead of a woken waiter; users waiting in line expect first come,
+first served. So waiters queue here, and one dispatcher task takes slots from the
+capacity on their behalf and hands them out in order: while capacity lasts, ``acquire()``
+returns without suspending, so a whole run of waiters is released in one go (a lock
+handed from waiter to waiter costs a task switch per slot and fell 7% short at
+10,000/s). A request whose place in line means a wait beyond ``max_wait`` is told at once
+(429 with Retry-After) instead of after waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
-from typing import Any, Final
-
-from aiolimiter import AsyncLimiter
+from typing import Any, Protocol
 
 from .config import RateLimitConfig
 from .errors import RateLimitedError
+from .state.base import Capacity
 
-TRANSIT_MARGIN: Final = 0.02  # seconds of traffic held back from the bucket (see RateLimit)
+
+class Limit(Protocol):
+    """A rate limit requests pass on their way upstream (a route's, an auth table's or a
+    client's). What forwarding knows of a limit: it never reads the config behind it."""
+
+    @property
+    def name(self) -> str:
+        """Who the limit is for, as errors and /-/status name it ("route /travtus")."""
+        ...
+
+    @property
+    def rate(self) -> float:
+        """The sustained rate, requests a second."""
+        ...
+
+    @property
+    def max_wait(self) -> float:
+        """The longest a request waits for a slot before it is refused."""
+        ...
+
+    async def acquire(self, deadline: float | None = None) -> float:
+        """Take one slot, waiting in line if needed; return the seconds waited. Raises
+        RateLimitedError, before anything is sent, when the wait would pass ``max_wait``
+        or ``deadline`` (a time.monotonic() value)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """For /-/status: the configured limit, who waits, refusals so far."""
+        ...
+
+    async def close(self) -> None:
+        """Stop waiting on the limit's behalf (shutdown); whoever waits is cancelled."""
+        ...
 
 
 class RateLimit:
-    """One limit, shared by every request that passes it (a route, or an auth table)."""
+    """One limit, shared by every request that passes it, over slots from the state."""
 
-    __slots__ = ("_config", "_dispatcher", "_limiter", "_line", "_rate", "name", "rejected")
+    __slots__ = ("_capacity", "_config", "_dispatcher", "_line", "_name", "_rate", "rejected")
 
-    def __init__(self, name: str, config: RateLimitConfig) -> None:
-        self.name = name
+    def __init__(self, name: str, config: RateLimitConfig, capacity: Capacity) -> None:
+        self._name = name
         self._config = config
         self._rate = config.rate / config.per
-        # The promise is kept at the upstream, not just at our door: requests released on
-        # schedule can bunch up on the way (event loop, pooled connections), so the bucket
-        # leaves room for TRANSIT_MARGIN of traffic. Arrivals delayed by up to that much
-        # still fit burst + rate*t; the sustained rate is unchanged.
-        # Whole requests only, never more than half the burst, never below one request:
-        # small limits keep every slot they were given.
-        margin = math.floor(
-            max(0.0, min(self._rate * TRANSIT_MARGIN, config.capacity / 2, config.capacity - 1))
-        )
-        capacity = config.capacity - margin
-        self._limiter = AsyncLimiter(capacity, capacity / self._rate)
+        self._capacity = capacity
         self._line: deque[asyncio.Future[None]] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
         self.rejected = 0
 
-    async def acquire(self, deadline: float | None = None) -> float:
-        """Take one slot, waiting in line if needed; return the seconds waited.
+    @property
+    def name(self) -> str:
+        return self._name
 
-        Raises RateLimitedError when the wait would pass ``max_wait`` or ``deadline``
-        (a time.monotonic() value), before anything is sent upstream.
-        """
-        limiter = self._limiter
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def max_wait(self) -> float:
+        return self._config.max_wait
+
+    async def acquire(self, deadline: float | None = None) -> float:
+        capacity = self._capacity
         line = self._line
-        if not line and limiter.has_capacity():
-            await limiter.acquire()  # capacity is there: returns without suspending
+        if not line and capacity.has_capacity():
+            await capacity.acquire()  # a slot is there: returns without suspending
             return 0.0
         budget = self._config.max_wait
         now = time.monotonic()
@@ -95,7 +123,7 @@ class RateLimit:
                 if line[0].done():
                     line.popleft()
                     continue
-                await self._limiter.acquire()
+                await self._capacity.acquire()
                 # The head may have given up while we waited; its slot then goes to the next.
                 while line and line[0].done():
                     line.popleft()
@@ -117,10 +145,11 @@ class RateLimit:
 
     def _reject(self, retry_after: float) -> RateLimitedError:
         self.rejected += 1
-        return RateLimitedError(self.name, retry_after)
+        return RateLimitedError(self._name, retry_after)
 
     @property
     def config(self) -> RateLimitConfig:
+        """What the limit was built from: a reload keeps a limit whose config is the same."""
         return self._config
 
     def status(self) -> dict[str, Any]:
@@ -131,6 +160,6 @@ class RateLimit:
             "burst": config.capacity,
             "max_wait": config.max_wait,
             "waiting": sum(1 for ticket in self._line if not ticket.done()),
-            "has_capacity": not self._line and self._limiter.has_capacity(),
+            "has_capacity": not self._line and self._capacity.has_capacity(),
             "rejected": self.rejected,
         }

@@ -3,8 +3,9 @@
 An upstream that answers 429 (or 503 with Retry-After, where configured) asked us to slow
 down. We wait as long as it says (Retry-After, delta-seconds or HTTP-date) or back off
 exponentially with full jitter, and pause the whole route meanwhile, so other requests do
-not keep hammering it. Its RateLimit headers saying nothing is left pause the route before
-the 429 comes. A retry budget keeps a 429 storm from multiplying the load.
+not keep hammering it (the pause itself is kept by the state, proxy/state/). Its
+RateLimit headers saying nothing is left pause the route before the 429 comes. A retry
+budget keeps a 429 storm from multiplying the load.
 """
 
 from __future__ import annotations
@@ -13,21 +14,14 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
-
-import structlog
+from typing import Final
 
 from .config import RetryConfig
 from .headers import retry_after_seconds
 
-log = structlog.get_logger("proxy.retry")
-
 # Retries always allowed in flight, whatever the budget share (as Envoy's
 # min_retry_concurrency): a quiet route must still be able to retry at all.
 MIN_RETRY_CONCURRENCY: Final = 3
-# The longest pause an upstream can impose on a route: a Retry-After of a year is a bug
-# on its side and must not take the route down until a restart.
-MAX_PAUSE: Final = 600.0
 # A reset this large is a unix timestamp, not delta-seconds (both are seen in the wild).
 _EPOCH_THRESHOLD: Final = 1_000_000_000
 # RateLimit field: draft-ietf-httpapi-ratelimit-headers up to -06 ("remaining=0, reset=5")
@@ -77,39 +71,6 @@ def exhausted_for(headers: Mapping[str, str], now: float | None = None) -> float
     if seconds >= _EPOCH_THRESHOLD:
         seconds -= time.time() if now is None else now
     return max(0.0, seconds)
-
-
-class Cooldown:
-    """A route-wide pause: no request goes upstream before ``until`` (time.monotonic())."""
-
-    __slots__ = ("paused_seconds", "route", "until")
-
-    def __init__(self, route: str) -> None:
-        self.route = route
-        self.until = 0.0
-        self.paused_seconds = 0.0  # total, for metrics and status
-
-    def pause(self, seconds: float, reason: str) -> None:
-        seconds = min(seconds, MAX_PAUSE)
-        now = time.monotonic()
-        until = now + seconds
-        if until <= self.until:
-            return
-        self.paused_seconds += until - max(self.until, now)
-        if self.until <= now:
-            log.warning("route_paused", route=self.route, seconds=round(seconds, 3), reason=reason)
-        self.until = until
-
-    def remaining(self) -> float:
-        return max(0.0, self.until - time.monotonic())
-
-    def status(self) -> dict[str, Any]:
-        remaining = self.remaining()
-        return {
-            "paused": remaining > 0,
-            "remaining_s": round(remaining, 3),
-            "paused_total_s": round(self.paused_seconds, 3),
-        }
 
 
 class RetryBudget:

@@ -14,7 +14,7 @@ from typing import Final
 import aiohttp
 import structlog
 
-from .access import Access, Client, Override
+from .access import Access, Caller, Terms
 from .auth import TokenManager
 from .auth.base import TokenProvider
 from .bodies import Spool
@@ -23,10 +23,12 @@ from .errors import ConfigError
 from .forward import Forwarder
 from .headers import HeaderPolicy
 from .http.client import Pool
-from .limits import RateLimit
+from .limits import Limit, RateLimit
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .routing import RouteTable
+from .state.base import State
+from .state.local import LocalState
 from .upstream import Target
 
 log = structlog.get_logger("proxy.runtime")
@@ -97,6 +99,7 @@ class Runtime:
         "idle",
         "in_flight",
         "spool",
+        "state",
         "targets",
         "tokens",
     )
@@ -111,6 +114,8 @@ class Runtime:
         # First: a ca_file that fails leaves nothing opened or handed over to close again.
         stores = _trust_stores(config)
         self.config = config
+        # What processes will share, kept across reloads: one per process.
+        self.state: State = previous.state if previous is not None else open_state(config)
         # One spool budget per process: bodies buffered under the old config still count.
         self.spool: Spool = previous.spool if previous is not None else Spool()
         self.spool.configure(config.server)
@@ -153,12 +158,12 @@ class Runtime:
         # connection reuse and the DNS cache work per session.
         self._sessions: dict[SessionKey, Pool] = {}
         self.targets: dict[str, Target] = {}
-        route_limits: dict[str, tuple[RateLimit, ...]] = {}
+        route_limits: dict[str, tuple[Limit, ...]] = {}
         for route in config.routes:
             key = _session_key(route)
             if key not in self._sessions:
                 self._sessions[key] = _upstream_pool(route, stores[route.ca_file])
-            own: tuple[RateLimit, ...] = ()
+            own: tuple[Limit, ...] = ()
             if route.rate_limit is not None:
                 own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)
             route_limits[route.prefix] = own
@@ -168,27 +173,44 @@ class Runtime:
                 provider = self.tokens[route.auth]
                 if route.auth in auth_limits:
                     limits = (*own, auth_limits[route.auth])
-            target = Target(route, self._sessions[key], provider, limits, metrics, self.spool)
             old = previous.targets.get(route.prefix) if previous is not None else None
-            if previous is not None and old is not None and old.route.upstream == route.upstream:
-                # Same vendor: its pause and the rate learned from it carry on.
-                target.cooldown = old.cooldown
+            same_vendor = old is not None and old.route.upstream == route.upstream
+            # Same vendor: its pause and the rate learned from it carry on.
+            pause = old.cooldown if old is not None and same_vendor else None
+            target = Target(
+                route,
+                self._sessions[key],
+                provider,
+                limits,
+                metrics,
+                self.spool,
+                pause=pause or self.state.route_pause(route.prefix),
+            )
+            if previous is not None and old is not None and same_vendor:
                 old.adaptive.ceiling = target.adaptive.ceiling
                 target.adaptive = old.adaptive
                 previous._handed_routes.add(route.prefix)
             self.targets[route.prefix] = target
-        clients: dict[str, tuple[str, Client]] = {}
-        self.clients: dict[str, Client] = {}
+        clients: dict[str, tuple[str, Caller]] = {}
+        self.clients: dict[str, Caller] = {}
         for name, client in config.clients.items():
             limit = None
             if client.rate_limit is not None:
                 limit = self._limit(f"client {name}", client.rate_limit, previous)
-            overrides: dict[str, Override] = {}
-            for prefix, auth_name in client.auth.items():
-                extra = (auth_limits[auth_name],) if auth_name in auth_limits else ()
-                overrides[prefix] = (self.tokens[auth_name], route_limits[prefix] + extra)
+            mine: tuple[Limit, ...] = () if limit is None else (limit,)
+            terms: dict[str, Terms] = {}
+            for prefix, target in self.targets.items():
+                auth_name = client.auth.get(prefix)
+                if auth_name is None:
+                    terms[prefix] = (target.provider, target.limits + mine)
+                else:
+                    # Its own identity on this route, with that identity's limit instead
+                    # of the default one's.
+                    extra = (auth_limits[auth_name],) if auth_name in auth_limits else ()
+                    provider = self.tokens[auth_name]
+                    terms[prefix] = (provider, route_limits[prefix] + extra + mine)
             routes = None if client.routes is None else frozenset(client.routes)
-            self.clients[name] = Client(name, routes, limit, overrides)
+            self.clients[name] = Caller(name, routes, limit, terms)
             clients[name] = (client.key.reveal(), self.clients[name])
         self.access = Access(config.server, clients)
         headers = HeaderPolicy(
@@ -210,7 +232,7 @@ class Runtime:
         if previous is not None and limit is not None and limit.config == config:
             previous._handed_limits.add(name)
         else:
-            limit = RateLimit(name, config)
+            limit = RateLimit(name, config, self.state.capacity(name, config))
         self._limits[name] = limit
         return limit
 
@@ -258,3 +280,8 @@ class Runtime:
                 await target.adaptive.close()
         for session in self._sessions.values():
             await session.close()
+
+
+def open_state(config: Config) -> State:
+    """The state backend the config asks for; one per process, kept across reloads."""
+    return LocalState()

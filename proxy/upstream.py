@@ -22,10 +22,12 @@ from .bodies import Spool
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .http.client import BodyStream, Pool, Response, UpstreamError
-from .limits import RateLimit
+from .limits import Limit
 from .observe.metrics import Metrics, RouteMetrics
 from .redirects import Redirects
-from .retry import Cooldown, RetryBudget, exhausted_for, retry_delay
+from .retry import RetryBudget, exhausted_for, retry_delay
+from .state.base import RoutePause
+from .state.local import LocalPause
 
 log = structlog.get_logger("proxy.upstream")
 
@@ -59,9 +61,10 @@ class Target:
         route: RouteConfig,
         pool: Pool,
         provider: TokenProvider | None = None,
-        limits: tuple[RateLimit, ...] = (),
+        limits: tuple[Limit, ...] = (),
         metrics: Metrics | None = None,
         spool: Spool | None = None,
+        pause: RoutePause | None = None,
     ) -> None:
         self.route = route
         self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
@@ -69,9 +72,9 @@ class Target:
         self.provider = provider
         self.limits = limits
         self.retry = route.retry
-        self.cooldown = Cooldown(route.prefix)
+        self.cooldown = pause or LocalPause(route.prefix)
         # Learned from the upstream's 429s; never above the route's own limits.
-        ceiling = min((limit.config.rate / limit.config.per for limit in limits), default=None)
+        ceiling = min((limit.rate for limit in limits), default=None)
         self.adaptive = AdaptiveRate(f"route {route.prefix}", ceiling)
         self.budget = RetryBudget(route.retry.budget)
         # A route with auth injects its own token: the client's credential must not leak
@@ -114,7 +117,7 @@ async def exchange(
     length: int | None,
     replayable: bool,
     provider: TokenProvider | None,
-    limits: tuple[RateLimit, ...],
+    limits: tuple[Limit, ...],
     result: Exchange,
 ) -> Response:
     """Send the request until the upstream gives an answer worth passing on."""
@@ -204,7 +207,7 @@ async def exchange(
 
 async def _admit(
     target: Target,
-    limits: tuple[RateLimit, ...],
+    limits: tuple[Limit, ...],
     arrival: float,
     result: Exchange,
     *,
@@ -221,7 +224,7 @@ async def _admit(
     if not first:
         deadline = give_up
     elif limits:
-        deadline = min(give_up, started + min(limit.config.max_wait for limit in limits))
+        deadline = min(give_up, started + min(limit.max_wait for limit in limits))
     while True:
         paused = target.cooldown.remaining()
         if paused > 0:

@@ -4,49 +4,19 @@ cubic growth back, bounds. Nothing sleeps for real."""
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
 from proxy.adaptive import BETA, MIN_RATE, AdaptiveRate
 from proxy.errors import RateLimitedError
 
-
-class Clock:
-    """A timeline that moves only when every task waits: sleepers wake in time order."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, id(future), future))
-        await future
-
-    async def run(self, *coroutines: Coroutine[Any, Any, None]) -> None:
-        """Run these to completion, moving time to the next wake-up whenever all wait."""
-        tasks = [asyncio.ensure_future(c) for c in coroutines]
-        while not all(t.done() for t in tasks):
-            for _ in range(10):
-                await asyncio.sleep(0)  # let every runnable task reach its next wait
-            if self._sleepers:
-                wake, _, future = heapq.heappop(self._sleepers)
-                self.now = max(self.now, wake)
-                future.set_result(None)
-        for task in tasks:
-            task.result()
+from .fakeclock import Clock
 
 
 def learner(ceiling: float | None = None) -> tuple[AdaptiveRate, Clock]:
     clock = Clock()
-    return AdaptiveRate("route /v", ceiling, clock=clock, sleep=clock.sleep), clock
+    return AdaptiveRate("route /v", ceiling, clock=clock), clock
 
 
 def send(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float) -> None:

@@ -1,0 +1,82 @@
+"""The Protocols between the policy and the state it keeps.
+
+Each is small enough to be implemented over a shared store later: capacity is taken one
+slot at a time (a fleet backend hands out slots from leases), a pause only ever grows (a
+fleet backend extends it atomically), and nothing here waits on another process unless a
+method says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+from ..config import RateLimitConfig
+
+# The longest an upstream can pause a route: a Retry-After of a year is a bug on its side
+# and must not take the route down until a restart.
+MAX_PAUSE: Final = 600.0
+
+
+class Capacity(Protocol):
+    """The slots of one rate limit: ``burst`` at most at once, refilled at ``rate/per``.
+
+    Only the limit's dispatcher and its fast path call it; fairness among waiters is the
+    limit's own business (proxy/limits.py), not the capacity's."""
+
+    def has_capacity(self) -> bool:
+        """True when :meth:`acquire` would return now, without suspending."""
+        ...
+
+    async def acquire(self) -> None:
+        """Take one slot, waiting until one is free."""
+        ...
+
+
+class RoutePause(Protocol):
+    """A route-wide pause the upstream asked for: no request goes upstream before it ends.
+
+    Pauses only grow: a shorter one asked for while a longer one runs changes nothing, and
+    none lasts more than MAX_PAUSE."""
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds paused in all, for metrics."""
+        ...
+
+    def pause(self, seconds: float, reason: str) -> None:
+        """Pause for ``seconds`` from now (``reason`` is logged when a pause begins)."""
+        ...
+
+    def remaining(self) -> float:
+        """Seconds until the pause ends; 0 when there is none."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """For /-/status: paused or not, the seconds left and the total."""
+        ...
+
+
+class State(Protocol):
+    """Where limits, pauses and tokens keep what processes will share; one per process,
+    kept across reloads, made by the composition root from the config."""
+
+    @property
+    def backend(self) -> str:
+        """The backend's name, as the config spells it ("local")."""
+        ...
+
+    def capacity(self, limit: str, config: RateLimitConfig) -> Capacity:
+        """The slots of the limit named ``limit`` (e.g. "route /travtus")."""
+        ...
+
+    def route_pause(self, route: str) -> RoutePause:
+        """The pause of the route with prefix ``route``."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """For /-/status: the backend and whether it is usable."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the backend holds (connections, tasks)."""
+        ...

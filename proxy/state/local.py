@@ -1,0 +1,105 @@
+"""Today's state: everything in this process's memory.
+
+A limit's capacity is aiolimiter's leaky bucket, a pause a deadline on the monotonic clock.
+With ``--workers N`` each worker has its own, and the limits are divided by N
+(proxy/workers.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+from ..clock import MONOTONIC, Clock
+from ..config import RateLimitConfig
+from .base import MAX_PAUSE, Capacity, RoutePause
+
+log = structlog.get_logger("proxy.retry")
+
+TRANSIT_MARGIN: Final = 0.02  # seconds of traffic held back from the bucket (see local_bucket)
+
+
+def local_bucket(config: RateLimitConfig) -> AsyncLimiter:
+    """A bucket that keeps the promise of ``config`` at the upstream, not just at our door.
+
+    A limit of ``rate`` per ``per`` seconds with bursts of ``burst`` is aiolimiter's leaky
+    bucket of capacity ``burst`` draining ``rate / per`` a second: ``AsyncLimiter(burst,
+    burst * per / rate)``. Starting empty, it admits at most ``burst + rate * t`` requests in
+    any window of ``t`` seconds. Requests released on schedule can bunch up on the way
+    (event loop, pooled connections), so the bucket leaves room for TRANSIT_MARGIN of
+    traffic: arrivals delayed by up to that much still fit ``burst + rate * t``; the
+    sustained rate is unchanged. Whole requests only, never more than half the burst, never
+    below one request: small limits keep every slot they were given.
+    """
+    rate = config.rate / config.per
+    margin = math.floor(
+        max(0.0, min(rate * TRANSIT_MARGIN, config.capacity / 2, config.capacity - 1))
+    )
+    capacity = config.capacity - margin
+    return AsyncLimiter(capacity, capacity / rate)
+
+
+class LocalPause:
+    """A route pause held in this process: no request goes upstream before ``until``."""
+
+    __slots__ = ("_clock", "_paused_seconds", "route", "until")
+
+    def __init__(self, route: str, clock: Clock = MONOTONIC) -> None:
+        self.route = route
+        self._clock = clock
+        self.until = 0.0
+        self._paused_seconds = 0.0
+
+    @property
+    def paused_seconds(self) -> float:
+        return self._paused_seconds
+
+    def pause(self, seconds: float, reason: str) -> None:
+        seconds = min(seconds, MAX_PAUSE)
+        now = self._clock.monotonic()
+        until = now + seconds
+        if until <= self.until:
+            return
+        self._paused_seconds += until - max(self.until, now)
+        if self.until <= now:
+            log.warning("route_paused", route=self.route, seconds=round(seconds, 3), reason=reason)
+        self.until = until
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - self._clock.monotonic())
+
+    def status(self) -> dict[str, Any]:
+        remaining = self.remaining()
+        return {
+            "paused": remaining > 0,
+            "remaining_s": round(remaining, 3),
+            "paused_total_s": round(self._paused_seconds, 3),
+        }
+
+
+class LocalState:
+    """The per-process backend: every call is answered from memory, at once."""
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, clock: Clock = MONOTONIC) -> None:
+        self._clock = clock
+
+    @property
+    def backend(self) -> str:
+        return "local"
+
+    def capacity(self, limit: str, config: RateLimitConfig) -> Capacity:
+        return local_bucket(config)
+
+    def route_pause(self, route: str) -> RoutePause:
+        return LocalPause(route, self._clock)
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "local", "up": True}
+
+    async def close(self) -> None:
+        return None

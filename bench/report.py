@@ -11,7 +11,7 @@ def _per_round(
     runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str, op: str
 ) -> float:
     """Median over rounds of a/b or a-b: each round's pair ran minutes apart at most."""
-    values = [
+    values: list[float] = [
         a[key] / b[key] if op == "/" else a[key] - b[key]
         for a, b in zip(runs_a, runs_b, strict=True)
     ]
@@ -29,6 +29,13 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
             runs["proxy_c64"], runs["nginx_proxy_c64"], "cpu_us_per_request", "/"
         ),
         "rps_ratio_vs_nginx": _per_round(runs["proxy_c64"], runs["nginx_proxy_c64"], "rps", "/"),
+        "aiohttp_cpu_us_per_request": t["aiohttp_proxy_c64"]["cpu_us_per_request"],
+        "cpu_ratio_vs_aiohttp": _per_round(
+            runs["proxy_c64"], runs["aiohttp_proxy_c64"], "cpu_us_per_request", "/"
+        ),
+        "rps_ratio_vs_aiohttp": _per_round(
+            runs["proxy_c64"], runs["aiohttp_proxy_c64"], "rps", "/"
+        ),
         "proxy_rps": t["proxy_c64"]["rps"],
         "proxy_workers_2_rps": t["proxy_workers_2_c64"]["rps"],
         "added_p50_ms": _per_round(runs["proxy_c8"], runs["direct_c8"], "p50_ms", "-"),
@@ -108,6 +115,9 @@ def table(results: dict[str, Any]) -> str:
         f"| proxy CPU / nginx CPU per request | {h['cpu_ratio_vs_nginx']:.2f}x "
         f"(nginx {h['nginx_cpu_us_per_request']:.1f} µs) | <= 6x |",
         f"| proxy req/s / nginx req/s (c64) | {h['rps_ratio_vs_nginx']:.3f} | - |",
+        f"| proxy CPU / aiohttp peer CPU per request | {h['cpu_ratio_vs_aiohttp']:.2f}x "
+        f"(aiohttp {h['aiohttp_cpu_us_per_request']:.1f} µs) | - |",
+        f"| proxy req/s / aiohttp peer req/s (c64) | {h['rps_ratio_vs_aiohttp']:.3f} | - |",
         f"| req/s with --workers 2 (c64) | {h['proxy_workers_2_rps']:.0f} | >= 10,000 |",
         f"| added p50 over direct at c8 | {h['added_p50_ms']:.2f} ms "
         f"(workers 2: {h['added_p50_ms_workers_2']:.2f} ms) | <= 1 ms |",

@@ -33,7 +33,10 @@ def scenarios(stream_bytes: int, baseline: Path | None = None) -> dict[str, Any]
             token_url = str(sandbox["token_urls"]["travtus"])
             with nginx.upstream(directory / "upstream", stream_bytes) as (_, up_port):
                 with nginx.reverse_proxy(directory / "nginx_proxy", up_port) as (ngx, ngx_port):
-                    print("scenarios 1-4: direct, nginx, proxy, proxy --workers 2", flush=True)
+                    print(
+                        "scenarios 1-4: direct, nginx, aiohttp peer, proxy, proxy --workers 2",
+                        flush=True,
+                    )
                     results["throughput"] = throughput.run_all(
                         directory, up_port, (ngx.pid, ngx_port), token_url, baseline
                     )

@@ -1,4 +1,5 @@
-"""Throughput, latency and CPU per request: direct, nginx as a proxy, and ours.
+"""Throughput, latency and CPU per request: direct, nginx as a proxy, a bare aiohttp proxy,
+and ours.
 
 Every server is started once; the scenarios then take turns (round 1 of each, round 2 of
 each, ...) so a noisy moment on this shared machine spreads over all of them rather than
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import wrk
-from .procs import Proxy, cpu_seconds, memory_kib
+from .procs import Proxy, cpu_seconds, memory_kib, python_server
 
 ROUNDS = 3
 SECONDS = 5.0
@@ -74,11 +75,17 @@ def run_all(
     token_url: str,
     baseline: Path | None = None,
 ) -> dict[str, Any]:
-    """Scenarios 1-4 (and the proxy without its access log, for the log's cost; and, with
-    ``baseline``, the proxy of that checkout, for a before/after in the same rounds)."""
+    """Scenarios 1-4, with the bare aiohttp proxy (``bench.aiohttp_peer``) beside nginx as
+    the peer that runs in the interpreter as ours does (and the proxy without its access
+    log, for the log's cost; and, with ``baseline``, the proxy of that checkout, for a
+    before/after in the same rounds)."""
     nginx_pid, nginx_port = nginx_proxy
     config = proxy_config(directory, "full", upstream_port, token_url)
     with ExitStack() as stack:
+        peer_upstream = f"http://127.0.0.1:{upstream_port}"
+        peer, announced = stack.enter_context(
+            python_server("-m", "bench.aiohttp_peer", "--port", "0", "--upstream", peer_upstream)
+        )
         one = stack.enter_context(Proxy(config, directory / "proxy1.log"))
         two = stack.enter_context(Proxy(config, directory / "proxy2.log", "--workers", "2"))
         quiet = stack.enter_context(
@@ -87,6 +94,7 @@ def run_all(
         targets: dict[str, tuple[str, int | None]] = {
             "direct": (f"http://127.0.0.1:{upstream_port}/x", None),
             "nginx_proxy": (f"http://127.0.0.1:{nginx_port}/x", nginx_pid),
+            "aiohttp_proxy": (f"http://127.0.0.1:{announced['port']}/x", peer.pid),
             "proxy": (f"{one.url}/api/x", one.pid),
             "proxy_workers_2": (f"{two.url}/api/x", two.pid),
             "proxy_no_access_log": (f"{quiet.url}/api/x", quiet.pid),

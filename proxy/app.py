@@ -95,6 +95,7 @@ class ProxyState:
         for task in list(self._retiring):
             await task
         await self.runtime.close()
+        await self.runtime.state.close()  # kept across reloads: closed once, last
 
 
 class _StateKey:

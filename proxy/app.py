@@ -19,16 +19,16 @@ from .errors import (
     ListenError,
     MethodNotAllowedError,
     NoRouteError,
-    NotImplementedError_,
     OverloadedError,
     ProxyError,
     RequestTimeoutError,
+    UnsupportedCodingError,
     VersionError,
-    error_response,
 )
 from .fds import connection_cap
 from .forward import Stats
 from .headers import RequestIds
+from .http.replies import error_response
 from .http.server import Reply, Request, Server
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
@@ -226,7 +226,7 @@ _REFUSALS: Final[dict[int, type[ProxyError]]] = {
     408: RequestTimeoutError,
     431: HeadTooLargeError,
     500: InternalError,
-    501: NotImplementedError_,
+    501: UnsupportedCodingError,
     503: OverloadedError,
     505: VersionError,
 }

@@ -26,10 +26,10 @@ from .errors import (
     RateLimitedError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
-    error_response,
 )
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
 from .http.client import Response, UpstreamError
+from .http.replies import error_response
 from .http.server import Reply, Request
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics

@@ -12,18 +12,11 @@ import structlog
 
 from .config import Config
 from .errors import (
-    BadRequestError,
     ForbiddenError,
-    HeadTooLargeError,
-    InternalError,
     ListenError,
     MethodNotAllowedError,
     NoRouteError,
-    OverloadedError,
     ProxyError,
-    RequestTimeoutError,
-    UnsupportedCodingError,
-    VersionError,
 )
 from .fds import connection_cap
 from .forward import Stats
@@ -221,15 +214,6 @@ async def _admin(
 
 
 _REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
-_REFUSALS: Final[dict[int, type[ProxyError]]] = {
-    400: BadRequestError,
-    408: RequestTimeoutError,
-    431: HeadTooLargeError,
-    500: InternalError,
-    501: UnsupportedCodingError,
-    503: OverloadedError,
-    505: VersionError,
-}
 
 
 class ProxyApp:
@@ -263,15 +247,14 @@ class ProxyApp:
         self._state = state
         state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
 
-    def refusal(self, status: int, message: str) -> Reply:
+    def refusal(self, error: ProxyError) -> Reply:
         """The server's own refusals (before any handler: malformed, too large, too slow,
         overloaded) are counted and logged too, by status and reason only."""
         if self._state is not None:
-            self._state.metrics.count_request("refused", "other", status)
-        log.info("request_refused", status=status, reason=message)
+            self._state.metrics.count_request("refused", "other", error.status)
+        log.info("request_refused", status=error.status, reason=error.message)
         # Nothing of the request is echoed, its X-Request-ID included: it may not even
         # have been parsed.
-        error = _REFUSALS.get(status, BadRequestError)(message)
         return error_response(error, self._request_ids.new())
 
     async def handle(self, request: Request) -> Reply | None:

@@ -1,4 +1,5 @@
-"""Dependencies point one way: a lower layer never loads a higher one.
+"""Dependencies point one way: a lower layer never loads a higher one, and the command
+line loads the sandbox only for the commands that run it.
 
 Each check runs in a fresh interpreter, so modules other tests imported cannot hide an
 import that the one under test would pull in.
@@ -37,6 +38,22 @@ def test_loading_a_config_does_not_load_the_server(statement: str) -> None:
     loaded = _loaded_after(statement)
     assert "proxy.http.server" not in loaded
     assert "proxy.forward" not in loaded
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--config", "/nonexistent.toml"]])
+def test_the_command_line_loads_the_sandbox_only_for_its_commands(argv: list[str]) -> None:
+    """python -m proxy --help and the proxy's own commands leave the sandbox (and the demo
+    that embeds it) unloaded."""
+    statement = (
+        "import contextlib, io\n"
+        "from proxy.__main__ import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), "
+        "contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        f"    main({argv!r})"
+    )
+    loaded = _loaded_after(statement)
+    assert "proxy.__main__" in loaded
+    assert not {name for name in loaded if name.startswith(("proxy.sandbox", "proxy.demo"))}
 
 
 def test_the_errors_tree_lists_every_error_with_its_status_and_code() -> None:

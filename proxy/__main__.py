@@ -1,4 +1,4 @@
-"""Command line: ``python -m proxy serve|check``."""
+"""Command line: python -m proxy serve|check|sandbox|demo."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from ipaddress import ip_address
 
 import structlog
 
-from . import arguments, sandbox
+from . import arguments
 from . import config as config_module
+from .access import is_loopback
 from .app import STATE, build_app, start
 from .config import Config
-from .demo import run_demo
 from .errors import ConfigError, ListenError
 from .observe import logs
 from .workers import announce_ready, per_worker, supervise
@@ -29,7 +28,8 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("PROXY_CONFIG") or "routes.toml"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the sandbox's options are added only when ``command`` is "sandbox"."""
     parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
 
     sandbox_cmd = commands.add_parser("sandbox", help="simulate the three vendor APIs")
-    sandbox.add_arguments(sandbox_cmd)
+    if command == "sandbox":
+        # The sandbox (2,000 lines and aiohttp's server) loads only for its own command.
+        from . import sandbox
+
+        sandbox.add_arguments(sandbox_cmd)
 
     demo = commands.add_parser("demo", help="the proxy in front of the sandbox, one process")
     demo.add_argument("--config", default="demo/routes.toml")
@@ -136,7 +140,7 @@ async def _serve(
         announce_ready(shown)
     else:
         log.info("proxy_started", addresses=shown, routes=_route_summary(config), pid=os.getpid())
-        if not config.clients and not _is_loopback(host):
+        if not config.clients and not _is_local(host):
             log.warning(
                 "proxy_open",
                 host=host,
@@ -163,16 +167,18 @@ def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Confi
     )
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+def _is_local(host: str) -> bool:
+    """Is ``host`` (a listen address, or a host name) reachable from this machine only?"""
+    return host == "localhost" or is_loopback(host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # Only -h comes before the command: the first argument is the command, if any.
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     if args.command == "sandbox":
+        from . import sandbox
+
         asyncio.run(sandbox.serve(args))
         return 0
     path = _config_path(args.config)
@@ -182,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     atexit.register(out.flush_now)  # lines still waiting when the process ends
     redactor = logs.configure(args.log_level, args.log_format, stream=out)
     if args.command == "demo":
+        from .demo import run_demo  # the sandbox comes with it
+
         try:
             asyncio.run(run_demo(path, args.host, args.port, args.sandbox_port))
         except ConfigError as exc:
@@ -196,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = config.server.host if args.host is None else args.host
     port = config.server.port if args.port is None else args.port
     workers = config.server.workers if args.workers is None else args.workers
-    if not config.clients and not _is_loopback(host) and workers > 1:
+    if not config.clients and not _is_local(host) and workers > 1:
         structlog.get_logger("proxy").warning("proxy_open", host=host)
     try:
         if workers > 1 and not args.worker_of:

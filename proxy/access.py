@@ -52,9 +52,10 @@ def _address(remote: str | None) -> IPv4Address | IPv6Address | None:
         return None
 
 
-def _is_loopback(remote: str | None) -> bool:
-    # All of 127.0.0.0/8 and ::1 (and ::ffff:127.x on a dual-stack socket) are this host.
-    address = _address(remote)
+def is_loopback(host: str | None) -> bool:
+    """Is ``host`` an address of this machine only? All of 127.0.0.0/8 and ::1 are, and
+    ::ffff:127.x as a dual-stack socket reports them; a host name is not an address."""
+    address = _address(host)
     if address is None:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
@@ -113,7 +114,7 @@ class Access:
         if self._admin == "any":
             return True
         if self._admin == "loopback":
-            return _is_loopback(remote)
+            return is_loopback(remote)
         try:
             client = self.identify(headers)
         except UnauthorizedError:

@@ -12,24 +12,17 @@ import structlog
 
 from .config import Config
 from .errors import (
-    BadRequestError,
     ForbiddenError,
-    HeadTooLargeError,
-    InternalError,
     ListenError,
     MethodNotAllowedError,
     NoRouteError,
-    NotImplementedError_,
-    OverloadedError,
     ProxyError,
-    RequestTimeoutError,
-    VersionError,
-    error_response,
 )
 from .fds import connection_cap
-from .forward import Stats
 from .headers import RequestIds
+from .http.replies import error_response
 from .http.server import Reply, Request, Server
+from .observe.accounting import Accounting, Stats
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
@@ -40,7 +33,15 @@ log = structlog.get_logger("proxy.app")
 class ProxyState:
     """The running Runtime (swapped on reload) and what outlives reloads."""
 
-    __slots__ = ("_retiring", "access_log", "metrics", "on_secrets", "request_ids", "runtime")
+    __slots__ = (
+        "_retiring",
+        "access_log",
+        "accounting",
+        "metrics",
+        "on_secrets",
+        "request_ids",
+        "runtime",
+    )
 
     def __init__(
         self,
@@ -51,6 +52,8 @@ class ProxyState:
         self.metrics = Metrics()
         self.request_ids = request_ids or RequestIds()
         self.access_log = access_log
+        # For what the proxy answers itself: those requests never reach a Runtime's pipeline.
+        self.accounting = Accounting(self.metrics, access_log)
         self.runtime = Runtime(config, self.metrics, access_log)
         self._retiring: set[asyncio.Task[None]] = set()
         # Told every credential of each config loaded, for the log redactor.
@@ -179,17 +182,17 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     if not runtime.access.peer_allowed(request.remote):
         # Before anything else: not even the route table is consulted.
         log.warning("source_refused", remote=request.remote)
-        return _refused(runtime, request, request_id, ForbiddenError("source address not allowed"))
+        return _refused(state, request, request_id, ForbiddenError("source address not allowed"))
     if request.method in _REFUSED_METHODS:
         # TRACE would echo our injected token back to the client; CONNECT asks for a
         # tunnel to anywhere. Neither is ever forwarded.
         error = MethodNotAllowedError(f"{request.method} is not allowed through this proxy")
-        return _refused(runtime, request, request_id, error)
+        return _refused(state, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
         answer.headers = {**answer.headers, "X-Request-ID": request_id}
-        runtime.forwarder.account(request, stats, answer.status, local="/-/")
+        state.accounting.account(request, stats, answer.status, local="/-/")
         return answer
     runtime.enter()
     try:
@@ -198,10 +201,10 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         runtime.leave()
 
 
-def _refused(runtime: Runtime, request: Request, request_id: str, error: ProxyError) -> Reply:
+def _refused(state: ProxyState, request: Request, request_id: str, error: ProxyError) -> Reply:
     """Answered by the proxy before routing: counted and logged under route "refused"."""
     refused = error_response(error, request_id)
-    runtime.forwarder.account(request, Stats(request_id), refused.status, local="refused")
+    state.accounting.account(request, Stats(request_id), refused.status, local="refused")
     return refused
 
 
@@ -220,15 +223,6 @@ async def _admin(
 
 
 _REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
-_REFUSALS: Final[dict[int, type[ProxyError]]] = {
-    400: BadRequestError,
-    408: RequestTimeoutError,
-    431: HeadTooLargeError,
-    500: InternalError,
-    501: NotImplementedError_,
-    503: OverloadedError,
-    505: VersionError,
-}
 
 
 class ProxyApp:
@@ -262,15 +256,14 @@ class ProxyApp:
         self._state = state
         state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
 
-    def refusal(self, status: int, message: str) -> Reply:
+    def refusal(self, error: ProxyError) -> Reply:
         """The server's own refusals (before any handler: malformed, too large, too slow,
         overloaded) are counted and logged too, by status and reason only."""
         if self._state is not None:
-            self._state.metrics.count_request("refused", "other", status)
-        log.info("request_refused", status=status, reason=message)
+            self._state.metrics.count_request("refused", "other", error.status)
+        log.info("request_refused", status=error.status, reason=error.message)
         # Nothing of the request is echoed, its X-Request-ID included: it may not even
         # have been parsed.
-        error = _REFUSALS.get(status, BadRequestError)(message)
         return error_response(error, self._request_ids.new())
 
     async def handle(self, request: Request) -> Reply | None:

@@ -1,4 +1,8 @@
-"""The proxy's errors, and the one place that turns them into HTTP responses.
+"""The proxy's errors: the bottom layer, importing nothing of the proxy.
+
+Every layer raises these, the wire's refusals included; each ProxyError names the status
+and code it is answered with, and ``proxy/http/replies.py`` is the one place that turns it
+into the JSON answer a client gets.
 
     Exception
     ├── ConfigError               start-up: routes.toml is invalid (every problem listed)
@@ -8,18 +12,20 @@
         ├── UnauthorizedError     401 unauthorized (clients are configured; no valid key)
         ├── ForbiddenError        403 forbidden (source address, or a route the key may not use)
         ├── NoRouteError          404 no_route
+        ├── MethodNotAllowedError 405 method_not_allowed (TRACE, CONNECT)
         ├── RequestTimeoutError   408 request_timeout (the request head came too slowly)
+        ├── BodyTooLargeError     413 body_too_large (a buffered chunked body over its limit)
+        ├── MisdirectedError      421 misdirected_request (a Host that server.hosts does not list)
         ├── RateLimitedError      429 rate_limited (our own limit, or the route is paused)
         ├── HeadTooLargeError     431 header_too_large (request head over 64 KiB or 128 fields)
-        ├── MethodNotAllowedError 405 method_not_allowed (TRACE, CONNECT)
         ├── InternalError         500 internal_error (a bug: the handler failed)
-        ├── NotImplementedError_  501 not_implemented (a transfer coding other than chunked)
-        ├── OverloadedError       503 overloaded (max_connections or max_in_flight reached)
-        ├── VersionError          505 http_version_not_supported (not HTTP/1.0 or 1.1)
-        ├── LoopDetectedError     508 loop_detected (the request carries our own Via)
+        ├── UnsupportedCodingError  501 not_implemented (a transfer coding other than chunked)
         ├── UpstreamUnreachableError  502 upstream_unreachable
+        ├── OverloadedError       503 overloaded (a connection, in-flight or body spool cap reached)
         ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
-        └── UpstreamTimeoutError  504 upstream_timeout
+        ├── UpstreamTimeoutError  504 upstream_timeout
+        ├── VersionError          505 http_version_not_supported (not HTTP/1.0 or 1.1)
+        └── LoopDetectedError     508 loop_detected (the request carries our own Via)
 
 Upstream responses, errors included, are never turned into these: they pass through.
 Messages are written for the client and never hold a header value, token or secret.
@@ -27,12 +33,8 @@ Messages are written for the client and never hold a header value, token or secr
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from typing import ClassVar
-
-from .http.server import Reply
 
 
 class ConfigError(Exception):
@@ -119,7 +121,7 @@ class MethodNotAllowedError(ProxyError):
     code = "method_not_allowed"
 
 
-class NotImplementedError_(ProxyError):
+class UnsupportedCodingError(ProxyError):
     status = 501
     code = "not_implemented"
 
@@ -174,16 +176,3 @@ class TokenUnavailableError(ProxyError):
 class UpstreamTimeoutError(ProxyError):
     status = 504
     code = "upstream_timeout"
-
-
-def error_response(error: ProxyError, request_id: str) -> Reply:
-    """The JSON body and X-Proxy-Error header every proxy-made error carries."""
-    body = json.dumps({"error": error.code, "message": error.message, "request_id": request_id})
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "X-Proxy-Error": error.code,
-        "X-Request-ID": request_id,
-    }
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
-    return Reply(error.status, headers, body.encode())

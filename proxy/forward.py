@@ -9,7 +9,6 @@ its own, so what the upstream sends is what the client gets (minus hop-by-hop he
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -26,11 +25,12 @@ from .errors import (
     RateLimitedError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
-    error_response,
 )
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
 from .http.client import Response, UpstreamError
+from .http.replies import error_response
 from .http.server import Reply, Request
+from .observe.accounting import Accounting, Stats
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .redirects import REWRITTEN
@@ -40,24 +40,10 @@ from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_heade
 log = structlog.get_logger("proxy.forward")
 
 
-class Stats:
-    """What one request cost, for its access-log line and metrics."""
-
-    __slots__ = ("bytes_out", "client", "exchange", "request_id", "route", "started")
-
-    def __init__(self, request_id: str) -> None:
-        self.started = time.perf_counter()
-        self.request_id = request_id
-        self.route: str | None = None
-        self.client: str | None = None
-        self.exchange: Exchange | None = None
-        self.bytes_out = 0
-
-
 class Forwarder:
     """Forwards every request that is not the proxy's own to its route's upstream."""
 
-    __slots__ = ("_access", "_access_log", "_headers", "_metrics", "_table", "_targets")
+    __slots__ = ("_access", "_accounting", "_headers", "_metrics", "_table", "_targets")
 
     def __init__(
         self,
@@ -68,12 +54,13 @@ class Forwarder:
         metrics: Metrics,
         access_log: AccessLog | None,
     ) -> None:
-        self._access_log = access_log
         self._table = table
         self._targets = targets
         self._access = access
         self._headers = headers
         self._metrics = metrics
+        routes = {prefix: target.metrics for prefix, target in targets.items()}
+        self._accounting = Accounting(metrics, access_log, routes)
 
     async def handle(self, request: Request, request_id: str) -> Reply | None:
         """Check who asks, route, forward; log one access line and count it, whatever
@@ -122,54 +109,7 @@ class Forwarder:
             return error_response(InternalError("internal error"), request_id)
         finally:
             self._metrics.in_flight.dec()
-            self.account(request, stats, status)
-
-    def account(
-        self, request: Request, stats: Stats, status: int, local: str | None = None
-    ) -> None:
-        """One access line and the request metrics; ``local`` labels a request the proxy
-        answered itself before routing (``/-/``, a refused source)."""
-        total = time.perf_counter() - stats.started
-        route = stats.route or local or "none"
-        self._metrics.count_request(route, request.method, status)
-        result = stats.exchange
-        if stats.route is not None:
-            metrics = self._targets[stats.route].metrics
-            metrics.duration.observe(total)
-            if result is not None and result.attempts:
-                metrics.upstream.observe(result.upstream_seconds)
-                metrics.attempts.inc(result.attempts)
-                if result.retries:
-                    metrics.retries.inc(result.retries)
-                metrics.limiter_wait.observe(result.limiter_wait)
-        access = self._access_log
-        if access is None:
-            return
-        access(
-            {
-                "request_id": stats.request_id,
-                "remote": request.remote,
-                "client": stats.client,
-                "method": request.method,
-                # No query string: queries can hold personal data.
-                "path": request.raw_path.partition("?")[0],
-                "route": stats.route or local,
-                "status": status,
-                "upstream_status": result.status if result is not None else None,
-                "attempts": result.attempts if result is not None else 0,
-                "retries_429": result.retries if result is not None else 0,
-                "token_refreshes": result.token_renewals if result is not None else 0,
-                "limiter_wait_ms": (
-                    round(result.limiter_wait * 1000, 2) if result is not None else 0
-                ),
-                "upstream_ms": (
-                    round(result.upstream_seconds * 1000, 2) if result is not None else None
-                ),
-                "total_ms": round(total * 1000, 2),
-                "bytes_in": request.content.total_bytes,
-                "bytes_out": stats.bytes_out,
-            }
-        )
+            self._accounting.account(request, stats, status)
 
     async def _forward(
         self,

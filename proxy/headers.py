@@ -16,7 +16,7 @@ from typing import Final
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 # Lower-case names, compared with name.lower(): an istr in a frozenset does NOT match
-# case-insensitively, and only aiohttp's C parser canonicalises the case of known names.
+# case-insensitively, and names arrive in whatever case the client or upstream wrote.
 HOP_BY_HOP: Final[frozenset[str]] = frozenset(
     h.lower()
     for h in (

@@ -112,10 +112,11 @@ async def test_dot_segments_and_foreign_targets_are_refused(
     assert upstream.seen == []
 
 
-async def test_asterisk_target_is_refused_by_the_parser(
+async def test_asterisk_target_is_refused_by_the_route_table(
     upstream: Upstream, make_proxy: ProxyFactory
 ) -> None:
-    """An asterisk-form target never reaches an upstream (aiohttp's parser answers it)."""
+    """An asterisk-form target never reaches an upstream: llhttp takes it, and the route
+    table refuses any target that is not a path (400)."""
     proxy = await make_proxy(routes(upstream))
     response = await raw_http(proxy, raw_get("*"))
     assert response.status == 400

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from proxy import config as config_module
-from proxy.access import _is_loopback
+from proxy.access import is_loopback
 from proxy.app import STATE, build_app, start
 
 from .conftest import Scripted, get, route
@@ -171,5 +171,5 @@ async def test_loopback_admin_access_admits_the_whole_loopback_range(
     ],
 )
 def test_loopback_rule_covers_every_loopback_form(remote: str | None, loopback: bool) -> None:
-    """Peers are judged by address class, in every form aiohttp may report them."""
-    assert _is_loopback(remote) is loopback
+    """Peers are judged by address class, in every form the server may report them."""
+    assert is_loopback(remote) is loopback

@@ -21,7 +21,7 @@ from yarl import URL
 from proxy.sandbox import SandboxSettings, add_arguments, build_sandbox_app, serve
 from proxy.sandbox import jwt as sandbox_jwt
 from proxy.sandbox.cli import settings_from_args
-from proxy.sandbox.limits import SlidingWindow, TokenBucket
+from proxy.sandbox.limits import AdmissionWindow, TokenBucket
 
 COGNITO = "/cognito/oauth2/token"
 KEYCLOAK = "/keycloak/realms/travis-road-services/protocol/openid-connect/token"
@@ -953,7 +953,7 @@ def test_token_bucket_and_sliding_window() -> None:
         False,
         True,
     ]
-    window = SlidingWindow(limit=2, window=60)
+    window = AdmissionWindow(limit=2, window=60)
     assert [window.admit(0), window.admit(10), window.admit(20)] == [True, True, False]
     assert window.retry_after(20) == 40
     assert window.admit(60) is True

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from proxy.errors import ProxyError
 from proxy.http.server import MAX_HEAD, Reply, Request, Server
 
 from .conftest import ProxyFactory, Upstream
@@ -156,8 +157,8 @@ async def test_keep_alive_serves_several_requests_and_head_has_no_body(
 
 
 async def _serve_directly(handler, **kwargs: float) -> tuple[Server, str]:  # type: ignore[no-untyped-def]
-    def refusal(status: int, message: str) -> Reply:
-        return Reply(status, {"X-Refused": message}, b"{}")
+    def refusal(error: ProxyError) -> Reply:
+        return Reply(error.status, {"X-Refused": error.message}, b"{}")
 
     server = Server(handler, refusal, **kwargs)
     addresses = await server.listen("127.0.0.1", 0)

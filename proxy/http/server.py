@@ -28,6 +28,16 @@ import httptools
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ..errors import (
+    BadRequestError,
+    HeadTooLargeError,
+    InternalError,
+    OverloadedError,
+    ProxyError,
+    RequestTimeoutError,
+    UnsupportedCodingError,
+    VersionError,
+)
 from .flow import ByteQueue, WriteFlow
 
 log = structlog.get_logger("proxy.server")
@@ -312,7 +322,7 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Reply | None]]
-Refusal = Callable[[int, str], Reply]  # status, message -> our JSON answer
+Refusal = Callable[[ProxyError], Reply]  # the error (its status and message) -> our answer
 
 
 class HttpConnection(WriteFlow):
@@ -404,7 +414,8 @@ class HttpConnection(WriteFlow):
             # way reads the 503 rather than a reset, but only for a few at a time: in a
             # flood the rest are closed at once, keeping descriptors for those served.
             self._closing = True
-            transport.write(_raw_reply(server.refusal(503, "too many connections"), ""))  # type: ignore[attr-defined]
+            refusal = server.refusal(OverloadedError("too many connections"))
+            transport.write(_raw_reply(refusal, ""))  # type: ignore[attr-defined]
             if server.lingering_refusals < _MAX_LINGERING_REFUSALS:
                 server.lingering_refusals += 1
                 self._refused = True
@@ -473,7 +484,7 @@ class HttpConnection(WriteFlow):
                 self._body = None
             self._stop_reading()
         except httptools.HttpParserError as exc:
-            self._refuse(400, "malformed request", exc)
+            self._refuse(BadRequestError("malformed request"), exc)
             return
         if self._heads != heads:
             return
@@ -484,7 +495,7 @@ class HttpConnection(WriteFlow):
             # bound what llhttp and httptools hold for a field that never ends.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
-                self._refuse(431, "request head too large")
+                self._refuse(HeadTooLargeError("request head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -499,6 +510,8 @@ class HttpConnection(WriteFlow):
         self.release_writers(ConnectionResetError("client closed the connection"))
 
     # -- parser callbacks ---------------------------------------------------------------
+    # A ProxyError raised here stops parsing: the request is answered with it (see
+    # _refuse) and the connection closed; nothing after it is read.
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -514,7 +527,7 @@ class HttpConnection(WriteFlow):
         self._url += url
         self._head_size += len(url)
         if self._head_size > MAX_HEAD:
-            raise _Refused(431, "request head too large")
+            raise HeadTooLargeError("request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp drops the whitespace before a value, not after it; neither is part of
@@ -526,11 +539,11 @@ class HttpConnection(WriteFlow):
             # and no field of a request is added after the upstream got its head.
             self._trailer_size += len(name) + len(value) + 4
             if self._trailer_size > MAX_HEAD:
-                raise _Refused(431, "request trailer section too large")
+                raise HeadTooLargeError("request trailer section too large")
             return
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD or len(self._headers) >= MAX_HEADERS:
-            raise _Refused(431, "request head too large")
+            raise HeadTooLargeError("request head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -647,10 +660,10 @@ class HttpConnection(WriteFlow):
             return writing
         return reading if writing is None else min(reading, writing)
 
-    def _refuse(self, status: int, message: str, cause: BaseException | None = None) -> None:
+    def _refuse(self, error: ProxyError, cause: BaseException | None = None) -> None:
         """A request we will not parse further: answer it (in turn) and close."""
-        if cause is not None and isinstance(cause.__context__, _Refused):
-            status, message = cause.__context__.status, cause.__context__.message
+        if cause is not None and isinstance(cause.__context__, ProxyError):
+            error = cause.__context__  # raised by a parser callback
         self._stop_reading()
         body = self._body
         if body is not None:
@@ -659,9 +672,9 @@ class HttpConnection(WriteFlow):
             # answers 400 (see Body.malformed). One answer per request, then the close.
             self._body = None
             body.malformed = True
-            body.end(MalformedBodyError(message))
+            body.end(MalformedBodyError(error.message))
             return
-        self._enqueue(self.server.refusal(status, message))
+        self._enqueue(self.server.refusal(error))
 
     # -- answering ----------------------------------------------------------------------
 
@@ -758,7 +771,7 @@ class HttpConnection(WriteFlow):
         server = self.server
         if server.in_flight >= server.max_in_flight:
             request.keep_alive = False
-            request.reply(server.refusal(503, "too many requests in flight"))
+            request.reply(server.refusal(OverloadedError("too many requests in flight")))
             return False
         server.in_flight += 1
         try:
@@ -773,7 +786,7 @@ class HttpConnection(WriteFlow):
             if request.started:
                 return False  # a head is out: the close cuts the answer (see _serve)
             request.keep_alive = False
-            request.reply(server.refusal(500, "internal error"))
+            request.reply(server.refusal(InternalError("internal error")))
             return False
         finally:
             server.in_flight -= 1
@@ -792,38 +805,28 @@ def _raw_reply(reply: Reply, date_line: str) -> bytes:
     return "".join(lines).encode("utf-8") + reply.body
 
 
-class _Refused(Exception):
-    """Raised from a parser callback to stop parsing: the request is answered with
-    ``status`` and the connection closed; nothing after it is read."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _framing_problem(
     version: str, headers: CIMultiDictProxy[str], upgrade: bool
-) -> _Refused | None:
+) -> ProxyError | None:
     """What llhttp lets through but a proxy must not (request smuggling, RFC 9112):
     every request is framed one way only, as both ends of the proxy will read it."""
     if version not in ("1.0", "1.1"):
-        return _Refused(505, "HTTP version not supported")
+        return VersionError("HTTP version not supported")
     hosts = headers.getall("Host", ())
     if len(hosts) > 1 or (version == "1.1" and not hosts):
-        return _Refused(400, "exactly one Host header is required")
+        return BadRequestError("exactly one Host header is required")
     codings = headers.getall("Transfer-Encoding", ())
     if codings:
         if version == "1.0":
             # An HTTP/1.0 hop may not understand chunking: the body's end would be
             # ambiguous, and what follows it could run as a second request.
-            return _Refused(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+            return BadRequestError("Transfer-Encoding is not allowed in HTTP/1.0")
         if len(codings) > 1 or "," in codings[0]:
-            return _Refused(400, "only a single Transfer-Encoding: chunked is accepted")
+            return BadRequestError("only a single Transfer-Encoding: chunked is accepted")
         if codings[0].strip().lower() != "chunked":
-            return _Refused(501, "transfer coding not implemented")
+            return UnsupportedCodingError("transfer coding not implemented")
     if upgrade and (headers.get("Content-Length", "0") != "0" or codings):
-        return _Refused(400, "an upgrade request may not carry a body")
+        return BadRequestError("an upgrade request may not carry a body")
     return None
 
 
@@ -899,7 +902,9 @@ class Server:
             started = conn.head_started
             if started is not None:
                 if now - started > self._header_timeout:
-                    conn.write(_raw_reply(self.refusal(408, "request head too slow"), ""))
+                    conn.write(
+                        _raw_reply(self.refusal(RequestTimeoutError("request head too slow")), "")
+                    )
                     transport.close()
             elif now - conn.idle_since > self.idle_timeout:
                 if transport.get_write_buffer_size():

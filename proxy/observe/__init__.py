@@ -1,1 +1,2 @@
-"""Logging, metrics, health and status: what operators see of the proxy."""
+"""Logging, metrics, the accounting of each request into both, health and status: what
+operators see of the proxy."""

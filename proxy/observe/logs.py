@@ -2,7 +2,7 @@
 
 Configured once by the command line at start-up; modules only ever call
 ``structlog.get_logger(...)`` and log ``snake_case`` events with key=value pairs. Every
-line, aiohttp's own included, passes the Redactor before it is rendered.
+line, those of stdlib logging included, passes the Redactor before it is rendered.
 """
 
 from __future__ import annotations
@@ -192,8 +192,10 @@ class _Text:
 
 
 def _route_stdlib(shared: list[Any], fmt: LogFormat, level: str, out: ByteSink) -> None:
-    """aiohttp logs through stdlib logging (server errors, with the request line): send it
-    through the same redaction and rendering, instead of a raw traceback on stderr."""
+    """Libraries log through stdlib logging: asyncio (an exception no task retrieved, a
+    transport's error) and aiohttp, which is left only on token requests and in the sandbox
+    (its server errors carry the request line). Their lines take the same redaction and
+    rendering, instead of a raw traceback on stderr."""
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if fmt == "console"

@@ -37,7 +37,7 @@ class TokenBucket:
         return False
 
 
-class SlidingWindow:
+class AdmissionWindow:
     """At most ``limit`` admissions in any ``window`` seconds.
 
     Refused requests are not counted, so ``retry_after`` tells the truth: the wait until the

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from .limits import SlidingWindow, TokenBucket
+from .limits import AdmissionWindow, TokenBucket
 from .log import RequestLog
 from .settings import TRAVELYZER_WINDOW, SandboxSettings
 from .tokens import RefreshBook, TokenBook
@@ -109,7 +109,7 @@ class SandboxState:
         self.lifetimes = settings.lifetimes()
         self.revoked: dict[str, int] = {}
         self.buckets: dict[str, TokenBucket] = {}
-        self.windows: dict[str, SlidingWindow] = {}
+        self.windows: dict[str, AdmissionWindow] = {}
         self.messages: deque[dict[str, Any]] = deque(maxlen=MESSAGES_KEPT)
 
     def reset(self) -> None:
@@ -134,12 +134,12 @@ class SandboxState:
             self.buckets[client_id] = bucket
         return bucket
 
-    def travelyzer_window(self, api_key: str) -> SlidingWindow:
+    def travelyzer_window(self, api_key: str) -> AdmissionWindow:
         """The token-request window of ``api_key``."""
         window = self.windows.get(api_key)
         if window is None:
             limit = self.settings.travelyzer_token_per_minute
-            window = SlidingWindow(limit, TRAVELYZER_WINDOW)
+            window = AdmissionWindow(limit, TRAVELYZER_WINDOW)
             self.windows[api_key] = window
         return window
 

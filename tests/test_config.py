@@ -786,7 +786,7 @@ def test_clients_load_into_dataclasses() -> None:
     )
     assert cfg.clients["ops"] == config.ClientConfig(name="ops", key=config.Secret(OPS_KEY))
     assert cfg.clients["ops"].routes is None
-    assert cfg.server.admin_access == "client:ops"
+    assert cfg.server.admin_access == config.AdminAccess("client", "ops")
     assert cfg.clients["crm"].key.reveal() == CRM_KEY
 
 
@@ -988,12 +988,15 @@ def test_server_keys_load() -> None:
     server = config.loads(text, {}).server
     assert [str(n) for n in server.allow] == ["10.0.0.0/8", "::1/128", "192.168.0.0/24"]
     assert server.client_key_header == "X-Api-Key"
-    assert server.admin_access == "client:crm"
+    assert server.admin_access == config.AdminAccess("client", "crm")
     assert server.shutdown_grace == 0.0
     assert isinstance(server.shutdown_grace, float)
     assert server.workers == 4
     loopback = config.loads('[server]\nadmin_access = "loopback"\nshutdown_grace = 2.5\n', {})
-    assert (loopback.server.admin_access, loopback.server.shutdown_grace) == ("loopback", 2.5)
+    assert (loopback.server.admin_access, loopback.server.shutdown_grace) == (
+        config.AdminAccess("loopback"),
+        2.5,
+    )
 
 
 @pytest.mark.parametrize(

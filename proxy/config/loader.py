@@ -23,6 +23,7 @@ from .model import (
     OAUTH2_RESERVED_PARAMS,
     TRAVELYZER_EXPIRES_IN,
     TRAVELYZER_RESERVED_PARAMS,
+    AdminAccess,
     AuthConfig,
     ClientConfig,
     Config,
@@ -164,9 +165,9 @@ class _Checker(Checks):
             if client.key in keys:
                 self.fail(f"clients.{name}.key", f"same key as clients.{keys[client.key]}")
             keys[client.key] = name
-        admin = server.admin_access
-        if admin.startswith("client:") and admin.removeprefix("client:") not in clients:
-            self.fail("server.admin_access", f"no [clients.{admin.removeprefix('client:')}]")
+        admin = server.admin_access.client
+        if admin is not None and admin not in clients:
+            self.fail("server.admin_access", f"no [clients.{admin}]")
         return Config(server=server, routes=tuple(routes), auth=auth, clients=clients)
 
     def client(
@@ -266,11 +267,13 @@ class _Checker(Checks):
         elif not _HEADER_NAME.fullmatch(header):
             self.fail("server.client_key_header", f"not a header name: {header!r}")
             header = default.client_key_header
-        admin = self.string(table, "server", "admin_access")
-        if admin is None:
-            admin = default.admin_access
-        elif admin not in ("any", "loopback") and not admin.startswith("client:"):
-            self.fail("server.admin_access", f"must be any, loopback or client:NAME, got {admin!r}")
+        admin = default.admin_access
+        admin_text = self.string(table, "server", "admin_access")
+        if admin_text is not None:
+            try:
+                admin = AdminAccess.parse(admin_text)
+            except ValueError as exc:
+                self.fail("server.admin_access", str(exc))
         workers = self.whole(table, "workers", default.workers)
         spool_dir = self.directory(table, "server", "spool_dir")
         hosts = self.hosts(table.get("hosts", []))

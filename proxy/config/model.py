@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Final
+from typing import Final, Literal
 
 AUTH_TYPES: Final = ("client_credentials", "password", "travelyzer")
 CLIENT_AUTH_MODES: Final = ("post", "basic")
@@ -50,6 +50,26 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccess:
+    """Who may read /-/metrics and /-/status (``server.admin_access``): anyone, a peer on
+    this host (``loopback``), or the one client named (``client:NAME``)."""
+
+    scope: Literal["any", "loopback", "client"] = "any"
+    client: str | None = None  # the [clients.NAME] when scope is "client"
+
+    @classmethod
+    def parse(cls, text: str) -> AdminAccess:
+        """``any``, ``loopback`` or ``client:NAME``; ValueError says what is allowed."""
+        if text == "any":
+            return cls("any")
+        if text == "loopback":
+            return cls("loopback")
+        if text.startswith("client:"):
+            return cls("client", text.removeprefix("client:"))
+        raise ValueError(f"must be any, loopback or client:NAME, got {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +185,7 @@ class ServerConfig:
     allow: tuple[IPv4Network | IPv6Network, ...] = ()
     client_key_header: str = "X-Proxy-Key"
     # Who may read /-/metrics and /-/status: "any", "loopback" or "client:NAME".
-    admin_access: str = "any"
+    admin_access: AdminAccess = AdminAccess()
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on stop/reload
     workers: int = 1
     # Peers whose X-Forwarded-For / Forwarded we extend instead of replacing.

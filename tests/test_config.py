@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from proxy import config
+from proxy.config.settings import keys
 from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,23 @@ def test_missing_env_names_variable_and_key() -> None:
         "routes[1].upstream: environment variable TRAVIS_API_URL is not set "
         "(write ${TRAVIS_API_URL:-default} to make it optional)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("heading", "table"),
+    [
+        ("### `[server]`", config.ServerConfig),
+        ("### `[[routes]]`", config.RouteConfig),
+        ("### `[clients.NAME]`", config.ClientConfig),
+    ],
+)
+def test_readme_lists_every_key_as_declared(heading: str, table: type[object]) -> None:
+    """The README's configuration reference has a row for each key of a table, in the order
+    the model declares them (the order an unknown key's problem lists them in)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert tuple(rows) == keys(table)
 
 
 def test_upstream_parts() -> None:

@@ -4,7 +4,8 @@ The upstream is split with ``urllib.parse.urlsplit``, not yarl: both are lenient
 same places (a host of ``-h``, ``a..b``, ``999.1.1.1`` or ``h%41``, a path with ``%zz`` or
 raw non-ASCII text all pass either), so the host and path checks below are needed with
 either; and yarl refuses some URLs (a backslash or text after ``]`` in the host, a port that
-is no number) before the user:password@ check could run, with messages of its own.
+is no number) before the user:password@ check could run, with messages of its own. The
+Upstream is built with yarl (:attr:`Upstream.url`).
 """
 
 from __future__ import annotations

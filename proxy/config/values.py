@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from yarl import URL
+
 
 class Secret:
     """A credential from the config; its repr and str never show the value."""
@@ -46,15 +48,23 @@ class Upstream:
     """An upstream origin plus an optional base path (percent-encoded, no trailing slash)."""
 
     scheme: str
-    host: str  # as URL.build wants it: IPv6 literals keep their brackets
+    host: str  # as the Host header spells it: IPv6 literals keep their brackets
     port: int
     base_path: str
 
     @property
     def url(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{self.host}{port}{self.base_path}"
+        """The upstream as configured, for logs and ``check``: no default port, the base
+        path exactly as written (``encoded``: yarl neither re-quotes nor normalises it)."""
+        return str(
+            URL.build(
+                scheme=self.scheme,
+                host=self.host,
+                port=self.port,
+                path=self.base_path,
+                encoded=True,
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)

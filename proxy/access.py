@@ -111,12 +111,12 @@ class Access:
 
     def admin_allowed(self, remote: str | None, headers: CIMultiDictProxy[str]) -> bool:
         """May this caller read /-/metrics and /-/status?"""
-        if self._admin == "any":
+        if self._admin.scope == "any":
             return True
-        if self._admin == "loopback":
+        if self._admin.scope == "loopback":
             return is_loopback(remote)
         try:
             client = self.identify(headers)
         except UnauthorizedError:
             return False
-        return client is not None and self._admin == f"client:{client.name}"
+        return client is not None and client.name == self._admin.client

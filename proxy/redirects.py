@@ -61,6 +61,8 @@ class Redirects:
             return None
         if foreign or origin != self._origin:
             return None  # another host, or credentials in the URL: not ours to hide
+        # The rest is cut from the text as sent, not rebuilt from yarl's parts: those drop
+        # an empty "?" or "#" and delete tabs and newlines.
         after = value.partition("://")[2]
         cut = min((i for i in map(after.find, "/?#") if i >= 0), default=len(after))
         rest = after[cut:]

@@ -10,6 +10,7 @@ import pytest
 import trustme
 
 from proxy import config
+from proxy.config.settings import keys
 from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,23 @@ def test_missing_env_names_variable_and_key() -> None:
         "routes[1].upstream: environment variable TRAVIS_API_URL is not set "
         "(write ${TRAVIS_API_URL:-default} to make it optional)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("heading", "table"),
+    [
+        ("### `[server]`", config.ServerConfig),
+        ("### `[[routes]]`", config.RouteConfig),
+        ("### `[clients.NAME]`", config.ClientConfig),
+    ],
+)
+def test_readme_lists_every_key_as_declared(heading: str, table: type[object]) -> None:
+    """The README's configuration reference has a row for each key of a table, in the order
+    the model declares them (the order an unknown key's problem lists them in)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    assert tuple(rows) == keys(table)
 
 
 def test_upstream_parts() -> None:
@@ -786,7 +804,7 @@ def test_clients_load_into_dataclasses() -> None:
     )
     assert cfg.clients["ops"] == config.ClientConfig(name="ops", key=config.Secret(OPS_KEY))
     assert cfg.clients["ops"].routes is None
-    assert cfg.server.admin_access == "client:ops"
+    assert cfg.server.admin_access == config.AdminAccess("client", "ops")
     assert cfg.clients["crm"].key.reveal() == CRM_KEY
 
 
@@ -988,12 +1006,15 @@ def test_server_keys_load() -> None:
     server = config.loads(text, {}).server
     assert [str(n) for n in server.allow] == ["10.0.0.0/8", "::1/128", "192.168.0.0/24"]
     assert server.client_key_header == "X-Api-Key"
-    assert server.admin_access == "client:crm"
+    assert server.admin_access == config.AdminAccess("client", "crm")
     assert server.shutdown_grace == 0.0
     assert isinstance(server.shutdown_grace, float)
     assert server.workers == 4
     loopback = config.loads('[server]\nadmin_access = "loopback"\nshutdown_grace = 2.5\n', {})
-    assert (loopback.server.admin_access, loopback.server.shutdown_grace) == ("loopback", 2.5)
+    assert (loopback.server.admin_access, loopback.server.shutdown_grace) == (
+        config.AdminAccess("loopback"),
+        2.5,
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,9 @@
 """The checks every table is built from: each reads one key, resolves ${VAR} references,
-and records a problem (naming the dotted key) instead of raising."""
+and records a problem (naming the dotted key) instead of raising.
+
+Each primitive has a value form (the value as written, at its dotted path), which the checks
+that model fields name are built on, and a table form (a key of a table) for code that reads
+keys one by one."""
 
 from __future__ import annotations
 
@@ -9,11 +13,13 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from .model import Secret
+from .values import Secret
 
 _ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+D = TypeVar("D")  # what a check gives back for a refused value
 
 
 class Checks:
@@ -38,24 +44,11 @@ class Checks:
                 self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
         return raw
 
-    def string(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        *,
-        required: bool = False,
-        secret: bool = False,
-        allow_empty: bool = False,
+    def text(
+        self, value: Any, path: str, *, secret: bool = False, allow_empty: bool = False
     ) -> str | None:
-        """The resolved string; a key that is present but empty is a problem (unless
-        allow_empty), never a silent fall-back to the default."""
-        path = _join(key, name)
-        if name not in table:
-            if required:
-                self.fail(path, "is required")
-            return None
-        value = table[name]
+        """The resolved string; an empty one is a problem (unless allow_empty), never a
+        silent fall-back to the default."""
         if not isinstance(value, str):
             self.fail(path, f"must be a string, got {_type_name(value)}")
             return None
@@ -66,6 +59,24 @@ class Checks:
             return None
         return resolved
 
+    def string(
+        self,
+        table: dict[str, Any],
+        key: str,
+        name: str,
+        *,
+        required: bool = False,
+        secret: bool = False,
+        allow_empty: bool = False,
+    ) -> str | None:
+        """The table form of :meth:`text`; a missing key is None (or a problem if required)."""
+        path = _join(key, name)
+        if name not in table:
+            if required:
+                self.fail(path, "is required")
+            return None
+        return self.text(table[name], path, secret=secret, allow_empty=allow_empty)
+
     def secret(
         self, table: dict[str, Any], key: str, name: str, *, required: bool = False
     ) -> Secret | None:
@@ -73,8 +84,11 @@ class Checks:
         return None if value is None else Secret(value)
 
     def positive(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
-        path = _join(key, name)
-        value = table.get(name, default)
+        """The table form of :meth:`above_zero`."""
+        return self.above_zero(table.get(name, default), _join(key, name), default)
+
+    def above_zero(self, value: Any, path: str, default: D) -> float | D:
+        """A finite number greater than 0, as a float."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(path, f"must be a number, got {_type_name(value)}")
             return default
@@ -86,9 +100,8 @@ class Checks:
             return default
         return number
 
-    def non_negative(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
-        path = _join(key, name)
-        value = table.get(name, default)
+    def at_least_zero(self, value: Any, path: str, default: D) -> float | D:
+        """A finite number of at least 0, as a float."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(path, f"must be a number of at least 0, got {value!r}")
             return default
@@ -150,54 +163,50 @@ class Checks:
             )
         return None if missing else resolved
 
-    def file(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        """A file to read; a relative path is read from the config's directory."""
-        return self._path(table, key, name, _file_problem)
-
     def ca_file(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        """A PEM file of CA certificates (relative paths as for ``file``), loaded here as
+        """The table form of :meth:`trusted_cas`."""
+        return self.trusted_cas(table[name], _join(key, name)) if name in table else None
+
+    def trusted_cas(self, value: Any, path: str) -> str | None:
+        """A PEM file of CA certificates (relative paths as for :meth:`existing`), loaded here as
         serve will load it, so that a file it cannot use fails the check, not the start."""
 
-        def problem(path: Path) -> str | None:
-            missing = _file_problem(path)
+        def problem(found: Path) -> str | None:
+            missing = _file_problem(found)
             if missing is not None:
                 return missing
             try:
-                trust_store(str(path))
+                trust_store(str(found))
             except ValueError as exc:
                 return str(exc)
             return None
 
-        return self._path(table, key, name, problem)
+        return self.existing(value, path, problem)
 
-    def directory(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        """A directory the proxy writes into (relative paths as for ``file``)."""
+    def writable_directory(self, value: Any, path: str) -> str | None:
+        """A directory the proxy writes into (relative paths as for :meth:`existing`)."""
 
-        def problem(path: Path) -> str | None:
-            if path.is_dir() and os.access(path, os.W_OK | os.X_OK):
+        def problem(found: Path) -> str | None:
+            if found.is_dir() and os.access(found, os.W_OK | os.X_OK):
                 return None
             return "not a writable directory"
 
-        return self._path(table, key, name, problem)
+        return self.existing(value, path, problem)
 
-    def _path(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        problem: Callable[[Path], str | None],
-    ) -> str | None:
-        value = self.string(table, key, name)
-        if value is None:
+    def existing(self, value: Any, path: str, problem: Callable[[Path], str | None]) -> str | None:
+        """The absolute path a string names (a relative one is read from the config's
+        directory) when ``problem`` finds nothing wrong with it, else None."""
+        text = self.text(value, path)
+        if text is None:
             return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.base_dir / path
-        found = problem(path)
-        if found is not None:
-            self.fail(_join(key, name), f"{found}: {value!r}")
+        found = Path(text)
+        if not found.is_absolute():
+            found = self.base_dir / found
+        wrong = problem(found)
+        if wrong is not None:
+            self.fail(path, f"{wrong}: {text!r}")
             return None
-        return str(path)
+        return str(found)
 
 
 def trust_store(path: str) -> ssl.SSLContext:

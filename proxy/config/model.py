@@ -1,5 +1,10 @@
 """The configuration's typed form: frozen dataclasses, built and checked once by loader.py.
 
+Each config key is a field declared with :func:`.settings.setting`: its default and the
+check its value takes (from rules.py); the TOML key is the field's name, and the keys a
+table accepts are its declared fields, in order. Adding a key is one field here and its
+line in the README.
+
 Secret values are wrapped in :class:`Secret` so that no repr, log line or error message can
 show them.
 """
@@ -11,6 +16,34 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
+from .rules import (
+    byte_count,
+    client_key,
+    directory,
+    flag,
+    header_name,
+    host_names,
+    listen_host,
+    networks,
+    non_negative,
+    port_number,
+    positive,
+    prefix_list,
+    prefix_table,
+    share,
+    statuses,
+    text,
+    trusted_cas,
+    via_name,
+    whole,
+    whole_rate_limit,
+)
+from .settings import parsed, section, setting
+from .urls import route_prefix, upstream_url
+from .values import AdminAccess as AdminAccess
+from .values import Secret as Secret
+from .values import Upstream as Upstream
+
 AUTH_TYPES: Final = ("client_credentials", "password", "travelyzer")
 CLIENT_AUTH_MODES: Final = ("post", "basic")
 # The values Travelyzer documents for expiresIn; anything else is refused by the vendor.
@@ -20,102 +53,65 @@ OAUTH2_RESERVED_PARAMS: Final = frozenset(
     {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token", "scope"}
 )
 TRAVELYZER_RESERVED_PARAMS: Final = frozenset({"apiKey", "apiSecret", "expiresIn"})
-
-
-class Secret:
-    """A credential from the config; its repr and str never show the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    @staticmethod
-    def required(secret: Secret | None, key: str) -> str:
-        """The value of a secret that validation made mandatory for this auth type."""
-        if secret is None:
-            raise ValueError(f"{key} is required")
-        return secret._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+# Upstream answers a route may retry (retry.on).
+RETRYABLE_STATUSES: Final = (429, 503)
 
 
 @dataclass(frozen=True, slots=True)
 class Timeout:
-    connect: float = 10.0
-    read: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """An upstream origin plus an optional base path (percent-encoded, no trailing slash)."""
-
-    scheme: str
-    host: str  # as URL.build wants it: IPv6 literals keep their brackets
-    port: int
-    base_path: str
-
-    @property
-    def url(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        port = "" if self.port == default else f":{self.port}"
-        return f"{self.scheme}://{self.host}{port}{self.base_path}"
+    connect: float = setting(positive, default=10.0)
+    read: float = setting(positive, default=60.0)
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     """``rate`` requests per ``per`` seconds sustained, bursts of up to ``burst``."""
 
-    rate: float
-    per: float = 1.0
-    burst: float = 0.0  # 0: same as rate
-    max_wait: float = 5.0  # longest a request waits in line before it gets 429
+    rate: float = setting(positive)
+    per: float = setting(positive, default=1.0)
+    burst: float = setting(positive, default=0.0)  # 0: same as rate (loaded: set to rate)
+    max_wait: float = setting(non_negative, default=5.0)  # longest wait in line before a 429
 
     @property
     def capacity(self) -> float:
         return self.burst or self.rate
 
 
+# A rate_limit table: its keys, then the keys together (burst from rate, rate / per).
+RATE_LIMIT: Final = section(RateLimitConfig, then=whole_rate_limit)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
     """How upstream throttling answers (429, optionally 503) are retried."""
 
-    attempts: int = 4  # total attempts, the first included; 1 disables retries
-    backoff: float = 0.25
-    max_backoff: float = 8.0
-    max_wait: float = 30.0  # from the request's arrival; a longer delay ends the retries
-    max_body: int = 1024 * 1024  # bodies up to this size are buffered so they can be replayed
-    on: tuple[int, ...] = (429,)
-    budget: float = 0.2  # retries in flight at most this share of requests in flight
+    attempts: int = setting(whole, default=4)  # the first included; 1 disables retries
+    backoff: float = setting(positive, default=0.25)
+    max_backoff: float = setting(positive, default=8.0)
+    # From the request's arrival; a longer delay ends the retries.
+    max_wait: float = setting(non_negative, default=30.0)
+    # Bodies up to this size are buffered so they can be replayed.
+    max_body: int = setting(byte_count, default=1024 * 1024)
+    on: tuple[int, ...] = setting(statuses(*RETRYABLE_STATUSES), default=(429,))
+    # Retries in flight at most this share of requests in flight.
+    budget: float = setting(share, default=0.2)
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
-    prefix: str
-    upstream: Upstream
-    auth: str | None = None
-    timeout: Timeout = field(default_factory=Timeout)
-    ca_file: str | None = None
-    rate_limit: RateLimitConfig | None = None
-    retry: RetryConfig = field(default_factory=RetryConfig)
+    prefix: str = setting(parsed(route_prefix))
+    upstream: Upstream = setting(parsed(upstream_url))
+    auth: str | None = setting(text, default=None)  # an [auth.NAME] (the loader checks it)
+    timeout: Timeout = setting(section(Timeout), default=Timeout())
+    ca_file: str | None = setting(trusted_cas, default=None)
+    rate_limit: RateLimitConfig | None = setting(RATE_LIMIT, default=None)
+    retry: RetryConfig = setting(section(RetryConfig), default=RetryConfig())
     # Chunked request bodies are read whole before anything is sent, so a malformed chunk
     # never reaches the upstream; off, they stream after a 64 KiB read-ahead.
-    request_buffering: bool = True
+    request_buffering: bool = setting(flag, default=True)
     # Location and Content-Location naming the upstream are rewritten to the proxy's URL
     # (nginx's proxy_redirect default).
-    rewrite_location: bool = True
+    rewrite_location: bool = setting(flag, default=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,40 +155,51 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    # An explicitly empty string is a problem, never the default.
+    host: str = setting(listen_host, default="127.0.0.1")
+    port: int = setting(port_number, default=8080)
     # Source networks allowed to talk to the proxy at all; empty: everyone.
-    allow: tuple[IPv4Network | IPv6Network, ...] = ()
-    client_key_header: str = "X-Proxy-Key"
+    allow: tuple[IPv4Network | IPv6Network, ...] = setting(networks, default=())
+    client_key_header: str = setting(header_name, default="X-Proxy-Key")
     # Who may read /-/metrics and /-/status: "any", "loopback" or "client:NAME".
-    admin_access: str = "any"
-    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on stop/reload
-    workers: int = 1
+    admin_access: AdminAccess = setting(parsed(AdminAccess.parse), default=AdminAccess())
+    # Seconds in-flight requests get to finish on stop/reload.
+    shutdown_grace: float = setting(non_negative, default=30.0)
+    workers: int = setting(whole, default=1)
     # Peers whose X-Forwarded-For / Forwarded we extend instead of replacing.
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(networks, default=())
     # Our pseudonym in Via; a request already carrying it is a loop. None: no Via at all.
-    via: str | None = "authproxy"
-    header_timeout: float = 10.0  # seconds a client has to send a whole request head
-    idle_timeout: float = 60.0  # seconds of silence from a client (keep-alive, body, reads)
-    max_connections: int = 10000  # client connections; past it new ones get a fast 503
-    max_in_flight: int = 4096  # requests being handled; past it a fast 503
+    via: str | None = setting(via_name, default="authproxy")
+    # Seconds a client has to send a whole request head.
+    header_timeout: float = setting(positive, default=10.0)
+    # Seconds of silence from a client (keep-alive, body, reads).
+    idle_timeout: float = setting(positive, default=60.0)
+    # Client connections; past it new ones get a fast 503.
+    max_connections: int = setting(whole, default=10000)
+    # Requests being handled; past it a fast 503.
+    max_in_flight: int = setting(whole, default=4096)
+    # Buffered chunked bodies past 64 KiB; None: the temp dir.
+    spool_dir: str | None = setting(directory, default=None)
+    # A longer buffered chunked body gets 413.
+    max_buffered_body: int = setting(whole, default=1024**3)
+    # All spooled bodies at once; past it 503.
+    max_spooled_total: int = setting(whole, default=8 * 1024**3)
     # Host names (name or name:port) this proxy answers for; empty: any Host, and
     # absolute-form targets are refused. Guards against DNS rebinding.
-    hosts: tuple[str, ...] = ()
-    spool_dir: str | None = None  # buffered chunked bodies past 64 KiB; None: the temp dir
-    max_buffered_body: int = 1024**3  # a longer buffered chunked body gets 413
-    max_spooled_total: int = 8 * 1024**3  # all spooled bodies at once; past it 503
+    hosts: tuple[str, ...] = setting(host_names, default=())
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     """A caller of the proxy, known by its key."""
 
-    name: str
-    key: Secret
-    routes: tuple[str, ...] | None = None  # allowed prefixes; None: all
-    rate_limit: RateLimitConfig | None = None
-    auth: Mapping[str, str] = field(default_factory=dict)  # route prefix -> auth table
+    name: str  # the table's name, [clients.NAME]
+    key: Secret = setting(client_key)
+    # Allowed prefixes (the loader checks each is a route's); None: all.
+    routes: tuple[str, ...] | None = setting(prefix_list, default=None)
+    rate_limit: RateLimitConfig | None = setting(RATE_LIMIT, default=None)
+    # Route prefix -> auth table (the loader checks both exist).
+    auth: Mapping[str, str] = setting(prefix_table, factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ import structlog
 
 from .config import ServerConfig
 from .errors import BadRequestError, BodyTooLargeError, InternalError, OverloadedError
-from .http.client import BodyStream
 from .http.server import Body, MalformedBodyError, Request
+from .http.transport import BodyStream
 
 log = structlog.get_logger("proxy.bodies")
 
@@ -56,15 +56,16 @@ class Spool:
 
 async def request_body(
     request: Request,
-    replay_limit: int,
+    replay_limit: int | None,
     *,
     buffering: bool,
     spool: Spool,
 ) -> tuple[bytes | BodyStream | None, int | None, bool]:
-    """The body to send upstream, its framing, and whether it can be sent again.
+    """The body to send upstream, its length, and whether it can be sent again.
 
-    Framing: None (no body, no framing header), -1 (chunked: length unknown), else the
-    Content-Length. Bodies of known length up to ``replay_limit`` are read into memory so a
+    The length is the Content-Length to send; None when there is none: no body at all
+    (no framing header), or a stream of unknown length (sent chunked). Bodies of known
+    length up to ``replay_limit`` (None: no replay is ever made) are read into memory so a
     retry or 401 replay sends them again exactly; anything else streams once, because a
     consumed stream would replay as an empty body (and the upstream would answer 200 to
     it). A chunked body is never replayed, even when buffered: bodies that arrive without
@@ -77,10 +78,10 @@ async def request_body(
     body = request.content
     # A chunked body is held in memory as far as a replay would hold it: a bytes body may
     # still be resent when a pooled upstream connection turns out to be closed.
-    in_memory = max(replay_limit, READ_AHEAD)
+    in_memory = READ_AHEAD if replay_limit is None else max(replay_limit, READ_AHEAD)
     try:
         if length is not None:
-            if length <= replay_limit:
+            if replay_limit is not None and length <= replay_limit:
                 return await body.readexactly(length), length, True
             return body, length, False
         if buffering:
@@ -97,7 +98,7 @@ async def request_body(
             size += len(chunk)
     except MalformedBodyError as exc:
         raise BadRequestError("malformed request body") from exc
-    return _Prefixed(ahead, body), -1, False
+    return _Prefixed(ahead, body), None, False
 
 
 async def _buffer(body: Body, in_memory: int, spool: Spool) -> bytes | Spooled:

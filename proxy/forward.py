@@ -27,15 +27,23 @@ from .errors import (
     UpstreamUnreachableError,
 )
 from .headers import X_REQUEST_ID, HeaderPolicy, client_response_headers, max_forwards
-from .http.client import Response, UpstreamError
+from .http.client import UpstreamError
 from .http.replies import error_response
 from .http.server import Reply, Request
+from .http.transport import UpstreamResponse
 from .observe.accounting import Accounting, Stats
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
 from .redirects import REWRITTEN
 from .routing import RouteTable
-from .upstream import RETRY_AFTER, Exchange, Target, exchange, retry_after_header
+from .upstream import (
+    RETRY_AFTER,
+    ExchangeRecord,
+    Outbound,
+    Target,
+    exchange,
+    retry_after_header,
+)
 
 log = structlog.get_logger("proxy.forward")
 
@@ -141,21 +149,13 @@ class Forwarder:
             spool=target.spool,
         )
         try:
-            result = stats.exchange = Exchange()
+            result = stats.exchange = ExchangeRecord()
             # The path and query go out byte for byte, as received: no URL object
             # re-encodes them.
-            answer = await exchange(
-                target,
-                request.method,
-                path,
-                headers,
-                body,
-                length,
-                replayable,
-                provider,
-                limits,
-                result,
+            outbound = Outbound(
+                request.method, path, headers, body, length, replayable, provider, limits
             )
+            answer = await exchange(target, outbound, result)
             async with answer as upstream_response:
                 response_headers = client_response_headers(
                     upstream_response.headers, self._headers.via_entry
@@ -176,7 +176,7 @@ class Forwarder:
     async def _stream_back(
         self,
         request: Request,
-        upstream_response: Response,
+        upstream_response: UpstreamResponse,
         headers: CIMultiDict[str],
         target: Target,
         stats: Stats,

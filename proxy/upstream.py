@@ -4,13 +4,15 @@ out a route pause, carries a fresh token, and is retried when the upstream throt
     admit (pause, limits) -> token -> send -> 401? renew + replay once
                                           -> 429/503? wait (Retry-After or backoff) + retry
                                           -> RateLimit says exhausted? pause the route
+
+The upstream is reached through the route's Transport (proxy/http/transport.py) and time
+through its Clock (proxy/clock.py), so all of this runs in tests on scripted answers and
+a fake clock.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from dataclasses import dataclass
 
 import structlog
@@ -19,9 +21,11 @@ from multidict import CIMultiDict, istr
 from .adaptive import AdaptiveRate
 from .auth.base import TokenProvider
 from .bodies import Spool
+from .clock import MONOTONIC, Clock
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
-from .http.client import BodyStream, Pool, Response, UpstreamError
+from .http.client import UpstreamError
+from .http.transport import BodyStream, Transport, UpstreamResponse
 from .limits import Limit
 from .observe.metrics import Metrics, RouteMetrics
 from .redirects import Redirects
@@ -41,11 +45,11 @@ class Target:
     __slots__ = (
         "adaptive",
         "budget",
+        "clock",
         "connect_timeout",
         "cooldown",
         "limits",
         "metrics",
-        "pool",
         "provider",
         "read_timeout",
         "redirects",
@@ -54,36 +58,40 @@ class Target:
         "route",
         "spool",
         "strip_authorization",
+        "transport",
     )
 
     def __init__(
         self,
         route: RouteConfig,
-        pool: Pool,
+        transport: Transport,
         provider: TokenProvider | None = None,
         limits: tuple[Limit, ...] = (),
         metrics: Metrics | None = None,
         spool: Spool | None = None,
         pause: RoutePause | None = None,
+        clock: Clock = MONOTONIC,
     ) -> None:
         self.route = route
         self.metrics = RouteMetrics(metrics or Metrics(), route.prefix)
-        self.pool = pool
+        self.transport = transport
         self.provider = provider
         self.limits = limits
         self.retry = route.retry
-        self.cooldown = pause or LocalPause(route.prefix)
+        # The pause and the learned rate keep time on the clock the exchange reads.
+        self.clock = clock
+        self.cooldown = pause or LocalPause(route.prefix, clock)
         # Learned from the upstream's 429s; never above the route's own limits.
         ceiling = min((limit.rate for limit in limits), default=None)
-        self.adaptive = AdaptiveRate(f"route {route.prefix}", ceiling)
+        self.adaptive = AdaptiveRate(f"route {route.prefix}", ceiling, clock)
         self.budget = RetryBudget(route.retry.budget)
         # A route with auth injects its own token: the client's credential must not leak
         # to the vendor, nor be mistaken for ours.
         self.strip_authorization = route.auth is not None
         # Bodies are buffered only when a second attempt is possible: 429 retries, or a
-        # 401 replay with a fresh token.
+        # 401 replay with a fresh token. None: no body is ever held for a replay.
         replays = route.retry.attempts > 1 or provider is not None
-        self.replay_limit = route.retry.max_body if replays else -1
+        self.replay_limit = route.retry.max_body if replays else None
         # No total limit: a long download must not be cut; read bounds each silence of the
         # upstream instead, and connect also bounds the wait for a free pooled connection.
         self.connect_timeout = route.timeout.connect
@@ -92,11 +100,29 @@ class Target:
         self.redirects = Redirects(route) if route.rewrite_location else None
 
 
+@dataclass(slots=True, eq=False)
+class Outbound:
+    """One request on its way upstream: what the wire sends (an UpstreamRequest), whether
+    it may be sent again, the provider whose token it carries and the limits it passes
+    (the route's, or a client's own terms for the route).
+
+    ``length`` is the Content-Length when known, else None (see proxy/http/transport.py).
+    ``headers`` are the one part the exchange changes: each attempt sets its own
+    Authorization when there is a provider."""
+
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes | BodyStream | None = None
+    length: int | None = None
+    replayable: bool = True  # the body can be sent again (bytes, or none)
+    provider: TokenProvider | None = None
+    limits: tuple[Limit, ...] = ()
+
+
 @dataclass(slots=True)
-class Exchange:
-    """What it took to get the upstream's answer. Filled in as the exchange goes, so one
-    that ends in an error (a refused retry, a broken upstream) still tells what reached
-    the upstream."""
+class ExchangeRecord:
+    """What it took to get the upstream's answer, filled in as :func:`exchange` goes."""
 
     attempts: int = 0  # requests sent upstream
     limiter_wait: float = 0.0
@@ -108,23 +134,31 @@ class Exchange:
     status: int | None = None  # the final answer's status
 
 
-async def exchange(
-    target: Target,
-    method: str,
-    path: str,
-    headers: CIMultiDict[str],
-    body: bytes | BodyStream | None,
-    length: int | None,
-    replayable: bool,
-    provider: TokenProvider | None,
-    limits: tuple[Limit, ...],
-    result: Exchange,
-) -> Response:
-    """Send the request until the upstream gives an answer worth passing on."""
-    arrival = time.monotonic()
+async def exchange(target: Target, outbound: Outbound, record: ExchangeRecord) -> UpstreamResponse:
+    """Send ``outbound`` to the route's upstream until it gives an answer worth passing
+    on, and return that answer: the caller owns it (and must release it).
+
+    Every attempt waits out the route's pause and learned rate, takes a slot of each of
+    ``outbound.limits`` and carries a fresh token. A 401 renews the token and, if the body
+    can be sent again, replays once (a second 401 is the answer). A 429 (or a 503 with
+    Retry-After, where the route retries 503s) is retried while the attempts, the route's
+    max_wait and the retry budget allow; a Retry-After pauses the whole route. An answer
+    whose RateLimit headers say nothing is left pauses the route and is returned.
+
+    ``record`` is filled in as the exchange goes, so an exchange that ends in an error
+    still tells what reached the upstream. Raises RateLimitedError (a limit, the learned
+    rate or a pause would wait too long: nothing more was sent), UpstreamTimeoutError,
+    UpstreamUnreachableError, or the provider's TokenUnavailableError. Every answer not
+    returned has been released.
+    """
+    clock = target.clock
+    arrival = clock.monotonic()
     retry = target.retry
     budget = target.budget
     adaptive = target.adaptive
+    provider = outbound.provider
+    headers = outbound.headers
+    replayable = outbound.replayable
     budget.active += 1
     retrying = False
     attempt = 0
@@ -132,27 +166,27 @@ async def exchange(
     try:
         while True:
             attempt += 1
-            await _admit(target, limits, arrival, result, first=attempt == 1)
+            await _admit(target, outbound.limits, arrival, record, first=attempt == 1)
             token = None
             if provider is not None:
                 token = await provider.token()
                 headers[AUTHORIZATION] = "Bearer " + token
-            sent_at = time.monotonic()
+            sent_at = clock.monotonic()
             if first_sent is None:
                 first_sent = sent_at
             adaptive.sent(sent_at)
-            result.attempts = attempt
-            response = await _send(target, method, path, headers, body, length)
+            record.attempts = attempt
+            response = await _send(target, outbound)
             try:
-                status = result.status = response.status
+                status = record.status = response.status
                 if status == 401 and provider is not None and token is not None:
-                    if result.token_renewals:
+                    if record.token_renewals:
                         return response  # refused twice: the upstream's answer
                     # The token was refused (revoked, rotated, skew): renew it, and replay
                     # once if we hold the body; a second 401 is the upstream's answer.
                     provider.invalidate(token)
                     if replayable:
-                        result.token_renewals = 1
+                        record.token_renewals = 1
                         response.release()
                         continue
                 elif status in retry.on and (status == 429 or RETRY_AFTER in response.headers):
@@ -166,18 +200,18 @@ async def exchange(
                     can_retry = (
                         replayable
                         and attempt < retry.attempts
-                        and time.monotonic() + delay <= arrival + retry.max_wait
-                        and (retrying or result.paused > 0 or budget.allows_retry())
+                        and clock.monotonic() + delay <= arrival + retry.max_wait
+                        and (retrying or record.paused > 0 or budget.allows_retry())
                     )
                     if not can_retry:
                         # Without the upstream's own Retry-After, tell the client the wait we
                         # would have waited.
-                        result.retry_after = None if hinted else delay
+                        record.retry_after = None if hinted else delay
                         return response
                     if not retrying:
                         retrying = True
                         budget.retrying += 1
-                    result.retries += 1
+                    record.retries += 1
                     response.release()
                     log.info(
                         "upstream_throttled",
@@ -187,7 +221,7 @@ async def exchange(
                         delay_s=round(delay, 3),
                     )
                     if not hinted:
-                        await asyncio.sleep(delay)  # a hinted delay is waited out in _admit
+                        await clock.sleep(delay)  # a hinted delay is waited out in _admit
                     continue
                 else:
                     pause = exhausted_for(response.headers)
@@ -199,7 +233,7 @@ async def exchange(
                 raise
     finally:
         if first_sent is not None:
-            result.upstream_seconds = time.monotonic() - first_sent
+            record.upstream_seconds = clock.monotonic() - first_sent
         budget.active -= 1
         if retrying:
             budget.retrying -= 1
@@ -209,13 +243,14 @@ async def _admit(
     target: Target,
     limits: tuple[Limit, ...],
     arrival: float,
-    result: Exchange,
+    record: ExchangeRecord,
     *,
     first: bool,
 ) -> None:
     """Wait out a route pause, the learned rate's schedule, and take a slot from every
-    limit; add the seconds waited to ``result``."""
-    started = time.monotonic()
+    limit; add the seconds waited to ``record``."""
+    clock = target.clock
+    started = clock.monotonic()
     # Pauses and the learned rate hold a request at most retry.max_wait from its arrival.
     give_up = arrival + target.retry.max_wait
     # One deadline for all limits: a request passing a route, an auth and a client limit
@@ -228,11 +263,11 @@ async def _admit(
     while True:
         paused = target.cooldown.remaining()
         if paused > 0:
-            if time.monotonic() + paused > give_up:
+            if clock.monotonic() + paused > give_up:
                 raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
-            before = time.monotonic()
-            await asyncio.sleep(paused)
-            result.paused += time.monotonic() - before
+            before = clock.monotonic()
+            await clock.sleep(paused)
+            record.paused += clock.monotonic() - before
         if not target.adaptive.active:
             break  # the common case: nothing learned, nothing to pace (no coroutine)
         # Released from a pause at the learned rate, not all in the same millisecond.
@@ -241,25 +276,14 @@ async def _admit(
             break  # (a pause that began while we were paced is waited out first)
     for limit in limits:
         await limit.acquire(deadline)
-    result.limiter_wait += time.monotonic() - started
+    record.limiter_wait += clock.monotonic() - started
 
 
-async def _send(
-    target: Target,
-    method: str,
-    path: str,
-    headers: CIMultiDict[str],
-    body: bytes | BodyStream | None,
-    length: int | None,
-) -> Response:
+async def _send(target: Target, outbound: Outbound) -> UpstreamResponse:
     upstream = target.route.upstream
     try:
-        return await target.pool.request(
-            method,
-            path,
-            headers,
-            body,
-            length,
+        return await target.transport.send(
+            outbound,
             connect_timeout=target.connect_timeout,
             read_timeout=target.read_timeout,
         )

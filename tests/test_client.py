@@ -11,6 +11,8 @@ from multidict import CIMultiDict
 
 from proxy.http.client import Pool, UpstreamClosedError, UpstreamError, UpstreamProtocolError
 
+from .mocktransport import Request
+
 
 @dataclass
 class RawUpstream:
@@ -71,8 +73,8 @@ async def _serve(factory: Callable[..., RawUpstream], *answers: bytes, **kw: boo
 
 
 async def _get(pool: Pool, method: str = "GET", **headers: str) -> tuple[int, bytes]:
-    response = await pool.request(
-        method, "/p?q=1", CIMultiDict(headers), None, None, connect_timeout=2, read_timeout=2
+    response = await pool.send(
+        Request(method, "/p?q=1", CIMultiDict(headers)), connect_timeout=2, read_timeout=2
     )
     async with response:
         body = b"".join([chunk async for chunk in response.iter_any()])
@@ -201,7 +203,47 @@ async def test_silent_upstream_times_out(raw_upstream: Callable[..., RawUpstream
     up = await _serve(raw_upstream, b"")  # reads the request, answers nothing
     pool = Pool("http", "127.0.0.1", up.port)
     with pytest.raises(TimeoutError):
-        await pool.request(
-            "GET", "/", CIMultiDict(), None, None, connect_timeout=1, read_timeout=0.2
-        )
+        await pool.send(Request(), connect_timeout=1, read_timeout=0.2)
     await pool.close()
+
+
+class _Stream:
+    """A streamed request body (a BodyStream) of known parts."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self._parts = list(parts)
+
+    async def readany(self) -> bytes:
+        return self._parts.pop(0) if self._parts else b""
+
+
+@pytest.mark.parametrize(
+    ("body", "length", "framing"),
+    [
+        (None, None, None),
+        (None, 0, b"Content-Length: 0"),
+        (b"abc", 3, b"Content-Length: 3"),
+        (b"abc", None, b"Content-Length: 3"),
+        (_Stream(b"ab", b"c"), 3, b"Content-Length: 3"),
+    ],
+    ids=["no-body", "empty", "bytes", "bytes-no-length", "stream-with-length"],
+)
+async def test_a_body_is_framed_by_its_length(
+    raw_upstream: Callable[..., RawUpstream],
+    body: bytes | _Stream | None,
+    length: int | None,
+    framing: bytes | None,
+) -> None:
+    """A known length goes out as Content-Length; no body and no length, no framing header
+    (a stream of unknown length goes chunked: test_streaming.py's unbuffered upload)."""
+    up = await _serve(raw_upstream, OK)
+    pool = Pool("http", "127.0.0.1", up.port)
+    request = Request("POST", "/", CIMultiDict(), body, length)
+    async with await pool.send(request, connect_timeout=2, read_timeout=2) as response:
+        assert response.status == 200
+    await pool.close()
+    head, _, sent = up.requests[0].partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    framed = [line for line in lines if line.startswith((b"Content-Length", b"Transfer-Encoding"))]
+    assert framed == ([] if framing is None else [framing])
+    assert sent == (b"abc" if length or body else b"")

@@ -20,6 +20,7 @@ import trustme
 
 from proxy import config as config_module
 from proxy.app import STATE, Runner, build_app, start
+from proxy.http.client import Pool
 
 from .rawpeer import FIN, RST, Answer, ScriptedUpstream, Step
 
@@ -416,7 +417,8 @@ async def test_a_retry_after_with_non_ascii_bytes_is_ignored(
     got, _ = await talk(running, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 429"), got
     assert [line["status"] for line in running.lines] == [429]
-    pool = running.state().runtime.targets["/p"].pool
+    pool = running.state().runtime.targets["/p"].transport
+    assert isinstance(pool, Pool)
     assert pool._count == len(pool._idle)  # no connection left checked out
 
 

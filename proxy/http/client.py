@@ -8,9 +8,11 @@ the answer. Parsing is llhttp's (Node's parser, through httptools): strict about
 so a response with both Content-Length and Transfer-Encoding, a bad chunk or a control
 byte in a header is an error, and the connection is dropped rather than reused.
 
-    Pool.request() -> Connection (pooled or new) -> head + body written -> Response
+    Pool.send() -> Connection (pooled or new) -> head + body written -> Response
     Response.iter_any() streams the body with backpressure; release() returns the
     connection to the pool only when the answer was complete and the upstream keeps it.
+
+Pool is the real :class:`~proxy.http.transport.Transport`, Response its answer.
 """
 
 from __future__ import annotations
@@ -21,24 +23,19 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Final, Protocol
+from typing import Final
 
 import httptools
 from multidict import CIMultiDict
 
 from .flow import WriteFlow
+from .transport import BodyStream, UpstreamRequest
 
 # An upstream answer's head is bounded: a 1 MB header block is an attack or a bug.
 MAX_HEAD: Final = 64 * 1024
 # Body bytes held for a client that reads slower than the upstream sends.
 _HIGH_WATER: Final = 256 * 1024
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-class BodyStream(Protocol):
-    """A request body that streams: readany() returns b"" at its end."""
-
-    async def readany(self) -> bytes: ...
 
 
 class UpstreamError(Exception):
@@ -476,25 +473,23 @@ class Pool:
         self._tick = 1.0
         self.closed = False
 
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: CIMultiDict[str],
-        body: bytes | BodyStream | None,
-        length: int | None,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
+    async def send(
+        self, request: UpstreamRequest, *, connect_timeout: float, read_timeout: float
     ) -> Response:
-        """Send one request. ``length``: None for no body (and no framing header), -1 for
-        a chunked body, else its Content-Length. The target goes out exactly as given."""
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        """Send one request (see transport.py for its framing). The target goes out
+        exactly as given."""
+        method = request.method
+        body = request.body
+        length = request.length
+        streamed = body is not None and not isinstance(body, bytes)
+        lines = [f"{method} {request.path} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in request.headers.items())
         if length is not None:
-            lines.append(
-                "Transfer-Encoding: chunked\r\n" if length < 0 else f"Content-Length: {length}\r\n"
-            )
+            lines.append(f"Content-Length: {length}\r\n")
+        elif streamed:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        elif isinstance(body, bytes):
+            lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
         text = "".join(lines)
         # Every line ends in exactly one CRLF: a CR, LF or NUL inside a name or value (a
@@ -503,8 +498,8 @@ class Pool:
         if text.count("\n") != ends or text.count("\r") != ends or "\0" in text:
             raise UpstreamProtocolError("refusing to send a header with CR, LF or NUL")
         head = text.encode("utf-8", "surrogateescape")
-        chunked = length is not None and length < 0
-        reusable_retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+        chunked = streamed and length is None
+        reusable_retry = method in _IDEMPOTENT and not streamed
         while True:
             conn, reused = await self._acquire(connect_timeout)
             try:

@@ -18,7 +18,7 @@ from .metrics import Metrics, RouteMetrics
 
 class Exchanged(Protocol):
     """What reaching the upstream took, as far as it got: the access line and the route's
-    metrics report these (``upstream.Exchange`` is one)."""
+    metrics report these (``upstream.ExchangeRecord`` is one)."""
 
     @property
     def attempts(self) -> int: ...

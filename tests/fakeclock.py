@@ -32,6 +32,8 @@ class Clock:
                 await asyncio.sleep(0)  # let every runnable task reach its next wait
             if self._sleepers:
                 wake, _, future = heapq.heappop(self._sleepers)
+                if future.done():
+                    continue  # its sleeper was cancelled: nobody wakes at that time
                 self.now = max(self.now, wake)
                 future.set_result(None)
         for task in tasks:

@@ -78,7 +78,8 @@ class Target:
         self.provider = provider
         self.limits = limits
         self.retry = route.retry
-        # The pause and the learned rate keep time on the clock the exchange reads.
+        # The pause and the learned rate keep time on the clock the exchange reads; the
+        # deadlines handed to the limits are on it too, so they must share its time.
         self.clock = clock
         self.cooldown = pause or LocalPause(route.prefix, clock)
         # Learned from the upstream's 429s; never above the route's own limits.

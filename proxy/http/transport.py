@@ -81,9 +81,10 @@ class Transport(Protocol):
     """Sends one request to one upstream origin and returns its answer's head.
 
     No retries of its own beyond what HTTP allows on a stale pooled connection (an
-    idempotent request with a bytes body, when nothing came back). Raises TimeoutError when
-    no connection is had within ``connect_timeout`` or the upstream is silent for
-    ``read_timeout``; OSError or UpstreamError when it cannot be reached or breaks HTTP."""
+    idempotent request whose body is bytes or none, when nothing came back). Raises
+    TimeoutError when no connection is had within ``connect_timeout`` or the upstream is
+    silent for ``read_timeout``; OSError or client.UpstreamError when it cannot be reached
+    or breaks HTTP."""
 
     async def send(
         self, request: UpstreamRequest, *, connect_timeout: float, read_timeout: float

@@ -177,7 +177,14 @@ async def exchange(target: Target, outbound: Outbound, record: ExchangeRecord) -
                 first_sent = sent_at
             adaptive.sent(sent_at)
             record.attempts = attempt
-            response = await _send(target, outbound)
+            try:
+                response = await target.transport.send(
+                    outbound,
+                    connect_timeout=target.connect_timeout,
+                    read_timeout=target.read_timeout,
+                )
+            except (OSError, UpstreamError) as exc:  # TimeoutError is an OSError
+                raise _unreached(target, exc) from exc
             try:
                 status = record.status = response.status
                 if status == 401 and provider is not None and token is not None:
@@ -280,27 +287,14 @@ async def _admit(
     record.limiter_wait += clock.monotonic() - started
 
 
-async def _send(target: Target, outbound: Outbound) -> UpstreamResponse:
-    upstream = target.route.upstream
-    try:
-        return await target.transport.send(
-            outbound,
-            connect_timeout=target.connect_timeout,
-            read_timeout=target.read_timeout,
-        )
-    except TimeoutError as exc:
-        log.warning(
-            "upstream_timeout", route=target.route.prefix, upstream=upstream.url, phase="headers"
-        )
-        raise UpstreamTimeoutError("upstream did not answer in time") from exc
-    except (OSError, UpstreamError) as exc:
-        log.warning(
-            "upstream_unreachable",
-            route=target.route.prefix,
-            upstream=upstream.url,
-            error=type(exc).__name__,
-        )
-        raise UpstreamUnreachableError("could not reach the upstream") from exc
+def _unreached(target: Target, exc: Exception) -> UpstreamTimeoutError | UpstreamUnreachableError:
+    """Our 504 or 502 for an upstream the transport could not get an answer's head from."""
+    route, upstream = target.route.prefix, target.route.upstream.url
+    if isinstance(exc, TimeoutError):
+        log.warning("upstream_timeout", route=route, upstream=upstream, phase="headers")
+        return UpstreamTimeoutError("upstream did not answer in time")
+    log.warning("upstream_unreachable", route=route, upstream=upstream, error=type(exc).__name__)
+    return UpstreamUnreachableError("could not reach the upstream")
 
 
 def retry_after_header(seconds: float) -> str:

@@ -50,7 +50,7 @@ class Limit(Protocol):
     async def acquire(self, deadline: float | None = None) -> float:
         """Take one slot, waiting in line if needed; return the seconds waited. Raises
         RateLimitedError, before anything is sent, when the wait would pass ``max_wait``
-        or ``deadline`` (a time.monotonic() value)."""
+        or ``deadline`` (on the clock of the route asking: time.monotonic() in the proxy)."""
         ...
 
     def status(self) -> dict[str, Any]:

@@ -1,0 +1,213 @@
+"""Token state of one credential: the token, its refresh token, the failure backoff and the
+token-request window, behind the store every process of a fleet could share.
+
+The policy (auth/manager.py) decides when to fetch and how long to back off; a store only
+keeps what was decided, so that a shared one (Redis) can replace :class:`LocalTokenStore`:
+one token per credential for all processes, one fetch at a time among them (the lock), no
+late writer replacing a newer token (the generation), one backoff for all (the failure
+record). Times a shared store holds are on its clock, :meth:`TokenStore.now`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from ..config import RateConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token; times on the store's clock, counted from when its request was sent."""
+
+    value: str
+    obtained_at: float
+    expires_at: float
+    refresh_at: float  # renew in the background from here on
+    usable_until: float  # never sent from here on (skew margin)
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    value: str
+    usable_until: float | None  # store clock; None: until the issuer refuses it
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """All a store holds for one credential; each change replaces the whole record."""
+
+    generation: int = 0  # tokens committed so far
+    token: Token | None = None
+    refresh: RefreshToken | None = None
+    failures: int = 0  # transient failures since the last token
+    rejections: int = 0  # refusals of our credentials since the last token
+    retry_at: float = 0.0  # store clock: no token request before this
+    last_outcome: str | None = None  # "ok" or the last failure's reason
+    last_fetch: float | None = None  # wall clock (unix seconds) of the last outcome
+
+
+class TokenStore(Protocol):
+    """Where one credential's token state lives, for one process or for a fleet.
+
+    Requests only call :meth:`now` and :meth:`read`, which never wait. A fetch is one
+    :meth:`lock`, then :meth:`acquire_request` before each token request it sends, then
+    exactly one of :meth:`commit`, :meth:`fail` or :meth:`release`. The store decides
+    nothing: how long to back off and which refresh token to keep are the caller's
+    choices; the store makes them atomic and refuses a stale write.
+    """
+
+    def now(self) -> float:
+        """The store's clock in seconds; only differences between its readings mean
+        anything. Every time in a record is on this clock."""
+        ...
+
+    def read(self) -> TokenRecord:
+        """The latest record, without waiting (a shared store answers from the copy it
+        keeps up to date; :meth:`lock` refreshes it)."""
+        ...
+
+    async def lock(self, generation: int) -> bool:
+        """Take the right to fetch the token that replaces ``generation``.
+
+        True: this caller fetches, and ends with commit(), fail() or release(); no other
+        caller holds the lock meanwhile (a shared store bounds it by a TTL longer than a
+        token request). False: the fetch is not this caller's to make: a newer generation
+        is committed, or another holder's fetch ended while this one waited for it
+        (bounded); :meth:`read` shows the outcome.
+        """
+        ...
+
+    async def acquire_request(self) -> float:
+        """Count one token request against the credential's ``token_rate``, in one step:
+        0.0 when it fits (and is counted), else the seconds until one would (nothing
+        counted). Exact: at most ``rate`` requests in any ``per`` seconds."""
+        ...
+
+    async def commit(
+        self, token: Token, refresh: RefreshToken | None, generation: int
+    ) -> TokenRecord | None:
+        """Install ``token`` and ``refresh`` as the generation after ``generation``, clear
+        the failure record and release the lock; return the new record. None, with
+        nothing changed, when the held generation is no longer ``generation``: a late
+        writer never replaces a newer token."""
+        ...
+
+    async def fail(
+        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+    ) -> TokenRecord:
+        """Record a failed fetch and release the lock; return the new record. Counts it as
+        a rejection or a transient failure, allows no token request for ``delay`` seconds
+        from now(), and drops the refresh token if it is still ``spent`` (presented, so
+        possibly consumed by the issuer)."""
+        ...
+
+    async def release(self) -> None:
+        """Give up the lock without an outcome (the fetch was cancelled); a no-op when it
+        is not held."""
+        ...
+
+
+class RequestWindow:
+    """At most ``limit`` events in any ``period`` seconds, exactly.
+
+    Not aiolimiter: its leaky bucket admits a full bucket *plus* the drained rate within one
+    window (200 in a minute for 100/min), while Travelyzer means at most 100 in any minute.
+    Token requests are rare, so keeping their times costs nothing.
+    """
+
+    __slots__ = ("_limit", "_period", "_times")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self._limit = max(1, limit)
+        self._period = period
+        self._times: deque[float] = deque()
+
+    def acquire(self, now: float) -> float:
+        """0.0 and the event counted when one may happen at ``now``; else the seconds
+        until one may, nothing counted."""
+        # One expression decides both whether an event has left the window and how long
+        # until it does: computed two ways, float rounding let a wait of 0.0 through
+        # without evicting anything, admitting any number at that instant.
+        while self._times and self._times[0] + self._period <= now:
+            self._times.popleft()
+        if len(self._times) < self._limit:
+            self._times.append(now)
+            return 0.0
+        return self._times[0] + self._period - now
+
+
+class LocalTokenStore:
+    """A TokenStore for one process: the record in memory, the monotonic clock."""
+
+    __slots__ = ("_clock", "_held", "_record", "_wall", "_window")
+
+    def __init__(
+        self,
+        token_rate: RateConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._window = (
+            None if token_rate is None else RequestWindow(int(token_rate.rate), token_rate.per)
+        )
+        self._record = TokenRecord()
+        self._held = False
+
+    def now(self) -> float:
+        return self._clock()
+
+    def read(self) -> TokenRecord:
+        return self._record
+
+    async def lock(self, generation: int) -> bool:
+        if self._held or self._record.generation != generation:
+            return False
+        self._held = True
+        return True
+
+    async def acquire_request(self) -> float:
+        return 0.0 if self._window is None else self._window.acquire(self._clock())
+
+    async def commit(
+        self, token: Token, refresh: RefreshToken | None, generation: int
+    ) -> TokenRecord | None:
+        self._held = False
+        if self._record.generation != generation:
+            return None
+        self._record = TokenRecord(
+            generation=generation + 1,
+            token=token,
+            refresh=refresh,
+            last_outcome="ok",
+            last_fetch=self._wall(),
+        )
+        return self._record
+
+    async def fail(
+        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+    ) -> TokenRecord:
+        self._held = False
+        record = self._record
+        refresh = record.refresh
+        if spent is not None and refresh is not None and refresh.value == spent:
+            refresh = None
+        self._record = replace(
+            record,
+            refresh=refresh,
+            failures=record.failures + (not rejected),
+            rejections=record.rejections + rejected,
+            retry_at=self._clock() + delay,
+            last_outcome=reason,
+            last_fetch=self._wall(),
+        )
+        return self._record
+
+    async def release(self) -> None:
+        self._held = False

@@ -630,6 +630,35 @@ def test_token_url_problems_do_not_echo_the_url() -> None:
     assert found == ["auth.p.token_url: path has a '%' that is not followed by two hex digits"]
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://idp:+1/t", "invalid URL (bad port?)"),
+        ("https://idp:80\\\\0/t", "invalid URL (bad port?)"),
+        ("https://u\\\\x@idp/t", "must not carry user:password@ or a query string"),
+        ("1http://idp/t", "must be an http:// or https:// URL with a host (no scheme)"),
+        ("https://[::zz]/t", "invalid URL"),
+        ("https://s:[::1]%zz/t", "invalid URL"),
+        ("https://[v1.x]/t", "host is not a valid host name, IPv4 address or [IPv6] literal"),
+    ],
+)
+def test_token_url_is_read_as_aiohttp_reads_it(url: str, expected: str) -> None:
+    """yarl, which sends the token request, reads the URL; what it cannot send to, or would
+    send elsewhere than written, is refused, naming the part at fault where it can."""
+    found = problems("[auth.p]\n" + TRAVELYZER.replace("https://idp/t", url))
+    assert found == [f"auth.p.token_url: {expected}"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://[2001:db8::1]:8443/t", "http://Service_1.internal.:8080/t%2Fx", "https://idp:/t"],
+)
+def test_valid_token_urls_are_accepted(url: str) -> None:
+    """IP literals, underscores, a trailing dot, escapes and an empty port load as written."""
+    cfg = config.loads("[auth.p]\n" + TRAVELYZER.replace("https://idp/t", url), {})
+    assert cfg.auth["p"].token_url == url
+
+
 def test_password_scope_defaults_to_openid() -> None:
     """type = "password" asks for scope openid unless told otherwise; client_credentials asks
     for none."""

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .checks import Checks, _type_name
@@ -37,11 +36,7 @@ from .model import (
     Timeout,
 )
 from .settings import build, read, section
-
-# token_url (the auth section) checks its URL with these.
-from .urls import bad_host as _bad_host
-from .urls import has_space_or_control as _has_space_or_control
-from .urls import path_problem as _path_problem
+from .urls import token_url_problem
 
 # Where params would name a field the scheme sets from its own key (hints in messages).
 _PARAM_KEYS: Final = {
@@ -199,36 +194,9 @@ class _Checker(Checks):
 
     def token_url(self, value: str, key: str) -> str | None:
         # The value itself is never shown: a mistyped URL may hold credentials.
-        try:
-            parts = urlsplit(value)
-        except ValueError:
-            self.fail(key, "invalid URL")
-            return None
-        try:
-            port = parts.port
-        except ValueError:
-            self.fail(key, "invalid URL (bad port?)")
-            return None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-            self.fail(key, f"must be an http:// or https:// URL with a host ({found})")
-            return None
-        if parts.username is not None or parts.password is not None or parts.query:
-            # Credentials belong in their own keys, where they are kept secret.
-            self.fail(key, "must not carry user:password@ or a query string")
-            return None
-        if _has_space_or_control(value):
-            self.fail(key, "must not contain white space or control characters")
-            return None
-        if _bad_host(parts) is not None:
-            self.fail(key, "host is not a valid host name, IPv4 address or [IPv6] literal")
-            return None
-        if port == 0:
-            self.fail(key, "port must be from 1 to 65535, got 0")
-            return None
-        path_problem = _path_problem(parts.path)
-        if path_problem is not None:
-            self.fail(key, f"path {path_problem}")
+        problem = token_url_problem(value)
+        if problem is not None:
+            self.fail(key, problem)
             return None
         return value
 

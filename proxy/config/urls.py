@@ -1,4 +1,4 @@
-"""What a route prefix and an upstream URL may be: parsed once, at load.
+"""What a route prefix, an upstream URL and a token URL may be: parsed once, at load.
 
 The upstream is split with ``urllib.parse.urlsplit``, not yarl: both are lenient in the
 same places (a host of ``-h``, ``a..b``, ``999.1.1.1`` or ``h%41``, a path with ``%zz`` or
@@ -6,6 +6,9 @@ raw non-ASCII text all pass either), so the host and path checks below are neede
 either; and yarl refuses some URLs (a backslash or text after ``]`` in the host, a port that
 is no number) before the user:password@ check could run, with messages of its own. The
 Upstream is built with yarl (:attr:`Upstream.url`).
+
+A token URL is read by yarl, since aiohttp sends the token request to what yarl reads: the
+same host and path checks then run on its parts (:func:`token_url_problem`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
+
+from yarl import URL
 
 from ..http.authority import NUMERIC_LABEL
 from .values import Upstream
@@ -26,6 +31,8 @@ _PATH_CHARS: Final = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@./%-]*")
 _PERCENT_ESCAPES: Final = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
 # A DNS label (letters, digits, '-' inside; '_' too, as Docker and some intranets use it).
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_BAD_HOST: Final = "host is not a valid host name, IPv4 address or [IPv6] literal"
+_PORT_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 def route_prefix(value: str) -> str:
@@ -68,7 +75,7 @@ def upstream_url(value: str) -> Upstream:
         raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
     if not parts.hostname:
         raise ValueError(f"has no host: {value!r}")
-    wrong_host = bad_host(parts)
+    wrong_host = bad_host(parts.netloc)
     if wrong_host is not None:
         raise ValueError(
             f"host is not a valid host name, IPv4 address or [IPv6] literal: {wrong_host!r}"
@@ -97,6 +104,53 @@ def upstream_url(value: str) -> Upstream:
     )
 
 
+def token_url_problem(value: str) -> str | None:
+    """What is wrong with a token_url, or None; never the URL itself.
+
+    Read by yarl, the parser aiohttp sends the token request with, as written (encoded=True:
+    nothing re-encoded), so that a URL the checks pass is one it sends where it says.
+    """
+    try:
+        url = URL(value, encoded=True)
+    except (ValueError, IndexError):  # IndexError: yarl 1.25 on an empty host after "]...@"
+        if "\\" not in value:
+            return "invalid URL"
+        # yarl refuses a backslash in the authority outright, where the checks below name
+        # the part it spoils (port, user, host): let them, on a stand-in none of them takes.
+        return token_url_problem(value.replace("\\", "^")) or "invalid URL"
+    if url.scheme and not url.scheme[0].isalpha():
+        # yarl takes "1http:" for a scheme; RFC 3986 does not: the whole is a path.
+        return "must be an http:// or https:// URL with a host (no scheme)"
+    authority = url.raw_authority
+    hostport = authority.rpartition("@")[2]
+    if hostport.startswith("[") and not hostport.startswith("[v"):
+        # yarl only asks an IPv6 literal for a ':'; an IPvFuture one it checks itself.
+        try:
+            IPv6Address(hostport[1:].partition("]")[0])
+        except ValueError:
+            return "invalid URL"
+    try:
+        port = url.explicit_port  # yarl splits the authority when first asked
+    except ValueError:
+        return "invalid URL (bad port?)"
+    if port is not None and not _PORT_DIGITS.fullmatch(authority.rpartition(":")[2]):
+        return "invalid URL (bad port?)"  # yarl reads "+1" or " 1" as 1
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        found = f"scheme {url.scheme!r}" if url.scheme else "no scheme"
+        return f"must be an http:// or https:// URL with a host ({found})"
+    if "@" in authority or url.raw_query_string:
+        # Credentials belong in their own keys, where they are kept secret.
+        return "must not carry user:password@ or a query string"
+    if has_space_or_control(value):
+        return "must not contain white space or control characters"
+    if bad_host(authority) is not None:
+        return _BAD_HOST
+    if port == 0:
+        return "port must be from 1 to 65535, got 0"
+    wrong_path = path_problem(url.raw_path)
+    return None if wrong_path is None else f"path {wrong_path}"
+
+
 def has_space_or_control(value: str) -> bool:
     return any(c.isspace() or c < " " or "\x7f" <= c <= "\x9f" for c in value)
 
@@ -110,13 +164,13 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-def bad_host(parts: SplitResult) -> str | None:
+def bad_host(netloc: str) -> str | None:
     """The host as written if it is not a host name, IPv4 address or [IPv6] literal, or None.
 
     urlsplit is lenient: it keeps a backslash or '%' in a name and drops whatever follows
     the ']' of an IPv6 literal, so the host is taken from the netloc as written.
     """
-    hostport = parts.netloc.rpartition("@")[2]
+    hostport = netloc.rpartition("@")[2]
     if hostport.startswith("["):
         literal, _, after = hostport[1:].partition("]")
         try:

@@ -254,9 +254,7 @@ class Runtime:
         """Every credential this config holds, for the log redactor."""
         values = [c.key.reveal() for c in self.config.clients.values()]
         for auth in self.config.auth.values():
-            for secret in (auth.client_secret, auth.password, auth.api_key, auth.api_secret):
-                if secret is not None:
-                    values.append(secret.reveal())
+            values.extend(secret.reveal() for secret in auth.secrets)
         return values
 
     def pauses(self) -> list[tuple[str, float, float | None]]:

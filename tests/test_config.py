@@ -49,10 +49,16 @@ def test_shipped_routes_toml_is_valid_with_vendor_env() -> None:
         ("/travis", "https://api.travis.test", "travis"),
         ("/travelyzer", "https://places.gotravelyzer.com", "travelyzer"),
     ]
-    assert cfg.auth["travtus"].type == "client_credentials"
-    assert cfg.auth["travis"].type == "password"
-    assert cfg.auth["travis"].scope == "openid"
-    assert cfg.auth["travelyzer"].expires_in == "24h"
+    travtus_auth, travis_auth, travelyzer_auth = (
+        cfg.auth[name] for name in ("travtus", "travis", "travelyzer")
+    )
+    assert isinstance(travtus_auth, config.ClientCredentialsAuth)
+    assert travtus_auth.type == "client_credentials"
+    assert isinstance(travis_auth, config.PasswordAuth)
+    assert travis_auth.type == "password"
+    assert travis_auth.scope == "openid"
+    assert isinstance(travelyzer_auth, config.TravelyzerAuth)
+    assert travelyzer_auth.expires_in == "24h"
     assert cfg.server.host == "127.0.0.1"
     # The vendors' documented limits, where their docs give them.
     travtus = cfg.auth["travtus"].rate_limit
@@ -70,8 +76,9 @@ def test_secrets_never_show_in_repr() -> None:
     for name, value in VENDOR_ENV.items():
         if "SECRET" in name or "PASSWORD" in name or "KEY" in name:
             assert value not in text
-    assert cfg.auth["travtus"].client_secret is not None
-    assert cfg.auth["travtus"].client_secret.reveal() == "tt-secret-value"
+    travtus = cfg.auth["travtus"]
+    assert isinstance(travtus, config.ClientCredentialsAuth)
+    assert travtus.client_secret.reveal() == "tt-secret-value"
 
 
 def test_rate_limit_and_retry_tables() -> None:
@@ -659,6 +666,34 @@ def test_valid_token_urls_are_accepted(url: str) -> None:
     assert cfg.auth["p"].token_url == url
 
 
+def test_unknown_auth_key_names_every_key() -> None:
+    """The keys an auth table takes are listed as the README lists them."""
+    assert problems(AUTH + 'client_id = "i"\nclient_secret = "s"\nsecret = "x"\n') == [
+        "auth.x.secret: unknown key (allowed: type, token_url, client_id, client_secret, "
+        "client_auth, scope, username, password, api_key, api_secret, expires_in, token_rate, "
+        "params, ca_file, default_lifetime, refresh_at, fetch_retry, rate_limit, timeout)"
+    ]
+
+
+def test_keys_of_other_types_are_each_reported() -> None:
+    """Every key of another scheme is named, one scheme's keys before shared OAuth2 ones."""
+    table = TRAVELYZER + 'client_id = "c"\nscope = "s"\nusername = "u"\nclient_auth = "basic"\n'
+    assert problems("[auth.p]\n" + table) == [
+        f"auth.p.{key}: does not apply to type = 'travelyzer'"
+        for key in ("username", "client_id", "client_auth", "scope")
+    ]
+
+
+def test_a_table_missing_a_required_key_still_counts_as_defined() -> None:
+    """A client naming an auth table that lacks a required key hears only about that key."""
+    text = (
+        ROUTE
+        + '[auth.x]\ntype = "password"\ntoken_url = "http://t/token"\nclient_id = "c"\n'
+        + '[clients.c]\nkey = "0123456789abcdef0"\nauth = { "/a" = "x" }\n'
+    )
+    assert problems(text) == ["auth.x.username: is required", "auth.x.password: is required"]
+
+
 def test_password_scope_defaults_to_openid() -> None:
     """type = "password" asks for scope openid unless told otherwise; client_credentials asks
     for none."""
@@ -666,9 +701,13 @@ def test_password_scope_defaults_to_openid() -> None:
         AUTH_OK + "[auth.p]\n" + PASSWORD + "[auth.q]\n" + PASSWORD + 'scope = "openid email"\n',
         {},
     )
-    assert cfg.auth["p"].scope == "openid"
-    assert cfg.auth["q"].scope == "openid email"
-    assert cfg.auth["x"].scope is None
+    p, q, x = cfg.auth["p"], cfg.auth["q"], cfg.auth["x"]
+    assert isinstance(p, config.PasswordAuth)
+    assert isinstance(q, config.PasswordAuth)
+    assert isinstance(x, config.ClientCredentialsAuth)
+    assert p.scope == "openid"
+    assert q.scope == "openid email"
+    assert x.scope is None
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,9 @@ async def test_password_grant_asks_for_openid_by_default(
         'username = "u"\npassword = "p"\n',
         {},
     )
-    await OAuth2Scheme(cfg.auth["p"]).fetch(NO_SESSION, None)
+    auth = cfg.auth["p"]
+    assert isinstance(auth, config.PasswordAuth)
+    await OAuth2Scheme(auth).fetch(NO_SESSION, None)
     assert token_endpoint == [
         {
             "grant_type": "password",
@@ -132,9 +134,8 @@ async def test_password_grant_asks_for_openid_by_default(
 async def test_params_never_replace_oauth2_fields(token_endpoint: list[dict[str, Any]]) -> None:
     """Extra params are added to both grants; reserved names that slip past the loader are
     dropped."""
-    auth = config.AuthConfig(
+    auth = config.ClientCredentialsAuth(
         name="x",
-        type="client_credentials",
         token_url="http://idp/token",
         client_id="real",
         client_secret=config.Secret("s"),
@@ -164,9 +165,8 @@ async def test_params_never_replace_travelyzer_fields(
     token_endpoint: list[dict[str, Any]],
 ) -> None:
     """Travelyzer's own body fields win over params of the same name."""
-    auth = config.AuthConfig(
+    auth = config.TravelyzerAuth(
         name="t",
-        type="travelyzer",
         token_url="http://idp/token",
         api_key=config.Secret("k"),
         api_secret=config.Secret("s"),

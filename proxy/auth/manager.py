@@ -29,7 +29,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from ..config import AuthConfig
+from ..config import AuthConfig, TravelyzerAuth
 from ..errors import TokenUnavailableError
 from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
 from .oauth2 import OAuth2Scheme
@@ -64,7 +64,7 @@ class Token:
 
 
 def build_scheme(auth: AuthConfig) -> TokenScheme:
-    if auth.type == "travelyzer":
+    if isinstance(auth, TravelyzerAuth):
         return TravelyzerScheme(auth)
     return OAuth2Scheme(auth)
 
@@ -130,11 +130,7 @@ class TokenManager:
         self._last_fetch: float | None = None  # wall clock, for status
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._secrets = tuple(
-            secret.reveal()
-            for secret in (auth.client_secret, auth.password, auth.api_key, auth.api_secret)
-            if secret is not None
-        )
+        self._secrets = tuple(secret.reveal() for secret in auth.secrets)
 
     # -- the request path --------------------------------------------------------------
 

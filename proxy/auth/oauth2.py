@@ -11,7 +11,7 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
-from ..config import AuthConfig, Secret
+from ..config import ClientCredentialsAuth, PasswordAuth
 from ..config.model import OAUTH2_RESERVED_PARAMS
 from . import endpoint, jwt
 from .base import Grant, TokenEndpointError
@@ -22,10 +22,10 @@ class OAuth2Scheme:
 
     __slots__ = ("_auth", "_basic", "_client", "_extra", "_primary", "_scope", "_timeout")
 
-    def __init__(self, auth: AuthConfig) -> None:
+    def __init__(self, auth: ClientCredentialsAuth | PasswordAuth) -> None:
         self._auth = auth
         secret = auth.client_secret.reveal() if auth.client_secret is not None else None
-        client_id = auth.client_id or ""
+        client_id = auth.client_id
         # Client authentication: form fields (client_secret_post, what Travtus documents)
         # or HTTP Basic with form-encoded id and secret (RFC 6749 2.3.1).
         self._basic: dict[str, str] | None = None
@@ -37,9 +37,9 @@ class OAuth2Scheme:
         elif secret is not None:
             self._client["client_secret"] = secret
         primary: dict[str, str] = {"grant_type": auth.type, **self._client}
-        if auth.type == "password":
-            primary["username"] = auth.username or ""
-            primary["password"] = Secret.required(auth.password, f"auth.{auth.name}.password")
+        if isinstance(auth, PasswordAuth):
+            primary["username"] = auth.username
+            primary["password"] = auth.password.reveal()
         # The scope goes with the refresh_token grant too (RFC 6749 6 makes it optional
         # there): some issuers re-scope a refresh that omits it.
         self._scope: dict[str, str] = {"scope": auth.scope} if auth.scope else {}

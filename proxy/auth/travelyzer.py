@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from ..config import AuthConfig, Secret
+from ..config import TravelyzerAuth
 from ..config.model import TRAVELYZER_RESERVED_PARAMS
 from . import endpoint, jwt
 from .base import Grant, TokenEndpointError
@@ -18,13 +18,13 @@ class TravelyzerScheme:
 
     __slots__ = ("_auth", "_body", "_timeout")
 
-    def __init__(self, auth: AuthConfig) -> None:
+    def __init__(self, auth: TravelyzerAuth) -> None:
         self._auth = auth
         # expiresIn goes as configured ("24h"): the vendor takes its own duration strings.
         # params only add fields (the loader refuses reserved names; any left are dropped).
         self._body = {
-            "apiKey": Secret.required(auth.api_key, f"auth.{auth.name}.api_key"),
-            "apiSecret": Secret.required(auth.api_secret, f"auth.{auth.name}.api_secret"),
+            "apiKey": auth.api_key.reveal(),
+            "apiSecret": auth.api_secret.reveal(),
             "expiresIn": auth.expires_in,
             **{k: v for k, v in auth.params.items() if k not in TRAVELYZER_RESERVED_PARAMS},
         }

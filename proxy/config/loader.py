@@ -11,29 +11,35 @@ import codecs
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Final
 
 from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
+    AUTH_SCHEMES,
     AUTH_TYPES,
     CLIENT_AUTH_MODES,
+    DEFAULT_PASSWORD_SCOPE,
     OAUTH2_RESERVED_PARAMS,
     RATE_LIMIT,
     TRAVELYZER_EXPIRES_IN,
     TRAVELYZER_RESERVED_PARAMS,
+    AuthCommon,
     AuthConfig,
     ClientConfig,
+    ClientCredentialsAuth,
     Config,
     FetchRetry,
+    PasswordAuth,
     RateConfig,
     RateLimitConfig,
     RouteConfig,
     Secret,
     ServerConfig,
     Timeout,
+    TravelyzerAuth,
 )
 from .settings import build, read, section
 from .urls import token_url_problem
@@ -60,6 +66,30 @@ _OTHER_BOMS: Final = (
 
 _DEFAULT_TOKEN_TIMEOUT: Final = Timeout(connect=10.0, read=30.0)
 _DEFAULT_FETCH_RETRY: Final = FetchRetry()
+# An [auth.NAME] table's keys come from the scheme dataclasses: a new field is a new key.
+_SHARED_KEYS: Final = tuple(f.name for f in fields(AuthCommon))
+_APPLIES: Final = {kind: tuple(f.name for f in fields(cls)) for kind, cls in AUTH_SCHEMES.items()}
+_REQUIRED: Final = {
+    kind: frozenset(
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    )
+    for kind, cls in AUTH_SCHEMES.items()
+}
+_OWN_KEYS: Final = tuple(
+    dict.fromkeys(n for names in _APPLIES.values() for n in names if n not in _SHARED_KEYS)
+)
+# As the README lists them: what the table is and where it asks, the schemes' keys, the rest.
+_AUTH_KEYS: Final = (
+    "type",
+    "token_url",
+    *_OWN_KEYS,
+    *(n for n in _SHARED_KEYS if n not in ("name", "token_url")),
+)
+# Keys that do not apply to a table's type are named one scheme's keys first.
+_SCHEME_KEYS: Final = tuple(
+    sorted(_OWN_KEYS, key=lambda n: sum(n in names for names in _APPLIES.values()))
+)
+_MISSING_SECRET: Final = Secret("")
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -204,75 +234,28 @@ class _Checker(Checks):
         """An auth table's timeout (routes declare theirs as a field)."""
         return section(Timeout)(self, raw, key, default)
 
-    def fetch_retry(self, raw: Any, key: str) -> FetchRetry:
-        table = self.table(raw, key, ("backoff", "max_backoff", "rejected_backoff"))
-        default = _DEFAULT_FETCH_RETRY
-        return FetchRetry(
-            backoff=self.positive(table, key, "backoff", default.backoff),
-            max_backoff=self.positive(table, key, "max_backoff", default.max_backoff),
-            rejected_backoff=self.positive(
-                table, key, "rejected_backoff", default.rejected_backoff
-            ),
-        )
-
-    def rate(self, raw: Any, key: str) -> RateConfig:
-        table = self.table(raw, key, ("rate", "per"))
-        rate = table.get("rate")
-        if rate is None:
-            self.fail(f"{key}.rate", "is required")
-            rate = 1
-        elif isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-            # A count of requests per window: "at most 0.5 per minute" has no meaning.
-            self.fail(f"{key}.rate", f"must be a whole number of at least 1, got {rate!r}")
-            rate = 1
-        return RateConfig(rate=rate, per=self.positive(table, key, "per", 1.0))
-
     def auth(self, name: str, raw: Any) -> AuthConfig | None:
         key = f"auth.{name}"
-        table = self.table(
-            raw,
-            key,
-            (
-                "type",
-                "token_url",
-                "client_id",
-                "client_secret",
-                "client_auth",
-                "scope",
-                "username",
-                "password",
-                "api_key",
-                "api_secret",
-                "expires_in",
-                "token_rate",
-                "params",
-                "ca_file",
-                "default_lifetime",
-                "refresh_at",
-                "fetch_retry",
-                "rate_limit",
-                "timeout",
-            ),
-        )
+        table = self.table(raw, key, _AUTH_KEYS)
         kind = self.choice(table, key, "type", AUTH_TYPES, None)
+        needs = _REQUIRED.get(kind or "", frozenset())
         token_url = self.string(table, key, "token_url", required=True)
         if token_url is not None:
             token_url = self.token_url(token_url, f"{key}.token_url")
-        oauth = kind in ("client_credentials", "password")
-        client_id = self.string(table, key, "client_id", required=oauth)
+        client_id = self.string(table, key, "client_id", required="client_id" in needs)
         # Keycloak public clients have no secret; Cognito app clients always do.
-        client_secret = self.secret(
-            table, key, "client_secret", required=kind == "client_credentials"
-        )
+        client_secret = self.secret(table, key, "client_secret", required="client_secret" in needs)
         client_auth = self.choice(table, key, "client_auth", CLIENT_AUTH_MODES, "post")
         scope = self.string(table, key, "scope")
-        username = self.string(table, key, "username", required=kind == "password")
-        password = self.secret(table, key, "password", required=kind == "password")
-        api_key = self.secret(table, key, "api_key", required=kind == "travelyzer")
-        api_secret = self.secret(table, key, "api_secret", required=kind == "travelyzer")
+        username = self.string(table, key, "username", required="username" in needs)
+        password = self.secret(table, key, "password", required="password" in needs)
+        api_key = self.secret(table, key, "api_key", required="api_key" in needs)
+        api_secret = self.secret(table, key, "api_secret", required="api_secret" in needs)
         expires_in = self.choice(table, key, "expires_in", TRAVELYZER_EXPIRES_IN, "24h")
         token_rate = (
-            self.rate(table["token_rate"], f"{key}.token_rate") if "token_rate" in table else None
+            section(RateConfig)(self, table["token_rate"], f"{key}.token_rate", None)
+            if "token_rate" in table
+            else None
         )
         params = self.params(table.get("params", {}), f"{key}.params", kind)
         ca_file = self.ca_file(table, key, "ca_file")
@@ -281,47 +264,55 @@ class _Checker(Checks):
         if refresh_at >= 1:
             self.fail(f"{key}.refresh_at", f"must be a fraction below 1, got {refresh_at!r}")
             refresh_at = 0.8
-        fetch_retry = self.fetch_retry(table.get("fetch_retry", {}), f"{key}.fetch_retry")
+        fetch_retry = section(FetchRetry)(
+            self, table.get("fetch_retry", {}), f"{key}.fetch_retry", _DEFAULT_FETCH_RETRY
+        )
         rate_limit = self.rate_limit(table.get("rate_limit"), f"{key}.rate_limit")
         timeout = self.timeout(table.get("timeout", {}), f"{key}.timeout", _DEFAULT_TOKEN_TIMEOUT)
-        if scope is None and kind == "password":
-            scope = "openid"  # Keycloak (TRAVIS) refuses password grants without it
         if kind is None or token_url is None:
             return None
-        for field_name, applies in (
-            ("username", kind == "password"),
-            ("password", kind == "password"),
-            ("api_key", kind == "travelyzer"),
-            ("api_secret", kind == "travelyzer"),
-            ("expires_in", kind == "travelyzer"),
-            ("client_id", oauth),
-            ("client_secret", oauth),
-            ("client_auth", oauth),
-            ("scope", oauth),
-        ):
-            if field_name in table and not applies:
+        applies = _APPLIES[kind]
+        for field_name in _SCHEME_KEYS:
+            if field_name in table and field_name not in applies:
                 self.fail(f"{key}.{field_name}", f"does not apply to type = {kind!r}")
-        return AuthConfig(
-            name=name,
-            type=kind,
-            token_url=token_url,
-            client_id=client_id,
-            client_secret=client_secret,
+        common: dict[str, Any] = {
+            "name": name,
+            "token_url": token_url,
+            "token_rate": token_rate,
+            "params": params,
+            "ca_file": ca_file,
+            "default_lifetime": default_lifetime,
+            "refresh_at": refresh_at,
+            "fetch_retry": fetch_retry,
+            "rate_limit": rate_limit,
+            "timeout": timeout,
+        }
+        # A required value that is missing was reported above; a placeholder keeps the table
+        # known, so that clients naming it are checked as usual. A config with problems is
+        # never returned.
+        if kind == "travelyzer":
+            return TravelyzerAuth(
+                **common,
+                api_key=api_key or _MISSING_SECRET,
+                api_secret=api_secret or _MISSING_SECRET,
+                expires_in=expires_in or "24h",
+            )
+        if kind == "password":
+            return PasswordAuth(
+                **common,
+                client_id=client_id or "",
+                client_secret=client_secret,
+                client_auth=client_auth or "post",
+                scope=scope or DEFAULT_PASSWORD_SCOPE,
+                username=username or "",
+                password=password or _MISSING_SECRET,
+            )
+        return ClientCredentialsAuth(
+            **common,
+            client_id=client_id or "",
+            client_secret=client_secret or _MISSING_SECRET,
             client_auth=client_auth or "post",
             scope=scope,
-            username=username,
-            password=password,
-            api_key=api_key,
-            api_secret=api_secret,
-            expires_in=expires_in or "24h",
-            token_rate=token_rate,
-            params=params,
-            ca_file=ca_file,
-            default_lifetime=default_lifetime,
-            refresh_at=refresh_at,
-            fetch_retry=fetch_retry,
-            rate_limit=rate_limit,
-            timeout=timeout,
         )
 
     def params(self, raw: Any, key: str, kind: str | None) -> dict[str, str]:

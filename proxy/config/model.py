@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Final
+from typing import ClassVar, Final, TypeAlias
 
 from .rules import (
     byte_count,
@@ -44,7 +44,6 @@ from .values import AdminAccess as AdminAccess
 from .values import Secret as Secret
 from .values import Upstream as Upstream
 
-AUTH_TYPES: Final = ("client_credentials", "password", "travelyzer")
 CLIENT_AUTH_MODES: Final = ("post", "basic")
 # The values Travelyzer documents for expiresIn; anything else is refused by the vendor.
 TRAVELYZER_EXPIRES_IN: Final = ("30m", "1h", "24h", "7d", "30d")
@@ -53,6 +52,8 @@ OAUTH2_RESERVED_PARAMS: Final = frozenset(
     {"grant_type", "client_id", "client_secret", "username", "password", "refresh_token", "scope"}
 )
 TRAVELYZER_RESERVED_PARAMS: Final = frozenset({"apiKey", "apiSecret", "expiresIn"})
+# Keycloak (TRAVIS) refuses password grants without a scope.
+DEFAULT_PASSWORD_SCOPE: Final = "openid"  # noqa: S105 - a scope
 # Upstream answers a route may retry (retry.on).
 RETRYABLE_STATUSES: Final = (429, 503)
 
@@ -116,33 +117,29 @@ class RouteConfig:
 
 @dataclass(frozen=True, slots=True)
 class RateConfig:
-    rate: float
-    per: float
+    """At most ``rate`` requests in any ``per`` seconds: a count, "0.5 a minute" means nothing."""
+
+    rate: int = setting(whole)
+    per: float = setting(positive, default=1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class FetchRetry:
     """How often a failing token endpoint is asked again."""
 
-    backoff: float = 0.5  # first delay after a transient failure (connection, 5xx, 429)
-    max_backoff: float = 30.0  # cap of the exponential backoff
-    rejected_backoff: float = 60.0  # credentials refused: wait this, doubling up to 16x
+    # First delay after a transient failure (connection, 5xx, 429).
+    backoff: float = setting(positive, default=0.5)
+    max_backoff: float = setting(positive, default=30.0)  # cap of the exponential backoff
+    # Credentials refused: wait this, doubling up to 16x.
+    rejected_backoff: float = setting(positive, default=60.0)
 
 
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthCommon:
+    """What every token scheme's table has: where to ask, how often, how long tokens live."""
+
     name: str
-    type: str
     token_url: str
-    client_id: str | None = None
-    client_secret: Secret | None = None
-    client_auth: str = "post"
-    scope: str | None = None  # the loader defaults it to "openid" for type = "password"
-    username: str | None = None
-    password: Secret | None = None
-    api_key: Secret | None = None
-    api_secret: Secret | None = None
-    expires_in: str = "24h"
     token_rate: RateConfig | None = None
     params: Mapping[str, str] = field(default_factory=dict)  # never a reserved field name
     ca_file: str | None = None
@@ -151,6 +148,62 @@ class AuthConfig:
     fetch_retry: FetchRetry = field(default_factory=FetchRetry)
     rate_limit: RateLimitConfig | None = None
     timeout: Timeout = field(default_factory=lambda: Timeout(connect=10.0, read=30.0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCredentialsAuth(AuthCommon):
+    """OAuth2 client_credentials (Cognito, Keycloak service accounts)."""
+
+    type: ClassVar[str] = "client_credentials"
+    client_id: str
+    client_secret: Secret
+    client_auth: str = "post"
+    scope: str | None = None
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        return (self.client_secret,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordAuth(AuthCommon):
+    """OAuth2 password grant (Keycloak customer users); public clients have no secret."""
+
+    type: ClassVar[str] = "password"
+    client_id: str
+    client_secret: Secret | None = None
+    client_auth: str = "post"
+    scope: str = DEFAULT_PASSWORD_SCOPE
+    username: str
+    password: Secret
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        if self.client_secret is None:
+            return (self.password,)
+        return (self.client_secret, self.password)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TravelyzerAuth(AuthCommon):
+    """Travelyzer's API-key exchange."""
+
+    type: ClassVar[str] = "travelyzer"
+    api_key: Secret
+    api_secret: Secret
+    expires_in: str = "24h"
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        return (self.api_key, self.api_secret)
+
+
+# One typed table per scheme, so that every field a scheme needs is there by construction.
+AuthConfig: TypeAlias = ClientCredentialsAuth | PasswordAuth | TravelyzerAuth
+AUTH_SCHEMES: Final[Mapping[str, type[AuthConfig]]] = {
+    cls.type: cls for cls in (ClientCredentialsAuth, PasswordAuth, TravelyzerAuth)
+}
+AUTH_TYPES: Final = tuple(AUTH_SCHEMES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,13 +24,6 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
-    @staticmethod
-    def required(secret: Secret | None, key: str) -> str:
-        """The value of a secret that validation made mandatory for this auth type."""
-        if secret is None:
-            raise ValueError(f"{key} is required")
-        return secret._value
-
     def __repr__(self) -> str:
         return "Secret('***')"
 

@@ -15,8 +15,7 @@ import aiohttp
 import structlog
 
 from .access import Access, Caller, Terms
-from .auth import TokenManager
-from .auth.base import TokenProvider
+from .auth import TokenProvider, token_provider
 from .bodies import Spool
 from .config import Config, RateLimitConfig, RouteConfig, trust_store
 from .errors import ConfigError
@@ -123,12 +122,12 @@ class Runtime:
         self.idle = asyncio.Event()
         self.idle.set()
         self._handed_over: set[str] = set()
-        self._new_tokens: list[TokenManager] = []
+        self._new_tokens: list[TokenProvider] = []
         self._token_sessions: dict[str, aiohttp.ClientSession] = {}
         used = {r.auth for r in config.routes if r.auth} | {
             name for c in config.clients.values() for name in c.auth.values()
         }
-        self.tokens: dict[str, TokenManager] = {}
+        self.tokens: dict[str, TokenProvider] = {}
         for name in sorted(used):
             auth = config.auth[name]
             if previous is not None and previous.config.auth.get(name) == auth:
@@ -138,7 +137,7 @@ class Runtime:
                 previous._handed_over.add(name)
                 continue
             session = self._token_sessions[name] = _token_session(stores[auth.ca_file])
-            manager = TokenManager(auth, session, observer=metrics)
+            manager = token_provider(auth, session, observer=metrics)
             self.tokens[name] = manager
             self._new_tokens.append(manager)
         # Limits and route pauses outlive a reload when their settings do not change: a

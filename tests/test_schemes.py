@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any, cast
+from typing import Any
 
-import aiohttp
 import pytest
 
 from proxy import config
-from proxy.auth import TokenEndpointError, endpoint
+from proxy.auth import TokenEndpointError
 from proxy.auth.jwt import expiry
 from proxy.auth.oauth2 import OAuth2Scheme, parse_token_response
 from proxy.auth.travelyzer import TravelyzerScheme
@@ -92,25 +91,26 @@ def test_expiry_of_non_jwts_is_unknown(token: str) -> None:
     assert expiry(token) is None
 
 
-@pytest.fixture
-def token_endpoint(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Replaces the token POST; returns the list each request's form or JSON body lands in."""
-    sent: list[dict[str, Any]] = []
+class RecordingEndpoint:
+    """A TokenEndpoint that records each request's form or JSON body and answers a token."""
 
-    async def post(_session: object, url: str, **kwargs: Any) -> dict[str, Any]:
-        sent.append(kwargs["form"] if kwargs.get("form") is not None else kwargs["json_body"])
+    def __init__(self) -> None:
+        self.sent: list[dict[str, str]] = []
+
+    async def post(
+        self,
+        *,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        body = form if form is not None else json_body
+        assert body is not None
+        self.sent.append(body)
         return {"access_token": "a", "token": "a", "expires_in": 300}
 
-    monkeypatch.setattr(endpoint, "post", post)
-    return sent
 
-
-NO_SESSION = cast(aiohttp.ClientSession, None)
-
-
-async def test_password_grant_asks_for_openid_by_default(
-    token_endpoint: list[dict[str, Any]],
-) -> None:
+async def test_password_grant_asks_for_openid_by_default() -> None:
     """A password table without scope sends scope=openid, as Keycloak requires."""
     cfg = config.loads(
         '[auth.p]\ntype = "password"\ntoken_url = "http://idp/token"\nclient_id = "c"\n'
@@ -119,8 +119,9 @@ async def test_password_grant_asks_for_openid_by_default(
     )
     auth = cfg.auth["p"]
     assert isinstance(auth, config.PasswordAuth)
-    await OAuth2Scheme(auth).fetch(NO_SESSION, None)
-    assert token_endpoint == [
+    endpoint = RecordingEndpoint()
+    await OAuth2Scheme(auth, endpoint).fetch(None)
+    assert endpoint.sent == [
         {
             "grant_type": "password",
             "client_id": "c",
@@ -131,7 +132,7 @@ async def test_password_grant_asks_for_openid_by_default(
     ]
 
 
-async def test_params_never_replace_oauth2_fields(token_endpoint: list[dict[str, Any]]) -> None:
+async def test_params_never_replace_oauth2_fields() -> None:
     """Extra params are added to both grants; reserved names that slip past the loader are
     dropped."""
     auth = config.ClientCredentialsAuth(
@@ -141,10 +142,11 @@ async def test_params_never_replace_oauth2_fields(token_endpoint: list[dict[str,
         client_secret=config.Secret("s"),
         params={"grant_type": "evil", "client_id": "x", "refresh_token": "r", "audience": "api"},
     )
-    scheme = OAuth2Scheme(auth)
-    await scheme.fetch(NO_SESSION, None)
-    await scheme.fetch(NO_SESSION, "refresh-1")
-    assert token_endpoint == [
+    endpoint = RecordingEndpoint()
+    scheme = OAuth2Scheme(auth, endpoint)
+    await scheme.fetch(None)
+    await scheme.fetch("refresh-1")
+    assert endpoint.sent == [
         {
             "grant_type": "client_credentials",
             "client_id": "real",
@@ -161,9 +163,7 @@ async def test_params_never_replace_oauth2_fields(token_endpoint: list[dict[str,
     ]
 
 
-async def test_params_never_replace_travelyzer_fields(
-    token_endpoint: list[dict[str, Any]],
-) -> None:
+async def test_params_never_replace_travelyzer_fields() -> None:
     """Travelyzer's own body fields win over params of the same name."""
     auth = config.TravelyzerAuth(
         name="t",
@@ -172,5 +172,6 @@ async def test_params_never_replace_travelyzer_fields(
         api_secret=config.Secret("s"),
         params={"apiKey": "evil", "expiresIn": "30d", "tenant": "t1"},
     )
-    await TravelyzerScheme(auth).fetch(NO_SESSION, None)
-    assert token_endpoint == [{"apiKey": "k", "apiSecret": "s", "expiresIn": "24h", "tenant": "t1"}]
+    endpoint = RecordingEndpoint()
+    await TravelyzerScheme(auth, endpoint).fetch(None)
+    assert endpoint.sent == [{"apiKey": "k", "apiSecret": "s", "expiresIn": "24h", "tenant": "t1"}]

@@ -6,15 +6,15 @@ End-to-end behaviour against the vendor sandbox over real sockets is in test_cre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 
 from proxy import config
 from proxy.auth import Grant, TokenEndpointError, TokenManager
 from proxy.errors import TokenUnavailableError
+from proxy.state.tokens import LocalTokenStore
 
 
 @dataclass
@@ -25,25 +25,32 @@ class Clock:
         return self.now
 
 
+Outcome = Grant | TokenEndpointError
+
+
 @dataclass
 class ScriptedScheme:
     """Answers fetches from a script; records which refresh token each fetch presented."""
 
-    script: list[Grant | TokenEndpointError] = field(default_factory=list)
+    script: Sequence[Outcome] = ()
     presented: list[str | None] = field(default_factory=list)
     gate: asyncio.Event | None = None
     counter: int = 0
     clock: Clock | None = None
     takes: float = 0.0  # seconds each fetch "takes" on the clock
+    queue: list[Outcome] = field(init=False)
 
-    async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
+    def __post_init__(self) -> None:
+        self.queue = list(self.script)
+
+    async def fetch(self, refresh_token: str | None) -> Grant:
         self.presented.append(refresh_token)
         if self.gate is not None:
             await self.gate.wait()
         if self.clock is not None:
             self.clock.now += self.takes
-        if self.script:
-            outcome = self.script.pop(0)
+        if self.queue:
+            outcome = self.queue.pop(0)
         else:
             self.counter += 1
             outcome = Grant(f"auto-{self.counter}", 300.0)
@@ -62,27 +69,21 @@ def auth_table(extra: str = "") -> config.AuthConfig:
     return cfg.auth["t"]
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:  # never used: the scripted scheme sends nothing
-        yield s
-
-
-def manager(
-    session: aiohttp.ClientSession, scheme: ScriptedScheme, clock: Clock, extra: str = ""
-) -> TokenManager:
-    return TokenManager(auth_table(extra), session, scheme, clock=clock, jitter=lambda: 1.0)
+def manager(scheme: ScriptedScheme, clock: Clock, extra: str = "") -> TokenManager:
+    auth = auth_table(extra)
+    store = LocalTokenStore(auth.token_rate, clock=clock)
+    return TokenManager(auth, scheme, store=store, jitter=lambda: 1.0)
 
 
 def transient(reason: str = "http_503", retry_after: float | None = None) -> TokenEndpointError:
     return TokenEndpointError(reason, rejected=False, status=503, retry_after=retry_after)
 
 
-async def test_cold_burst_causes_one_fetch(session: aiohttp.ClientSession) -> None:
+async def test_cold_burst_causes_one_fetch() -> None:
     """200 concurrent requests on an empty cache share a single token request."""
     gate = asyncio.Event()
     scheme = ScriptedScheme([Grant("only", 300.0)], gate=gate)
-    tokens = manager(session, scheme, Clock())
+    tokens = manager(scheme, Clock())
     waiters = [asyncio.create_task(tokens.token()) for _ in range(200)]
     await asyncio.sleep(0)
     gate.set()
@@ -90,14 +91,12 @@ async def test_cold_burst_causes_one_fetch(session: aiohttp.ClientSession) -> No
     assert len(scheme.presented) == 1
 
 
-async def test_failed_fetch_wakes_every_waiter_then_fails_fast(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_failed_fetch_wakes_every_waiter_then_fails_fast() -> None:
     """One failure reaches all waiters; until the backoff ends, no new request is sent."""
     gate = asyncio.Event()
     clock = Clock()
     scheme = ScriptedScheme([transient()], gate=gate)
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     waiters = [asyncio.create_task(tokens.token()) for _ in range(20)]
     await asyncio.sleep(0)
     gate.set()
@@ -114,11 +113,11 @@ async def test_failed_fetch_wakes_every_waiter_then_fails_fast(
     assert len(scheme.presented) == 2
 
 
-async def test_token_is_never_used_in_its_last_tenth(session: aiohttp.ClientSession) -> None:
+async def test_token_is_never_used_in_its_last_tenth() -> None:
     """A 300 s token is served until 270 s; after that a new one is fetched first."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("first", 300.0), Grant("second", 300.0)])
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     assert await tokens.token() == "first"
     clock.now += 269.9
     assert await tokens.token() == "first"
@@ -126,13 +125,11 @@ async def test_token_is_never_used_in_its_last_tenth(session: aiohttp.ClientSess
     assert await tokens.token() == "second"
 
 
-async def test_expired_token_is_not_served_during_an_outage(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_expired_token_is_not_served_during_an_outage() -> None:
     """While the issuer is down a valid token keeps serving; past its margin, never."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("old", 10.0)] + [transient()] * 50)
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     assert await tokens.token() == "old"
     clock.now += 8.5  # past refresh point, before the margin
     assert await tokens.token() == "old"
@@ -142,13 +139,11 @@ async def test_expired_token_is_not_served_during_an_outage(
     assert not tokens.ready
 
 
-async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after() -> None:
     """Delays double from `backoff` to `max_backoff`; a longer Retry-After wins."""
     clock = Clock()
     scheme = ScriptedScheme([transient()] * 6 + [transient("http_429", retry_after=42.0)])
-    tokens = manager(session, scheme, clock, "fetch_retry = { backoff = 1, max_backoff = 8 }\n")
+    tokens = manager(scheme, clock, "fetch_retry = { backoff = 1, max_backoff = 8 }\n")
     delays = []
     for _ in range(7):
         with pytest.raises(TokenUnavailableError) as info:
@@ -159,12 +154,12 @@ async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after(
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 42.0]
 
 
-async def test_rejected_credentials_open_a_long_breaker(session: aiohttp.ClientSession) -> None:
+async def test_rejected_credentials_open_a_long_breaker() -> None:
     """invalid_client is asked again only after rejected_backoff, doubling up to 16x."""
     clock = Clock()
     bad = TokenEndpointError("invalid_client", rejected=True, status=401)
     scheme = ScriptedScheme([bad] * 7)
-    tokens = manager(session, scheme, clock, "fetch_retry = { rejected_backoff = 60 }\n")
+    tokens = manager(scheme, clock, "fetch_retry = { rejected_backoff = 60 }\n")
     delays = []
     for _ in range(6):
         with pytest.raises(TokenUnavailableError) as info:
@@ -181,9 +176,7 @@ async def test_rejected_credentials_open_a_long_breaker(session: aiohttp.ClientS
     assert tokens.status()["last_outcome"] == "invalid_client"
 
 
-async def test_refresh_tokens_rotate_and_are_presented_once(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_refresh_tokens_rotate_and_are_presented_once() -> None:
     """Each renewal presents the newest refresh token, and each refresh token only once."""
     clock = Clock()
     scheme = ScriptedScheme(
@@ -193,47 +186,43 @@ async def test_refresh_tokens_rotate_and_are_presented_once(
             Grant("a3", 300.0, "r3", 1800.0, "refresh_token"),
         ]
     )
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     for expected in ("a1", "a2", "a3"):
         assert await tokens.token() == expected
         clock.now += 280
     assert scheme.presented == [None, "r1", "r2"]
 
 
-async def test_refused_refresh_token_falls_back_to_the_password_grant(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_refused_refresh_token_falls_back_to_the_password_grant() -> None:
     """invalid_grant on the refresh grant is followed, in the same fetch, by the password grant."""
     clock = Clock()
     refused = TokenEndpointError("invalid_grant", rejected=True, status=400)
     scheme = ScriptedScheme(
         [Grant("a1", 300.0, "r1", 1800.0), refused, Grant("a2", 300.0, "r2", 1800.0)]
     )
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     assert await tokens.token() == "a1"
     clock.now += 280
     assert await tokens.token() == "a2"
     assert scheme.presented == [None, "r1", None]
 
 
-async def test_expired_refresh_token_is_not_presented(session: aiohttp.ClientSession) -> None:
+async def test_expired_refresh_token_is_not_presented() -> None:
     """Past refresh_expires_in, the primary grant is used directly."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 200.0), Grant("a2", 300.0)])
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     await tokens.token()
     clock.now += 280
     assert await tokens.token() == "a2"
     assert scheme.presented == [None, None]
 
 
-async def test_burst_of_401s_for_one_token_causes_one_fetch(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_burst_of_401s_for_one_token_causes_one_fetch() -> None:
     """Many requests reporting the same refused token lead to a single new token."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("bad", 300.0), Grant("good", 300.0)])
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     refused = await tokens.token()
     clock.now += 5
     for _ in range(50):
@@ -246,11 +235,11 @@ async def test_burst_of_401s_for_one_token_causes_one_fetch(
     assert len(scheme.presented) == 2
 
 
-async def test_token_rate_is_never_exceeded(session: aiohttp.ClientSession) -> None:
+async def test_token_rate_is_never_exceeded() -> None:
     """With token_rate 2 per 60 s a third request within the minute is not sent."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("a", 2.0), Grant("b", 2.0), Grant("c", 2.0)])
-    tokens = manager(session, scheme, clock, "token_rate = { rate = 2, per = 60 }\n")
+    tokens = manager(scheme, clock, "token_rate = { rate = 2, per = 60 }\n")
     assert await tokens.token() == "a"
     clock.now += 5
     assert await tokens.token() == "b"
@@ -264,11 +253,11 @@ async def test_token_rate_is_never_exceeded(session: aiohttp.ClientSession) -> N
     assert await tokens.token() == "c"
 
 
-async def test_status_never_holds_the_token(session: aiohttp.ClientSession) -> None:
+async def test_status_never_holds_the_token() -> None:
     """status() reports expiry and outcome, not the token or refresh token."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("secret-access", 300.0, "secret-refresh", 1800.0)])
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     await tokens.token()
     status = tokens.status()
     assert status["ready"] is True
@@ -277,13 +266,11 @@ async def test_status_never_holds_the_token(session: aiohttp.ClientSession) -> N
     assert "secret" not in repr(status)
 
 
-async def test_a_token_outlived_by_its_fetch_is_not_handed_out(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_a_token_outlived_by_its_fetch_is_not_handed_out() -> None:
     """A 2 s token whose request took 1.9 s is past its margin: it is refused, not used."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("slow", 2.0)], clock=clock, takes=1.9)
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     with pytest.raises(TokenUnavailableError) as info:
         await tokens.token()
     assert info.value.reason == "expired_on_arrival"
@@ -291,12 +278,10 @@ async def test_a_token_outlived_by_its_fetch_is_not_handed_out(
 
 
 @pytest.mark.parametrize("lifetime", [float("nan"), float("inf"), 0.5])
-async def test_unusable_lifetimes_are_failures(
-    session: aiohttp.ClientSession, lifetime: float
-) -> None:
+async def test_unusable_lifetimes_are_failures(lifetime: float) -> None:
     """NaN, infinite or sub-second lifetimes are failures with backoff, never installed."""
     clock = Clock()
-    tokens = manager(session, ScriptedScheme([Grant("odd", lifetime)]), clock)
+    tokens = manager(ScriptedScheme([Grant("odd", lifetime)]), clock)
     with pytest.raises(TokenUnavailableError) as info:
         await tokens.token()
     assert info.value.reason == "expired_on_arrival"
@@ -304,17 +289,17 @@ async def test_unusable_lifetimes_are_failures(
     assert info.value.retry_after > 0
 
 
-async def test_a_crashing_scheme_is_a_transient_failure(session: aiohttp.ClientSession) -> None:
+async def test_a_crashing_scheme_is_a_transient_failure() -> None:
     """An unexpected exception backs off like any failure and does not escape as a crash."""
 
     class Crashing(ScriptedScheme):
-        async def fetch(self, session: aiohttp.ClientSession, refresh: str | None) -> Grant:
+        async def fetch(self, refresh: str | None) -> Grant:
             self.presented.append(refresh)
             raise RecursionError("deeply nested JSON")
 
     clock = Clock()
     scheme = Crashing()
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     for _ in range(3):
         with pytest.raises(TokenUnavailableError) as info:
             await tokens.token()
@@ -322,28 +307,24 @@ async def test_a_crashing_scheme_is_a_transient_failure(session: aiohttp.ClientS
     assert len(scheme.presented) == 1
 
 
-async def test_refresh_token_kept_when_the_issuer_does_not_rotate(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_refresh_token_kept_when_the_issuer_does_not_rotate() -> None:
     """An answer to the refresh grant without a new refresh token keeps the old one."""
     clock = Clock()
     scheme = ScriptedScheme(
         [Grant("a1", 300.0, "r1", 1800.0), Grant("a2", 300.0), Grant("a3", 300.0)]
     )
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     for _ in range(3):
         await tokens.token()
         clock.now += 280
     assert scheme.presented == [None, "r1", "r1"]
 
 
-async def test_refresh_token_is_not_presented_again_after_it_was_sent(
-    session: aiohttp.ClientSession,
-) -> None:
+async def test_refresh_token_is_not_presented_again_after_it_was_sent() -> None:
     """A refresh request that failed after sending (it may have rotated) is not repeated."""
     clock = Clock()
     scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 1800.0), transient("timeout")])
-    tokens = manager(session, scheme, clock)
+    tokens = manager(scheme, clock)
     await tokens.token()
     clock.now += 280
     with pytest.raises(TokenUnavailableError):
@@ -353,29 +334,37 @@ async def test_refresh_token_is_not_presented_again_after_it_was_sent(
     assert scheme.presented == [None, "r1", None]
 
 
-async def test_issuer_retry_after_is_capped(session: aiohttp.ClientSession) -> None:
+async def test_issuer_retry_after_is_capped() -> None:
     """A Retry-After of a year is obeyed for 15 minutes at most."""
     clock = Clock()
-    tokens = manager(
-        session, ScriptedScheme([transient("http_429", retry_after=31_536_000.0)]), clock
-    )
+    tokens = manager(ScriptedScheme([transient("http_429", retry_after=31_536_000.0)]), clock)
     with pytest.raises(TokenUnavailableError) as info:
         await tokens.token()
     assert info.value.retry_after == pytest.approx(900.0)
 
 
-async def test_invalidation_renews_in_the_background(session: aiohttp.ClientSession) -> None:
+async def settle() -> None:
+    """Let the background task run until it waits for its timer (fake clock: no time passes)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_invalidation_renews_in_the_background() -> None:
     """After a refused token, a new one is fetched without waiting for a request."""
+    clock = Clock()
     scheme = ScriptedScheme([Grant("first", 300.0), Grant("second", 300.0)])
-    tokens = TokenManager(auth_table(), session, scheme)
+    tokens = manager(scheme, clock)
     tokens.start()
     try:
-        async with asyncio.timeout(5):
-            while not tokens.ready:
-                await asyncio.sleep(0.01)
-            tokens.invalidate("first")
-            while len(scheme.presented) < 2 or not tokens.ready:
-                await asyncio.sleep(0.01)
+        await settle()
+        assert tokens.ready
+        assert scheme.presented == [None]
+        clock.now += 5
+        tokens.invalidate("first")
+        assert tokens.status()["ready"] is False
+        await settle()
+        assert tokens.ready
+        assert len(scheme.presented) == 2
         assert await tokens.token() == "second"
     finally:
         await tokens.close()

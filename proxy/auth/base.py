@@ -1,11 +1,9 @@
-"""What the token schemes and the token manager agree on."""
+"""What the token schemes, their endpoints and the token manager agree on."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import aiohttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +47,43 @@ class TokenEndpointError(Exception):
         self.sent = sent  # False only when the request provably never reached the issuer
 
 
+class TokenEndpoint(Protocol):
+    """One vendor token endpoint: the HTTP client, URL and timeouts are its own."""
+
+    async def post(
+        self,
+        *,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST the form (or JSON body), never following a redirect; the JSON object of a
+        2xx answer, or TokenEndpointError saying whether the failure is transient."""
+        ...
+
+
 class TokenScheme(Protocol):
     """One vendor's token exchange: a single request, no retries, no caching."""
 
-    async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
+    async def fetch(self, refresh_token: str | None) -> Grant:
         """Obtain a token; with ``refresh_token``, try that grant first where supported."""
         ...
 
 
 class TokenProvider(Protocol):
-    """Hands out a bearer token the issuer still accepts. The forwarding code's only view
-    of credentials, so that a shared cache (Redis, say) can replace the local one."""
+    """Hands out a bearer token the issuer still accepts: the forwarding code's only view
+    of credentials, and the composition root's, which starts and closes it."""
 
     name: str
+
+    def start(self) -> None:
+        """Fetch a token now and keep one fresh in the background until close(); needs the
+        running event loop."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the background work and any fetch in flight; token() is not called after."""
+        ...
 
     async def token(self) -> str:
         """A valid token, fetching one (single flight) when none is; raises

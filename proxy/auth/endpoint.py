@@ -1,4 +1,4 @@
-"""One POST to a token endpoint, its failures sorted into transient and rejected."""
+"""A token endpoint over HTTP: one POST, its failures sorted into transient and rejected."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 from typing import Any, Final
 
 import aiohttp
+from yarl import URL
 
+from ..config import Timeout
 from ..headers import retry_after_seconds
 from .base import TokenEndpointError
 
@@ -16,53 +18,67 @@ _MAX_DESCRIPTION: Final = 200
 MAX_ANSWER: Final = 1024 * 1024
 
 
-async def post(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    limits: aiohttp.ClientTimeout,
-    form: dict[str, str] | None = None,
-    json_body: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """POST and return the JSON object of a 2xx answer; raise TokenEndpointError otherwise."""
-    try:
-        # Never follow a redirect: it would carry our credentials to wherever it points.
-        async with session.post(
-            url,
-            data=form,
-            json=json_body,
-            headers=headers,
-            allow_redirects=False,
-            timeout=limits,
-        ) as response:
-            raw = await _read_bounded(response)
-            status = response.status
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-    except TimeoutError as exc:
-        raise TokenEndpointError("timeout", rejected=False) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise TokenEndpointError(
-            "connection_error", rejected=False, description=type(exc).__name__, sent=False
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise TokenEndpointError(
-            "connection_error", rejected=False, description=type(exc).__name__
-        ) from exc
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
-        body = None
-    if 200 <= status < 300:
-        if not isinstance(body, dict):
+class HttpEndpoint:
+    """A TokenEndpoint over an aiohttp session the composition root opened (and closes)."""
+
+    __slots__ = ("_session", "_timeout", "url")
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, timeout: Timeout) -> None:
+        self._session = session
+        # Parsed once, as aiohttp would parse the string on every request.
+        self.url = URL(url)
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeout.connect + timeout.read,
+            sock_connect=timeout.connect,
+            sock_read=timeout.read,
+        )
+
+    async def post(
+        self,
+        *,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST and return the JSON object of a 2xx answer; raise TokenEndpointError
+        otherwise."""
+        try:
+            # Never follow a redirect: it would carry our credentials to wherever it points.
+            async with self._session.post(
+                self.url,
+                data=form,
+                json=json_body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as response:
+                raw = await _read_bounded(response)
+                status = response.status
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        except TimeoutError as exc:
+            raise TokenEndpointError("timeout", rejected=False) from exc
+        except aiohttp.ClientConnectorError as exc:
             raise TokenEndpointError(
-                "invalid_response",
-                rejected=True,
-                status=status,
-                description="answer is not a JSON object",
-            )
-        return body
-    raise _classify(status, body, retry_after)
+                "connection_error", rejected=False, description=type(exc).__name__, sent=False
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise TokenEndpointError(
+                "connection_error", rejected=False, description=type(exc).__name__
+            ) from exc
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        if 200 <= status < 300:
+            if not isinstance(body, dict):
+                raise TokenEndpointError(
+                    "invalid_response",
+                    rejected=True,
+                    status=status,
+                    description="answer is not a JSON object",
+                )
+            return body
+        raise _classify(status, body, retry_after)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

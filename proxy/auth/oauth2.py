@@ -9,21 +9,28 @@ import time
 from typing import Any
 from urllib.parse import quote_plus
 
-import aiohttp
-
 from ..config import ClientCredentialsAuth, PasswordAuth
 from ..config.model import OAUTH2_RESERVED_PARAMS
-from . import endpoint, jwt
-from .base import Grant, TokenEndpointError
+from . import jwt
+from .base import Grant, TokenEndpoint, TokenEndpointError
 
 
 class OAuth2Scheme:
     """Builds the grant's form once; each fetch is one request."""
 
-    __slots__ = ("_auth", "_basic", "_client", "_extra", "_primary", "_scope", "_timeout")
+    __slots__ = (
+        "_basic",
+        "_client",
+        "_default_lifetime",
+        "_endpoint",
+        "_extra",
+        "_primary",
+        "_scope",
+    )
 
-    def __init__(self, auth: ClientCredentialsAuth | PasswordAuth) -> None:
-        self._auth = auth
+    def __init__(self, auth: ClientCredentialsAuth | PasswordAuth, endpoint: TokenEndpoint) -> None:
+        self._endpoint = endpoint
+        self._default_lifetime = auth.default_lifetime
         secret = auth.client_secret.reveal() if auth.client_secret is not None else None
         client_id = auth.client_id
         # Client authentication: form fields (client_secret_post, what Travtus documents)
@@ -48,13 +55,8 @@ class OAuth2Scheme:
         # through it is dropped rather than allowed to replace a field set above.
         self._extra = {k: v for k, v in auth.params.items() if k not in OAUTH2_RESERVED_PARAMS}
         self._primary = {**primary, **self._extra}
-        self._timeout = aiohttp.ClientTimeout(
-            total=auth.timeout.connect + auth.timeout.read,
-            sock_connect=auth.timeout.connect,
-            sock_read=auth.timeout.read,
-        )
 
-    async def fetch(self, session: aiohttp.ClientSession, refresh_token: str | None) -> Grant:
+    async def fetch(self, refresh_token: str | None) -> Grant:
         form = self._primary
         if refresh_token is not None:
             form = {
@@ -65,10 +67,8 @@ class OAuth2Scheme:
                 **self._extra,
             }
         sent = time.time()
-        body = await endpoint.post(
-            session, self._auth.token_url, limits=self._timeout, form=form, headers=self._basic
-        )
-        return parse_token_response(body, form["grant_type"], sent, self._auth.default_lifetime)
+        body = await self._endpoint.post(form=form, headers=self._basic)
+        return parse_token_response(body, form["grant_type"], sent, self._default_lifetime)
 
 
 def parse_token_response(

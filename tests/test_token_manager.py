@@ -16,14 +16,7 @@ from proxy.auth import Grant, TokenEndpointError, TokenManager
 from proxy.errors import TokenUnavailableError
 from proxy.state.tokens import LocalTokenStore
 
-
-@dataclass
-class Clock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from .fakeclock import Clock
 
 Outcome = Grant | TokenEndpointError
 

@@ -5,21 +5,13 @@ The policy that drives a store is in test_token_manager.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import RateConfig
 from proxy.state.tokens import LocalTokenStore, RefreshToken, RequestWindow, Token
 
-
-@dataclass
-class Clock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakeclock import Clock
 
 
 def token(value: str, at: float = 1000.0) -> Token:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from ..clock import MONOTONIC, Clock
 from ..config import RateConfig
 
 
@@ -141,7 +142,7 @@ class RequestWindow:
 
 
 class LocalTokenStore:
-    """A TokenStore for one process: the record in memory, the monotonic clock."""
+    """A TokenStore for one process: the record in memory, times on ``clock``."""
 
     __slots__ = ("_clock", "_held", "_record", "_wall", "_window")
 
@@ -149,7 +150,7 @@ class LocalTokenStore:
         self,
         token_rate: RateConfig | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = MONOTONIC,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
@@ -161,7 +162,7 @@ class LocalTokenStore:
         self._held = False
 
     def now(self) -> float:
-        return self._clock()
+        return self._clock.monotonic()
 
     def read(self) -> TokenRecord:
         return self._record
@@ -173,7 +174,7 @@ class LocalTokenStore:
         return True
 
     async def acquire_request(self) -> float:
-        return 0.0 if self._window is None else self._window.acquire(self._clock())
+        return 0.0 if self._window is None else self._window.acquire(self._clock.monotonic())
 
     async def commit(
         self, token: Token, refresh: RefreshToken | None, generation: int
@@ -203,7 +204,7 @@ class LocalTokenStore:
             refresh=refresh,
             failures=record.failures + (not rejected),
             rejections=record.rejections + rejected,
-            retry_at=self._clock() + delay,
+            retry_at=self._clock.monotonic() + delay,
             last_outcome=reason,
             last_fetch=self._wall(),
         )

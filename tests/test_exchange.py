@@ -62,7 +62,7 @@ class Provider:
     def status(self) -> dict[str, Any]:
         return {}
 
-    async def start(self) -> None:
+    def start(self) -> None:
         return None
 
     async def close(self) -> None:

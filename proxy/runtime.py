@@ -137,7 +137,9 @@ class Runtime:
                 previous._handed_over.add(name)
                 continue
             session = self._token_sessions[name] = _token_session(stores[auth.ca_file])
-            manager = token_provider(auth, session, observer=metrics)
+            manager = token_provider(
+                auth, session, observer=metrics, store=self.state.token_store(auth)
+            )
             self.tokens[name] = manager
             self._new_tokens.append(manager)
         # Limits and route pauses outlive a reload when their settings do not change: a
@@ -280,5 +282,8 @@ class Runtime:
 
 
 def open_state(config: Config) -> State:
-    """The state backend the config asks for; one per process, kept across reloads."""
-    return LocalState()
+    """The state backend ``[state]`` asks for; one per process, kept across reloads."""
+    backend = config.state.backend
+    if backend == "local":
+        return LocalState()
+    raise ConfigError([f"state.backend: no backend {backend!r}"])  # the loader refused it

@@ -131,6 +131,7 @@ def test_missing_env_names_variable_and_key() -> None:
         ("### `[server]`", config.ServerConfig),
         ("### `[[routes]]`", config.RouteConfig),
         ("### `[clients.NAME]`", config.ClientConfig),
+        ("### `[state]`", config.StateConfig),
     ],
 )
 def test_readme_lists_every_key_as_declared(heading: str, table: type[object]) -> None:
@@ -140,6 +141,28 @@ def test_readme_lists_every_key_as_declared(heading: str, table: type[object]) -
     section = readme.split(heading + "\n", 1)[1].split("\n#", 1)[0]
     rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
     assert tuple(rows) == keys(table)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[state]\nbackend = "redis"\n', "state.backend: must be one of local, got 'redis'"),
+        ("[state]\nbackend = 1\n", "state.backend: must be a string, got an integer"),
+        ('[state]\nurl = "redis://x"\n', "state.url: unknown key (allowed: backend)"),
+        ('state = "local"\n', "state: must be a table"),
+    ],
+)
+def test_state_table_is_checked(text: str, problem: str) -> None:
+    """[state] takes only a known backend, and names the key when it is wrong."""
+    found = problems(text + '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n')
+    assert any(p.startswith(problem) for p in found), found
+
+
+def test_state_defaults_to_this_process() -> None:
+    """Without [state] (and with it empty) the state is kept in this process."""
+    route = '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    assert config.loads(route, {}).state.backend == "local"
+    assert config.loads("[state]\n" + route, {}).state.backend == "local"
 
 
 def test_upstream_parts() -> None:

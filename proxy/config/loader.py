@@ -38,6 +38,7 @@ from .model import (
     RouteConfig,
     Secret,
     ServerConfig,
+    StateConfig,
     Timeout,
     TravelyzerAuth,
 )
@@ -186,7 +187,8 @@ class _Checker(Checks):
         admin = server.admin_access.client
         if admin is not None and admin not in clients:
             self.fail("server.admin_access", f"no [clients.{admin}]")
-        return Config(server=server, routes=tuple(routes), auth=auth, clients=clients)
+        state = section(StateConfig)(self, raw.get("state", {}), "state", StateConfig())
+        return Config(server=server, routes=tuple(routes), auth=auth, clients=clients, state=state)
 
     def client(
         self, name: str, raw: Any, prefixes: set[str], auth: Mapping[str, AuthConfig]

@@ -18,6 +18,7 @@ from typing import ClassVar, Final, TypeAlias
 
 from .rules import (
     byte_count,
+    choice,
     client_key,
     directory,
     flag,
@@ -255,9 +256,22 @@ class ClientConfig:
     auth: Mapping[str, str] = setting(prefix_table, factory=dict)
 
 
+# Where limits, pauses and tokens are kept (proxy/state/). Only this process's memory for
+# now; a shared backend for a fleet of processes is the next step.
+STATE_BACKENDS: Final = ("local",)
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """``[state]``: the backend the runtime opens (proxy/runtime.py ``open_state``)."""
+
+    backend: str = setting(choice(*STATE_BACKENDS), default="local")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     routes: tuple[RouteConfig, ...]
     auth: Mapping[str, AuthConfig]
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
+    state: StateConfig = field(default_factory=StateConfig)

@@ -1,4 +1,5 @@
-"""The Protocols between the policy and the state it keeps.
+"""The Protocols between the policy and the state it keeps (the token store's are in
+tokens.py).
 
 Each is small enough to be implemented over a shared store later: capacity is taken one
 slot at a time (a fleet backend hands out slots from leases), a pause only ever grows (a
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-from ..config import RateLimitConfig
+from ..config import AuthConfig, RateLimitConfig
+from .tokens import TokenStore
 
 # The longest an upstream can pause a route: a Retry-After of a year is a bug on its side
 # and must not take the route down until a restart.
@@ -71,6 +73,11 @@ class State(Protocol):
 
     def route_pause(self, route: str) -> RoutePause:
         """The pause of the route with prefix ``route``."""
+        ...
+
+    def token_store(self, auth: AuthConfig) -> TokenStore:
+        """Where the token of the auth table ``auth`` is kept, with its token-request window
+        (``token_rate``), its failures and the lock of its single fetch."""
         ...
 
     def health(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Today's state: everything in this process's memory.
 
-A limit's capacity is aiolimiter's leaky bucket, a pause a deadline on the monotonic clock.
+A limit's capacity is aiolimiter's leaky bucket, a pause a deadline on the monotonic clock,
+a token a record in a LocalTokenStore (tokens.py).
 With ``--workers N`` each worker has its own, and the limits are divided by N
 (proxy/workers.py).
 """
@@ -14,8 +15,9 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from ..clock import MONOTONIC, Clock
-from ..config import RateLimitConfig
+from ..config import AuthConfig, RateLimitConfig
 from .base import MAX_PAUSE, Capacity, RoutePause
+from .tokens import LocalTokenStore, TokenStore
 
 log = structlog.get_logger("proxy.retry")
 
@@ -97,6 +99,9 @@ class LocalState:
 
     def route_pause(self, route: str) -> RoutePause:
         return LocalPause(route, self._clock)
+
+    def token_store(self, auth: AuthConfig) -> TokenStore:
+        return LocalTokenStore(auth.token_rate, clock=self._clock)
 
     def health(self) -> dict[str, Any]:
         return {"backend": "local", "up": True}

@@ -236,18 +236,22 @@ async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
     assert len(api) >= 60
     assert [e for e in api if e["status"] == 401 or e["token_expired"]] == []
     assert min(e["token_remaining"] for e in api) > 0
+    # One snapshot of the token requests: the proxy keeps renewing in the background, so
+    # two reads of the log could each see a different number of renewals.
+    token_log = await sandbox.log(kind="token")
     for vendor in CALLS:
-        fetches = await sandbox.log(vendor, "token")
+        fetches = [e for e in token_log if e["vendor"] == vendor]
         assert 3 <= len(fetches) <= 8, (vendor, len(fetches))
-    travis = await sandbox.log("travis", "token")
+    travis = [e for e in token_log if e["vendor"] == "travis"]
     grants = [e["grant_type"] for e in travis]
     assert grants[0] == "password"
     assert set(grants[1:]) == {"refresh_token"}
     # The configured scope goes with every grant, refreshes included: some issuers
     # re-scope a refresh that omits it.
     assert {(e["fields"] or {}).get("scope") for e in travis} == {"openid"}
-    # Rotation: each renewal presented the refresh token the one before it was given.
-    presented = await sandbox.refresh_tokens()
+    # Rotation: each renewal presented a different refresh token (the one the renewal
+    # before it was given), never one twice.
+    presented = {e["fields"]["refresh_token"] for e in travis if e["grant_type"] == "refresh_token"}
     assert len(presented) == len(grants) - 1
     LEAK_WATCH.update(presented)  # the end-of-run log scan looks for these too
 

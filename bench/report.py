@@ -11,7 +11,7 @@ def _per_round(
     runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str, op: str
 ) -> float:
     """Median over rounds of a/b or a-b: each round's pair ran minutes apart at most."""
-    values = [
+    values: list[float] = [
         a[key] / b[key] if op == "/" else a[key] - b[key]
         for a, b in zip(runs_a, runs_b, strict=True)
     ]

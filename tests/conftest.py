@@ -22,6 +22,7 @@ from pytest_aiohttp import AiohttpServer
 
 from proxy.observe import logs
 
+from . import hangs
 from .processes import InProcessProxy, serve
 from .rawpeer import RawUpstreams
 
@@ -44,6 +45,7 @@ _LOG_FILE = tempfile.NamedTemporaryFile(  # noqa: SIM115
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(hangs, "hangs")
     # The redactor learns no secrets here: the scan must prove that nothing leaks even
     # without that last line of defence knowing the values.
     logs.configure("debug", "json", stream=_LOG_FILE, cache=False)

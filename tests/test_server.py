@@ -221,7 +221,7 @@ def test_both_legs_parse_http_with_compiled_llhttp() -> None:
 
 def test_aiohttp_parser_is_the_one_ci_asked_for() -> None:
     """aiohttp still parses token-endpoint answers and runs the sandbox: CI runs the suite
-    with its C parser and the raw-socket part again with AIOHTTP_NO_EXTENSIONS=1."""
+    with its C parser, then this test and theirs again with AIOHTTP_NO_EXTENSIONS=1."""
     import os
 
     from aiohttp import http_parser

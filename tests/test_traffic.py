@@ -221,6 +221,9 @@ async def test_client_leaving_cancels_its_pending_retry(
     assert len(scripted.arrivals) == 1
 
 
+# Client, proxy and upstream share this process: coverage's tracing slows them and
+# bunches the arrivals it measures (alone under --cov, 5 runs in 6 failed).
+@pytest.mark.no_cover
 async def test_rate_limit_windows_hold_at_the_upstream(
     scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:

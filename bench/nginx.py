@@ -89,7 +89,8 @@ class Nginx:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     return
             if self.process.poll() is not None:
-                raise RuntimeError(f"nginx failed: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
+                why = self.process.stderr.read() if self.process.stderr else b""
+                raise RuntimeError(f"nginx failed: {why!r}")
             time.sleep(0.05)
         raise RuntimeError("nginx did not start listening")
 

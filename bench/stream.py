@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ async def _download(url: str) -> int:
 async def _upload(url: str, size: int) -> int:
     block = b"\x5a" * CHUNK
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         left = size
         while left > 0:
             piece = block if left >= CHUNK else block[:left]
@@ -69,11 +70,12 @@ def run(
     ) as proxy:
         asyncio.run(_download(f"http://127.0.0.1:{nginx_port}/big/file"))  # page cache warm
         baseline = memory_kib(proxy.pid)
-        for name, job in (
+        jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, int]]]] = [
             ("download", lambda: _download(f"{proxy.url}/api/big/file")),
             ("upload", lambda: _upload(f"{proxy.url}/up/sink", size)),
             ("upload_buffered", lambda: _upload(f"{proxy.url}/up-buffered/sink", size)),
-        ):
+        ]
+        for name, job in jobs:
             began = time.perf_counter()
             moved = asyncio.run(job())
             elapsed = time.perf_counter() - began

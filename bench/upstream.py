@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import time
+from typing import cast
 
 from aiohttp import web
 
@@ -56,7 +57,7 @@ class RawRecorder(asyncio.Protocol):
         self.pending = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP server's: a Transport
 
     def data_received(self, data: bytes) -> None:
         data = self.pending + data

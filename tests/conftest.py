@@ -1,4 +1,4 @@
-"""Shared fixtures: a recording upstream and a proxy served the way the CLI serves it.
+"""Shared fixtures: a recording upstream and proxies served the way the CLI serves them.
 
 Every log line of the run (in-process proxies through the real redacting pipeline, and the
 output of proxy subprocesses) is collected and, when the session ends, searched for every
@@ -11,17 +11,20 @@ import asyncio
 import gzip
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
-from proxy import config as config_module
-from proxy.app import build_app, start
 from proxy.observe import logs
+
+from . import hangs
+from .processes import InProcessProxy, serve
+from .rawpeer import RawUpstreams
 
 # Credentials the tests configure; tokens are added as sandboxes issue them.
 LEAK_WATCH: set[str] = {
@@ -42,6 +45,7 @@ _LOG_FILE = tempfile.NamedTemporaryFile(  # noqa: SIM115
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(hangs, "hangs")
     # The redactor learns no secrets here: the scan must prove that nothing leaks even
     # without that last line of defence knowing the values.
     logs.configure("debug", "json", stream=_LOG_FILE, cache=False)
@@ -131,10 +135,10 @@ async def _upstream_handler(request: web.Request) -> web.StreamResponse:
     if path.endswith("/redirect"):
         return web.Response(status=302, headers={"Location": "http://127.0.0.1:1/elsewhere"})
     if path.endswith("/cookies"):
-        resp = web.Response(text="ok")
-        resp.headers.add("Set-Cookie", "a=1; Path=/")
-        resp.headers.add("Set-Cookie", "b=2; Path=/")
-        return resp
+        cookies = web.Response(text="ok")
+        cookies.headers.add("Set-Cookie", "a=1; Path=/")
+        cookies.headers.add("Set-Cookie", "b=2; Path=/")
+        return cookies
     if path.endswith("/hop"):
         return web.Response(
             text="ok",
@@ -174,11 +178,11 @@ async def _upstream_handler(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     if path.endswith("/hop-lower"):
-        resp = web.Response(text="ok")
-        resp.headers.add("proxy-connection", "keep-alive")
-        resp.headers.add("connection", "x-lower-hop")
-        resp.headers.add("x-lower-hop", "1")
-        return resp
+        hops = web.Response(text="ok")
+        hops.headers.add("proxy-connection", "keep-alive")
+        hops.headers.add("connection", "x-lower-hop")
+        hops.headers.add("x-lower-hop", "1")
+        return hops
     if path.endswith("/broken-chunked"):
         resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await resp.prepare(request)
@@ -201,78 +205,54 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 
 
 @pytest.fixture
-async def upstream(aiohttp_server) -> Upstream:  # type: ignore[no-untyped-def]
+async def upstream(aiohttp_server: AiohttpServer) -> Upstream:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", _upstream_handler)
     holder = Upstream(port=0)
     app[UPSTREAM] = holder
     # The upstream must see compressed request bodies as sent.
     server = await aiohttp_server(app, host="127.0.0.1", auto_decompress=False)
+    assert server.port is not None  # known once started
     holder.port = server.port
     return holder
 
 
-ProxyFactory = Callable[[str], Awaitable[str]]
+class ProxyFactory:
+    """The ``make_proxy`` fixture: proxies started from routes.toml text, served exactly as
+    `python -m proxy serve` serves them, all stopped when the test ends. Awaiting a call
+    gives the proxy's URL; ``serve`` gives the whole proxy (its access lines, its state)."""
+
+    def __init__(self) -> None:
+        self._started: list[InProcessProxy] = []
+
+    async def __call__(self, toml: str, env: Mapping[str, str] | None = None) -> str:
+        return (await self.serve(toml, env)).url
+
+    async def serve(
+        self, toml: str, env: Mapping[str, str] | None = None, *, grace: float = 1.0
+    ) -> InProcessProxy:
+        proxy = await serve(toml, env, grace=grace)
+        self._started.append(proxy)
+        return proxy
+
+    async def stop(self) -> None:
+        for proxy in self._started:
+            await proxy.stop()
 
 
 @pytest.fixture
 async def make_proxy() -> AsyncIterator[ProxyFactory]:
-    """Start a proxy from routes.toml text, served exactly as `python -m proxy serve` does."""
-    runners: list[web.AppRunner] = []
-
-    async def factory(toml: str, env: dict[str, str] | None = None) -> str:
-        cfg = config_module.loads(toml, env or {})
-        runner, addresses = await start(build_app(cfg), "127.0.0.1", 0, shutdown_timeout=1)
-        runners.append(runner)
-        host, port = addresses[0]
-        return f"http://{host}:{port}"
-
+    factory = ProxyFactory()
     yield factory
-    for runner in runners:
-        await runner.cleanup()
+    await factory.stop()
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
-
-
-async def send_raw(base: str, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to the proxy and read until it closes (b"<still open>" if it has not
-    after ``timeout``)."""
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        try:
-            return await asyncio.wait_for(reader.read(-1), timeout)
-        except TimeoutError:
-            return b"<still open>"
-    finally:
-        writer.close()
-
-
-async def raw_http(base: str, data: bytes, timeout: float = 5.0) -> RawResponse:
-    """Send raw bytes to the proxy and read one response until the server closes."""
-    host, port = base.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(data)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = [tuple(line.split(": ", 1)) for line in lines[1:] if line]
-    return RawResponse(status, headers, body)  # type: ignore[arg-type]
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstreams]:
+    """Upstreams on raw sockets that answer with exact scripted bytes (tests/rawpeer.py)."""
+    made = RawUpstreams()
+    yield made
+    await made.close()
 
 
 Answer = tuple[int, dict[str, str]]
@@ -309,12 +289,13 @@ async def _scripted_handler(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def scripted(aiohttp_server) -> Scripted:  # type: ignore[no-untyped-def]
+async def scripted(aiohttp_server: AiohttpServer) -> Scripted:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", _scripted_handler)
     holder = Scripted()
     app[SCRIPTED] = holder
     server = await aiohttp_server(app, host="127.0.0.1")
+    assert server.port is not None  # known once started
     holder.port = server.port
     return holder
 
@@ -329,7 +310,9 @@ def route(up: Scripted, extra: str = "", prefix: str = "/api") -> str:
     return f'[[routes]]\nprefix = "{prefix}"\nupstream = "{up.url}"\n{extra}\n'
 
 
-async def get(client: aiohttp.ClientSession, url: str, **kwargs: object) -> aiohttp.ClientResponse:
-    async with client.get(url, **kwargs) as response:  # type: ignore[arg-type]
+async def get(
+    client: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientResponse:
+    async with client.get(url, headers=headers) as response:
         await response.read()
         return response

@@ -24,7 +24,7 @@ class Clock:
         heapq.heappush(self._sleepers, (self.now + seconds, id(future), future))
         await future
 
-    async def run(self, *coroutines: Coroutine[Any, Any, None]) -> None:
+    async def run(self, *coroutines: Coroutine[Any, Any, object]) -> None:
         """Run these to completion, moving time to the next wake-up whenever all wait."""
         tasks = [asyncio.ensure_future(c) for c in coroutines]
         while not all(t.done() for t in tasks):

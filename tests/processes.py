@@ -1,4 +1,6 @@
-"""Running the proxy as a real subprocess, the way users and the Dockerfile run it."""
+"""Running the proxy for a test: in the test's own event loop, served exactly as
+`python -m proxy serve` serves it, or as a real subprocess, the way users and the
+Dockerfile run it."""
 
 from __future__ import annotations
 
@@ -7,10 +9,60 @@ import json
 import os
 import resource
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from proxy import config as config_module
+from proxy.app import STATE, ProxyState, Runner, build_app, start
+from proxy.observe.logs import structlog_access_log
 
 STARTUP_TIMEOUT = 20.0
+
+
+@dataclass
+class InProcessProxy:
+    """A proxy served in this process; ``lines`` holds the access line of every request it
+    logged (each also goes through the logging pipeline the leak scan reads)."""
+
+    url: str
+    runner: Runner
+    lines: list[dict[str, Any]]
+    stopped: bool = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    @property
+    def state(self) -> ProxyState:
+        return self.runner.app[STATE]
+
+    async def stop(self) -> None:
+        """Stop listening, drain, close; once (a test may stop it before its fixture does)."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
+
+
+async def serve(
+    toml: str, env: Mapping[str, str] | None = None, *, grace: float = 1.0
+) -> InProcessProxy:
+    """Start a proxy from routes.toml text on a free port of 127.0.0.1 (``grace``: the
+    seconds in-flight requests get when it stops). The caller stops it."""
+    lines: list[dict[str, Any]] = []
+    logged = structlog_access_log()
+
+    def access_log(fields: dict[str, Any]) -> None:
+        lines.append(fields)
+        logged(fields)
+
+    app = build_app(config_module.loads(toml, env or {}), access_log=access_log)
+    runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=grace)
+    host, port = addresses[0]
+    return InProcessProxy(f"http://{host}:{port}", runner, lines)
 
 
 @dataclass

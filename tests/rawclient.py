@@ -1,5 +1,9 @@
-"""A raw HTTP/1.1 client for the differential suite: it sends scripted bytes, reads what
-comes back, and tells how each answer and the connection ended.
+"""A raw HTTP/1.1 client: bytes on a fresh socket, what comes back, and how the connection
+ended. Every test that talks to a server below the HTTP libraries uses it.
+
+``exchange`` sends bytes once and reads until the server closes; ``send`` and ``raw_http``
+are its views for tests about the answer (its bytes, or the one answer parsed). ``talk``
+runs the differential suite's client scripts.
 
 A client script is a tuple of steps: ``bytes`` are written, a ``float`` is a pause,
 ``WaitFor(marker)`` waits until the received bytes hold ``marker`` (at most its timeout),
@@ -51,7 +55,9 @@ class Response:
     trailers: list[tuple[str, str]] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers if k.lower() == name), None)
+        """The first value of field ``name`` (any case)."""
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
 
 
 @dataclass
@@ -195,6 +201,64 @@ class _Reader:
 
     async def holds(self, marker: bytes, timeout: float) -> bool:
         return await self.until(lambda: marker in self.data, timeout)
+
+
+Where = str | tuple[str, int]  # a server's URL (http://host:port) or its address
+STILL_OPEN: Final = b"<still open>"
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What came back on one connection, and how it ended: "fin" a clean close, "rst" a
+    reset, "open" still open when the wait ran out."""
+
+    data: bytes
+    end: Literal["fin", "rst", "open"]
+
+
+async def exchange(where: Where, data: bytes, *, timeout: float = 5.0) -> Received:
+    """Send ``data`` on a fresh connection and read until the server closes it, resets it,
+    or ``timeout`` passes. Reading starts before writing, so an answer streaming back never
+    blocks a large request; and there is no half-close, since the proxy takes a client's
+    FIN as the client leaving (and cancels its request), as nginx does."""
+    if isinstance(where, str):
+        host, port = where.removeprefix("http://").rsplit(":", 1)
+        where = (host, int(port))
+    reader, writer = await asyncio.open_connection(*where)
+    incoming = _Reader()
+    reading = asyncio.create_task(incoming.run(reader))
+    try:
+        with contextlib.suppress(ConnectionError):  # the server may answer and close first
+            writer.write(data)
+            await writer.drain()
+        await incoming.until(lambda: False, timeout)
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        writer.close()
+    return Received(bytes(incoming.data), incoming.end or "open")
+
+
+async def send(where: Where, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """The bytes an exchange got back, for tests about the answers: a reset fails the test,
+    a connection still open after ``timeout`` gives ``STILL_OPEN``."""
+    received = await exchange(where, data, timeout=timeout)
+    if received.end == "rst":
+        raise ConnectionResetError(f"reset by the server after {received.data[:300]!r}")
+    return STILL_OPEN if received.end == "open" else received.data
+
+
+async def raw_http(where: Where, data: bytes, *, timeout: float = 5.0) -> Response:
+    """The answer to one request that asks the server to close; a reset, a connection
+    still open after ``timeout``, or bytes that are not one whole answer fail the test."""
+    received = await exchange(where, data, timeout=timeout)
+    assert received.end == "fin", received
+    method = data.split(b" ", 1)[0].decode("latin-1")
+    parsed = parse(received.data, [method], "fin")
+    assert parsed.error is None, parsed
+    assert parsed.complete(1), parsed
+    return parsed.responses[0]
 
 
 async def talk(

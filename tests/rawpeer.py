@@ -4,7 +4,8 @@ reset at a chosen point).
 
 An answer is a tuple of steps run in order: ``bytes`` are written (and drained), a ``float``
 is a pause in seconds, ``FIN`` half-closes (the upstream then waits for the peer's close),
-``RST`` aborts with SO_LINGER 0. Answers are taken in arrival order of request heads over
+``CLOSE`` closes the connection (as a server does that keeps no idle connections), ``RST``
+aborts with SO_LINGER 0. Answers are taken in arrival order of request heads over
 all connections; a request past the script gets ``EXTRA``, and a request whose path ends in
 ``/probe`` gets ``PROBE`` without taking a place in the script or in ``seen``.
 """
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-Step = bytes | float | Literal["FIN", "RST"]
+Step = bytes | float | Literal["FIN", "CLOSE", "RST"]
 FIN: Final = "FIN"
+CLOSE: Final = "CLOSE"
 RST: Final = "RST"
 
 
@@ -212,6 +214,10 @@ class ScriptedUpstream:
             elif step == FIN:
                 conn.closed_by_us = True
                 writer.write_eof()
+            elif step == CLOSE:
+                conn.closed_by_us = True
+                writer.close()
+                return
             elif step == RST:
                 conn.closed_by_us = True
                 sock = writer.get_extra_info("socket")
@@ -261,3 +267,23 @@ class ScriptedUpstream:
             seen.body += (await conn.exactly(size + 2))[:-2]
         while (line := await conn.until(b"\r\n")) != b"\r\n":
             seen.trailers += _fields(line)
+
+
+class RawUpstreams:
+    """The ``raw_upstream`` fixture: started ScriptedUpstreams, closed when the test ends.
+    Each argument is the answer to one request: its bytes, or its steps."""
+
+    def __init__(self) -> None:
+        self._made: list[ScriptedUpstream] = []
+
+    async def __call__(self, *answers: bytes | list[Step]) -> ScriptedUpstream:
+        upstream = ScriptedUpstream(
+            tuple(Answer((a,) if isinstance(a, bytes) else tuple(a)) for a in answers)
+        )
+        await upstream.start()
+        self._made.append(upstream)
+        return upstream
+
+    async def close(self) -> None:
+        for upstream in self._made:
+            await upstream.close()

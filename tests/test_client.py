@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
 import pytest
 from multidict import CIMultiDict
@@ -12,64 +10,7 @@ from multidict import CIMultiDict
 from proxy.http.client import Pool, UpstreamClosedError, UpstreamError, UpstreamProtocolError
 
 from .mocktransport import Request
-
-
-@dataclass
-class RawUpstream:
-    """Answers each request with the next scripted bytes; records the raw requests."""
-
-    answers: list[bytes]
-    close_after: bool = False  # close the connection after each answer (no Connection: close)
-    requests: list[bytes] = field(default_factory=list)
-    connections: int = 0
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
-                self.requests.append(head + body)
-                writer.write(self.answers.pop(0))
-                await writer.drain()
-                if self.close_after:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass  # the client went away, or the test ended with the connection open
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[Callable[..., RawUpstream]]:
-    servers: list[asyncio.Server] = []
-    made: list[RawUpstream] = []
-
-    def factory(*answers: bytes, close_after: bool = False) -> RawUpstream:
-        upstream = RawUpstream(list(answers), close_after)
-        made.append(upstream)
-        return upstream
-
-    async def start(upstream: RawUpstream) -> None:
-        server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
-        servers.append(server)
-        upstream.port = server.sockets[0].getsockname()[1]
-
-    factory.start = start  # type: ignore[attr-defined]
-    yield factory
-    for server in servers:
-        server.close()
-
-
-async def _serve(factory: Callable[..., RawUpstream], *answers: bytes, **kw: bool) -> RawUpstream:
-    upstream = factory(*answers, **kw)
-    await factory.start(upstream)  # type: ignore[attr-defined]
-    return upstream
+from .rawpeer import CLOSE, RawUpstreams
 
 
 async def _get(pool: Pool, method: str = "GET", **headers: str) -> tuple[int, bytes]:
@@ -84,48 +25,47 @@ async def _get(pool: Pool, method: str = "GET", **headers: str) -> tuple[int, by
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-async def test_keep_alive_reuses_one_connection(raw_upstream: Callable[..., RawUpstream]) -> None:
+async def test_keep_alive_reuses_one_connection(raw_upstream: RawUpstreams) -> None:
     """Consecutive requests travel over one pooled connection, with Host set once."""
-    up = await _serve(raw_upstream, OK, OK, OK)
+    up = await raw_upstream(OK, OK, OK)
     pool = Pool("http", "127.0.0.1", up.port)
     for _ in range(3):
         assert await _get(pool) == (200, b"ok")
     await pool.close()
-    assert up.connections == 1
-    assert up.requests[0].startswith(b"GET /p?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
-    assert up.requests[0].count(b"Host:") == 1
+    assert len(up.connections) == 1
+    assert up.seen[0].raw.startswith(b"GET /p?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert up.seen[0].raw.count(b"Host:") == 1
 
 
 async def test_stale_pooled_connection_is_retried_for_an_idempotent_request(
-    raw_upstream: Callable[..., RawUpstream],
+    raw_upstream: RawUpstreams,
 ) -> None:
     """An upstream that silently closes idle connections costs a GET nothing."""
-    up = await _serve(raw_upstream, OK, OK, close_after=True)
+    up = await raw_upstream([OK, CLOSE], [OK, CLOSE])
     pool = Pool("http", "127.0.0.1", up.port)
     assert await _get(pool) == (200, b"ok")
     await asyncio.sleep(0.05)  # the upstream's FIN arrives while the connection is idle
     assert await _get(pool) == (200, b"ok")
     await pool.close()
-    assert up.connections == 2
+    assert len(up.connections) == 2
 
 
 async def test_head_answer_then_next_request_on_the_same_connection(
-    raw_upstream: Callable[..., RawUpstream],
+    raw_upstream: RawUpstreams,
 ) -> None:
     """A HEAD answer announces a body it does not send; the next answer still parses."""
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
-    up = await _serve(raw_upstream, head, OK)
+    up = await raw_upstream(head, OK)
     pool = Pool("http", "127.0.0.1", up.port)
     assert await _get(pool, "HEAD") == (200, b"")
     assert await _get(pool) == (200, b"ok")
     await pool.close()
-    assert up.connections == 1
+    assert len(up.connections) == 1
 
 
-async def test_interim_answers_are_skipped(raw_upstream: Callable[..., RawUpstream]) -> None:
+async def test_interim_answers_are_skipped(raw_upstream: RawUpstreams) -> None:
     """100 Continue and 103 Early Hints precede the real answer, which is what we get."""
-    up = await _serve(
-        raw_upstream,
+    up = await raw_upstream(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK,
     )
     pool = Pool("http", "127.0.0.1", up.port)
@@ -134,13 +74,11 @@ async def test_interim_answers_are_skipped(raw_upstream: Callable[..., RawUpstre
 
 
 async def test_close_delimited_body_is_read_to_the_end(
-    raw_upstream: Callable[..., RawUpstream],
+    raw_upstream: RawUpstreams,
 ) -> None:
     """An answer without Content-Length or chunking ends when the upstream closes."""
-    up = await _serve(
-        raw_upstream,
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000,
-        close_after=True,
+    up = await raw_upstream(
+        [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000, CLOSE],
     )
     pool = Pool("http", "127.0.0.1", up.port)
     assert await _get(pool) == (200, b"x" * 100_000)
@@ -162,23 +100,21 @@ async def test_close_delimited_body_is_read_to_the_end(
     ids=["cl-and-te", "two-cl", "bad-chunk", "control-byte", "huge-head", "101", "garbage"],
 )
 async def test_malformed_answers_fail_and_the_connection_is_dropped(
-    raw_upstream: Callable[..., RawUpstream], answer: bytes
+    raw_upstream: RawUpstreams, answer: bytes
 ) -> None:
     """Answers that break HTTP/1.1 framing are errors, never half-trusted or reused."""
-    up = await _serve(raw_upstream, answer, OK)
+    up = await raw_upstream(answer, OK)
     pool = Pool("http", "127.0.0.1", up.port)
     with pytest.raises(UpstreamError):
         await _get(pool)
     assert await _get(pool) == (200, b"ok")
     await pool.close()
-    assert up.connections == 2
+    assert len(up.connections) == 2
 
 
-async def test_answer_cut_short_is_an_error(raw_upstream: Callable[..., RawUpstream]) -> None:
+async def test_answer_cut_short_is_an_error(raw_upstream: RawUpstreams) -> None:
     """A body shorter than its Content-Length raises instead of ending quietly."""
-    up = await _serve(
-        raw_upstream, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close_after=True
-    )
+    up = await raw_upstream([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", CLOSE])
     pool = Pool("http", "127.0.0.1", up.port)
     with pytest.raises(UpstreamClosedError):
         await _get(pool)
@@ -187,20 +123,20 @@ async def test_answer_cut_short_is_an_error(raw_upstream: Callable[..., RawUpstr
 
 @pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\0b"])
 async def test_header_values_cannot_split_the_request(
-    raw_upstream: Callable[..., RawUpstream], value: str
+    raw_upstream: RawUpstreams, value: str
 ) -> None:
     """A CR, LF or NUL in a value (say, a token from a broken issuer) sends nothing."""
-    up = await _serve(raw_upstream, OK)
+    up = await raw_upstream(OK)
     pool = Pool("http", "127.0.0.1", up.port)
     with pytest.raises(UpstreamProtocolError):
         await _get(pool, Authorization=value)
     await pool.close()
-    assert up.requests == []
+    assert up.seen == []
 
 
-async def test_silent_upstream_times_out(raw_upstream: Callable[..., RawUpstream]) -> None:
+async def test_silent_upstream_times_out(raw_upstream: RawUpstreams) -> None:
     """No answer within the read timeout is a TimeoutError, not a hang."""
-    up = await _serve(raw_upstream, b"")  # reads the request, answers nothing
+    up = await raw_upstream(b"")  # reads the request, answers nothing
     pool = Pool("http", "127.0.0.1", up.port)
     with pytest.raises(TimeoutError):
         await pool.send(Request(), connect_timeout=1, read_timeout=0.2)
@@ -229,20 +165,20 @@ class _Stream:
     ids=["no-body", "empty", "bytes", "bytes-no-length", "stream-with-length"],
 )
 async def test_a_body_is_framed_by_its_length(
-    raw_upstream: Callable[..., RawUpstream],
+    raw_upstream: RawUpstreams,
     body: bytes | _Stream | None,
     length: int | None,
     framing: bytes | None,
 ) -> None:
     """A known length goes out as Content-Length; no body and no length, no framing header
     (a stream of unknown length goes chunked: test_streaming.py's unbuffered upload)."""
-    up = await _serve(raw_upstream, OK)
+    up = await raw_upstream(OK)
     pool = Pool("http", "127.0.0.1", up.port)
     request = Request("POST", "/", CIMultiDict(), body, length)
     async with await pool.send(request, connect_timeout=2, read_timeout=2) as response:
         assert response.status == 200
     await pool.close()
-    head, _, sent = up.requests[0].partition(b"\r\n\r\n")
+    head, _, sent = up.seen[0].raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     framed = [line for line in lines if line.startswith((b"Content-Length", b"Transfer-Encoding"))]
     assert framed == ([] if framing is None else [framing])

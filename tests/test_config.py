@@ -210,7 +210,7 @@ def test_upstream_parts() -> None:
             "server.max_buffered_body: must be a whole number of at least 1, got 0",
         ),
         ("routes = 3\n", "routes: must be an array of tables ([[routes]]), got an integer"),
-        ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients)"),
+        ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients, state)"),
         ('[[routes]]\nupstream = "http://h"\n', "routes[0].prefix: is required"),
         ('[[routes]]\nprefix = "/a"\n', "routes[0].upstream: is required"),
         (

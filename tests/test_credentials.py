@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
 from proxy.sandbox import SandboxSettings, build_sandbox_app
@@ -63,7 +64,7 @@ class Sandbox:
 
 
 @pytest.fixture
-async def sandbox(aiohttp_server) -> AsyncIterator[Sandbox]:  # type: ignore[no-untyped-def]
+async def sandbox(aiohttp_server: AiohttpServer) -> AsyncIterator[Sandbox]:
     server = await aiohttp_server(build_sandbox_app(SandboxSettings()), host="127.0.0.1")
     async with aiohttp.ClientSession() as client:
         box = Sandbox(f"http://127.0.0.1:{server.port}", client)
@@ -225,7 +226,7 @@ async def test_short_tokens_are_renewed_ahead_under_steady_traffic(
     await sandbox.control(token_lifetime={"travtus": 2, "travis": 3, "travelyzer": 2})
     proxy = await vendor_proxy()
     await wait_ready(client, proxy)
-    statuses = []
+    statuses: list[int] = []
     deadline = time.monotonic() + 7
     while time.monotonic() < deadline:
         batch = await asyncio.gather(*(call(client, proxy, v) for v in CALLS))

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from .conftest import GZIP_BODY, ProxyFactory, Upstream, raw_http
+from .conftest import GZIP_BODY, ProxyFactory, Upstream
+from .rawclient import raw_http
 
 
 def routes(upstream: Upstream, base: str = "", auth: bool = False, read: float = 60) -> str:
@@ -315,7 +316,7 @@ async def test_repeated_set_cookie_kept_and_not_stored(
     """Both Set-Cookie lines reach the client; no cookie is replayed to the next request."""
     proxy = await make_proxy(routes(upstream).replace("127.0.0.1", "localhost", 1))
     response = await raw_http(proxy, raw_get("/travtus/cookies"))
-    assert [v for k, v in response.headers if k == "Set-Cookie"] == ["a=1; Path=/", "b=2; Path=/"]
+    assert [v for k, v in response.headers if k == "set-cookie"] == ["a=1; Path=/", "b=2; Path=/"]
     await raw_http(proxy, raw_get("/travtus/after"))
     assert upstream.last.header("Cookie") is None
 

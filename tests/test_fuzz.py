@@ -9,11 +9,9 @@ client secret comes back, and a request the proxy refused never reached the upst
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,10 +19,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import config as config_module
-from proxy.app import build_app, start
-
 from .conftest import LEAK_WATCH
+from .processes import serve
+from .rawclient import exchange
 
 TOKEN = "fuzz-token-0123456789"
 SECRET = "fuzz-client-secret-42"
@@ -33,14 +30,15 @@ LEAK_WATCH.update({TOKEN, SECRET})  # the end-of-run scan of every log line watc
 
 @dataclass
 class Running:
-    port: int
+    """The proxy serving in a thread of its own, and the paths its upstream saw."""
+
+    port: int = 0
     seen: list[bytes] = field(default_factory=list)
+    stop: Callable[[], object] = lambda: None  # set once serving: ends it, from any thread
 
 
-def _serve(ready: threading.Event, holder: dict[str, object]) -> None:
+def _serve(running: Running, ready: threading.Event) -> None:
     async def main() -> None:
-        running = Running(0)
-
         async def answer(request: web.Request) -> web.Response:
             if request.path == "/token":
                 return web.json_response(
@@ -59,22 +57,20 @@ def _serve(ready: threading.Event, holder: dict[str, object]) -> None:
         site = web.TCPSite(upstream, "127.0.0.1", 0)
         await site.start()
         up_port = upstream.addresses[0][1]
-        config = config_module.loads(
+        proxy = await serve(
             f'[[routes]]\nprefix = "/api"\nupstream = "http://127.0.0.1:{up_port}"\n'
             'auth = "a"\nretry = { attempts = 1 }\n'
             f'[auth.a]\ntype = "client_credentials"\n'
             f'token_url = "http://127.0.0.1:{up_port}/token"\n'
-            f'client_id = "fuzz"\nclient_secret = "{SECRET}"\n',
-            {},
+            f'client_id = "fuzz"\nclient_secret = "{SECRET}"\n'
         )
-        runner, addresses = await start(build_app(config), "127.0.0.1", 0, shutdown_timeout=1)
-        running.port = addresses[0][1]
+        running.port = proxy.address[1]
         stop = asyncio.Event()
-        holder["running"] = running
-        holder["stop"] = (asyncio.get_running_loop(), stop)
+        loop = asyncio.get_running_loop()
+        running.stop = lambda: loop.call_soon_threadsafe(stop.set)
         ready.set()
         await stop.wait()
-        await runner.cleanup()
+        await proxy.stop()
         await upstream.cleanup()
 
     asyncio.run(main())
@@ -82,34 +78,22 @@ def _serve(ready: threading.Event, holder: dict[str, object]) -> None:
 
 @pytest.fixture(scope="module")
 def running() -> Iterator[Running]:
+    running = Running()
     ready = threading.Event()
-    holder: dict[str, object] = {}
-    thread = threading.Thread(target=_serve, args=(ready, holder), daemon=True)
+    thread = threading.Thread(target=_serve, args=(running, ready), daemon=True)
     thread.start()
     assert ready.wait(20)
-    yield holder["running"]  # type: ignore[misc]
-    loop, stop = holder["stop"]  # type: ignore[misc]
-    loop.call_soon_threadsafe(stop.set)
+    yield running
+    running.stop()
     thread.join(10)
 
 
 SENTINEL = b"GET /-/health HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
 
 
-def _exchange(port: int, data: bytes, timeout: float = 1.0) -> bytes:
-    """Send raw bytes and read until the proxy closes, or nothing came for ``timeout``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        # No half-close: the proxy takes a client's FIN as the client leaving (and cancels
-        # its request), as nginx does.
-        with contextlib.suppress(OSError):  # the proxy may refuse and close early
-            sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionError):
-            pass
-    return b"".join(chunks)
+async def _exchange(port: int, data: bytes) -> bytes:
+    """What came back before the proxy closed, reset, or kept silent for a second."""
+    return (await exchange(("127.0.0.1", port), data, timeout=1.0)).data
 
 
 TOKEN_CHARS = st.sampled_from(
@@ -224,13 +208,15 @@ requests = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(requests)
-def test_generated_requests_never_break_the_proxy_or_leak(running: Running, request: bytes) -> None:
+async def test_generated_requests_never_break_the_proxy_or_leak(
+    running: Running, request: bytes
+) -> None:
     """Whatever arrives: no crash, no 5xx that is not ours, no token or secret in any
     answer, and nothing refused ever reaches the upstream."""
     before = len(running.seen)
     # A health check pipelined behind it ends the connection once the request is answered
     # (or, if the request swallowed it as a body, the read times out: also fine).
-    raw = _exchange(running.port, request + SENTINEL)
+    raw = await _exchange(running.port, request + SENTINEL)
     for credential in (TOKEN.encode(), SECRET.encode()):
         # Not the whole value, nor any 8-byte piece of it.
         for offset in range(len(credential) - 7):
@@ -249,23 +235,25 @@ def test_generated_requests_never_break_the_proxy_or_leak(running: Running, requ
         # upstream saw not even its head (the recorder notes heads before any body).
         assert len(running.seen) == before, (raw[:300], running.seen[before:])
     # Still serving: a plain request right after gets its answer.
-    assert _exchange(running.port, SENTINEL).startswith(b"HTTP/1.1 200 OK")
+    assert (await _exchange(running.port, SENTINEL)).startswith(b"HTTP/1.1 200 OK")
 
 
-def test_the_fuzzer_reaches_the_upstream(running: Running) -> None:
+async def test_the_fuzzer_reaches_the_upstream(running: Running) -> None:
     """The fuzz test is only worth something if many of its requests get through."""
     assert len(running.seen) > 100  # of the 400 generated (this test runs after them)
     before = len(running.seen)
-    raw = _exchange(running.port, b"GET /api/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+    raw = await _exchange(
+        running.port, b"GET /api/x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+    )
     assert raw.startswith(b"HTTP/1.1 200 OK")
     assert len(running.seen) == before + 1
 
 
-def test_status_and_metrics_never_show_a_credential(running: Running) -> None:
+async def test_status_and_metrics_never_show_a_credential(running: Running) -> None:
     """After all that traffic, /-/status and /-/metrics hold no token or secret (metric
     labels included)."""
     for path in (b"/-/status", b"/-/metrics"):
-        raw = _exchange(
+        raw = await _exchange(
             running.port, b"GET " + path + b" HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
         )
         assert raw.startswith(b"HTTP/1.1 200 OK")

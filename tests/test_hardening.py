@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from proxy import config as config_module
-from proxy.app import STATE, build_app, start
 
 from .conftest import LEAK_WATCH, ProxyFactory, Scripted, Upstream
-from .conftest import send_raw as _send
 from .processes import start_proxy
+from .rawclient import send
+from .rawpeer import RawUpstreams
 
 TOKEN = "upstream-test-token"  # what the conftest token endpoint issues
 LEAK_WATCH.update({"hardening-secret-1", TOKEN})  # the secret and token of the proxies here
@@ -104,7 +104,7 @@ async def test_ambiguous_or_forbidden_requests_are_refused_and_reach_nothing(
     """Every request a proxy and an upstream could read two ways is refused by us (400,
     or 405/501/505 as the case says) and no byte of it reaches any upstream."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(proxy, FRAMING[name])
+    raw = await send(proxy, FRAMING[name])
     statuses = _statuses(raw)
     assert statuses[:1] == [EXPECTED.get(name, 400)], raw[:300]
     assert len(statuses) == 1  # a pipelined request behind it never runs
@@ -165,7 +165,7 @@ async def test_server_hosts_refuses_hosts_it_does_not_serve(
     absolute-form target only when it names the same listed host as Host (RFC 9112
     3.2.2); a mismatch is a 400 and reaches nothing."""
     proxy = await _proxy(make_proxy, upstream, HOSTS)
-    raw = await _send(proxy, request_bytes + CLOSE)
+    raw = await send(proxy, request_bytes + CLOSE)
     assert _statuses(raw) == [status], raw[:300]
     forwarded = [s.raw_path for s in upstream.seen if s.raw_path != "/oauth/token"]
     assert forwarded == ([upstream_path] if upstream_path else [])
@@ -179,10 +179,10 @@ async def test_without_server_hosts_any_host_passes_and_absolute_form_is_refused
     """The default serves every Host name; absolute-form cannot then be told ours or not,
     so it is refused whatever it names."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\nHost: anything.example\r\n" + CLOSE)
+    raw = await send(proxy, b"GET /u/x HTTP/1.1\r\nHost: anything.example\r\n" + CLOSE)
     # HTTP/1.0 may omit Host (RFC 9112 3.2); the upstream's Host is written anyway.
-    hostless = await _send(proxy, b"GET /u/x HTTP/1.0\r\n\r\n")
-    refused = await _send(
+    hostless = await send(proxy, b"GET /u/x HTTP/1.0\r\n\r\n")
+    refused = await send(
         proxy, b"GET http://anything.example/u/x HTTP/1.1\r\nHost: anything.example\r\n" + CLOSE
     )
     assert _statuses(raw) == [200]
@@ -198,7 +198,7 @@ async def test_malformed_authorization_is_not_echoed_anywhere(
     line repeats it (the end-of-run scan of every log line watches for it too)."""
     LEAK_WATCH.add("S3CRET")
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Authorization: Bearer S3CRET\x00\r\n\r\n"
     )
     assert _statuses(raw) == [400]
@@ -224,7 +224,7 @@ async def test_paths_never_leave_the_routes_base(
 ) -> None:
     """Traversal and scheme tricks get 400 or 404, and nothing reaches the upstream."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(proxy, b"GET " + path + b" HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await send(proxy, b"GET " + path + b" HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert _statuses(raw)[0] in (400, 404)
     assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
 
@@ -236,7 +236,7 @@ async def test_connection_header_cannot_remove_our_token_or_forwarding_headers(
     never the token or the X-Forwarded-For the proxy sets; two client Authorization headers
     never make two tokens upstream."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy,
         b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: close, Authorization, X-Forwarded-For\r\n"
         b"Authorization: Bearer client-1\r\nAuthorization: Bearer client-2\r\n"
@@ -269,7 +269,7 @@ async def test_forwarding_header_aliases_are_dropped(
     """A guarded header spelt with '_' or '.' (read as its '-' form by CGI-style servers)
     never reaches the upstream; other names with '_' pass."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy,
         b"GET /u/x HTTP/1.1\r\n"
         + H
@@ -292,12 +292,12 @@ async def test_forwarding_headers_are_extended_only_for_trusted_proxies(
         b"X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.7\r\nConnection: close\r\n\r\n"
     )
     untrusted = await _proxy(make_proxy, upstream)
-    await _send(untrusted, request)
+    await send(untrusted, request)
     assert upstream.last.all("X-Forwarded-For") == ["127.0.0.1"]
     assert upstream.last.all("X-Forwarded-Proto") == ["http"]
     assert upstream.last.all("Forwarded") == []
     trusted = await _proxy(make_proxy, upstream, 'trusted_proxies = ["127.0.0.0/8"]')
-    await _send(trusted, request)
+    await send(trusted, request)
     assert upstream.last.all("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"]
     assert upstream.last.all("X-Forwarded-Proto") == ["https"]
     assert upstream.last.all("Forwarded") == ["for=203.0.113.7, for=127.0.0.1"]
@@ -308,14 +308,14 @@ async def test_via_is_added_and_a_loop_is_refused(
 ) -> None:
     """Via carries our pseudonym both ways; a request that already carries it is a loop."""
     proxy = await _proxy(make_proxy, upstream, 'via = "gw-test"')
-    raw = await _send(
+    raw = await send(
         proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Via: 1.0 edge\r\nConnection: close\r\n\r\n"
     )
     assert _statuses(raw) == [200]
     assert upstream.last.all("Via") == ["1.0 edge, 1.1 gw-test"]
     assert b"\r\nVia: 1.1 gw-test\r\n" in raw
     count = len(upstream.seen)
-    raw = await _send(
+    raw = await send(
         proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Via: 1.1 gw-test\r\nConnection: close\r\n\r\n"
     )
     assert _statuses(raw) == [508]
@@ -327,17 +327,17 @@ async def test_max_forwards_is_honoured_for_options(
 ) -> None:
     """OPTIONS with Max-Forwards: 0 is answered by the proxy; otherwise it is decremented."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy, b"OPTIONS /u/x HTTP/1.1\r\n" + H + b"Max-Forwards: 0\r\nConnection: close\r\n\r\n"
     )
     assert _statuses(raw) == [200]
     assert [s for s in upstream.seen if s.method == "OPTIONS"] == []
-    await _send(
+    await send(
         proxy, b"OPTIONS /u/x HTTP/1.1\r\n" + H + b"Max-Forwards: 3\r\nConnection: close\r\n\r\n"
     )
     assert upstream.last.all("Max-Forwards") == ["2"]
     # Only OPTIONS (and TRACE, refused) use it (RFC 9110 7.6.2): other methods pass it as is.
-    await _send(
+    await send(
         proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Max-Forwards: 0\r\nConnection: close\r\n\r\n"
     )
     assert upstream.last.method == "GET"
@@ -350,7 +350,7 @@ async def test_h2c_upgrade_is_stripped_never_a_tunnel(
     """An h2c upgrade request is answered as plain HTTP/1.1; Upgrade and HTTP2-Settings
     never reach the upstream and nothing after the request is read as a tunnel."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy,
         b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
         b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -399,7 +399,7 @@ async def test_many_pipelined_requests_answer_in_order(
     requests += b"GET /api/last HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    raw = await _send(proxy, requests, timeout=60)
+    raw = await send(proxy, requests, timeout=60)
     assert _statuses(raw) == [200] * (count + 1)
     # Parsing pauses 16 requests ahead: the whole process (client, proxy and upstream in
     # one) grows far less than 10,000 requests' worth of state would need.
@@ -416,7 +416,7 @@ async def test_connection_cap_answers_a_fast_503(
     host, port = proxy.removeprefix("http://").rsplit(":", 1)
     held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
     await asyncio.sleep(0.05)
-    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
+    raw = await send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
     assert _statuses(raw) == [503]
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"] == "overloaded"
     for _, writer in held:
@@ -470,7 +470,7 @@ async def test_too_low_hard_descriptor_limit_lowers_the_cap_and_says_so(
         for _ in range(36):
             held.append((await asyncio.open_connection(host, int(port)))[1])
         await asyncio.sleep(0.1)
-        raw = await _send(proxy.url, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
+        raw = await send(proxy.url, b"GET /u/x HTTP/1.1\r\n" + H + b"\r\n")
     finally:
         for writer in held:
             writer.close()
@@ -497,43 +497,6 @@ async def test_client_that_stops_sending_its_body_is_cut_off(
     writer.close()
     assert time.monotonic() - started < 5
     assert b"200 OK" not in raw
-
-
-class _RawUpstream:
-    """An upstream that answers every request with the next scripted bytes."""
-
-    def __init__(self, *answers: bytes) -> None:
-        self.answers = list(answers)
-        self.requests = 0
-        self.port = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while self.answers:
-                await reader.readuntil(b"\r\n\r\n")
-                self.requests += 1
-                writer.write(self.answers.pop(0))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def raw_upstream():  # type: ignore[no-untyped-def]
-    servers: list[asyncio.Server] = []
-
-    async def start(*answers: bytes) -> _RawUpstream:
-        upstream = _RawUpstream(*answers)
-        server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
-        servers.append(server)
-        upstream.port = server.sockets[0].getsockname()[1]
-        return upstream
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
@@ -566,7 +529,7 @@ GOOD = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood"
 )
 async def test_broken_upstream_answers_never_reach_a_client(
     make_proxy: ProxyFactory,
-    raw_upstream,  # type: ignore[no-untyped-def]
+    raw_upstream: RawUpstreams,
     answer: bytes,
     status: int,
 ) -> None:
@@ -576,8 +539,8 @@ async def test_broken_upstream_answers_never_reach_a_client(
     proxy = await make_proxy(
         f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{upstream.port}"\n'
     )
-    first = await _send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-    second = await _send(proxy, b"GET /r/b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    first = await send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    second = await send(proxy, b"GET /r/b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert _statuses(first) == [status]
     for forbidden in (b"evil", b"EVIL", b"X-Evil", b"X-Big"):
         assert forbidden not in first
@@ -613,9 +576,9 @@ async def test_stray_upstream_bytes_on_an_idle_pooled_connection_reach_no_client
         proxy = await make_proxy(
             f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{port}"\n'
         )
-        first = await _send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        first = await send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
         await asyncio.sleep(0.2)  # the stray bytes have arrived on the idle connection
-        second = await _send(proxy, b"GET /r/b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        second = await send(proxy, b"GET /r/b HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     finally:
         server.close()
         for writer in writers:
@@ -662,7 +625,7 @@ async def test_buffered_chunked_put_survives_a_stale_pooled_connection(
         proxy = await make_proxy(
             f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{port}"\n'
         )
-        answers = [await _send(proxy, put), await _send(proxy, put)]
+        answers = [await send(proxy, put), await send(proxy, put)]
     finally:
         server.close()
         for writer in writers:
@@ -674,7 +637,7 @@ async def test_buffered_chunked_put_survives_a_stale_pooled_connection(
 
 async def test_upstream_reason_phrase_is_never_copied(
     make_proxy: ProxyFactory,
-    raw_upstream,  # type: ignore[no-untyped-def]
+    raw_upstream: RawUpstreams,
 ) -> None:
     """The client sees the standard phrase for the status, never the upstream's text."""
     upstream = await raw_upstream(
@@ -683,7 +646,7 @@ async def test_upstream_reason_phrase_is_never_copied(
     proxy = await make_proxy(
         f'[[routes]]\nprefix = "/r"\nupstream = "http://127.0.0.1:{upstream.port}"\n'
     )
-    raw = await _send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await send(proxy, b"GET /r/a HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert b"script" not in raw
 
@@ -710,7 +673,7 @@ async def test_client_that_never_reads_is_cut_off_and_its_upstream_request_ends(
     finally:
         sock.close()
     assert received < 50_000_000  # the stream was cut, not delivered late
-    raw = await _send(proxy, b"GET /-/status HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await send(proxy, b"GET /-/status HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     status = json.loads(raw.partition(b"\r\n\r\n")[2])
     assert status["routes"]["/u"]["in_flight"] == 0  # its upstream request ended too
 
@@ -733,7 +696,7 @@ async def test_a_thousand_slowloris_connections_are_cut_while_others_are_served(
                 if not writer.is_closing():
                     with contextlib.suppress(ConnectionError):
                         writer.write(head[second : second + 1])
-            raw = await _send(proxy, b"GET /u/ok HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+            raw = await send(proxy, b"GET /u/ok HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
             served += _statuses(raw) == [200]
             await asyncio.sleep(1)
         cut = 0
@@ -807,7 +770,7 @@ async def test_malformed_chunked_body_sends_not_a_byte_upstream(
     it gets our 400, and the upstream receives not one byte (not even the head and token)."""
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route())
-        raw = await _send(proxy, CHUNKED_POST + body)
+        raw = await send(proxy, CHUNKED_POST + body)
         await asyncio.sleep(0.1)
     assert _statuses(raw) == [400]
     assert counting.received == 0
@@ -821,10 +784,10 @@ async def test_chunked_body_over_the_buffer_limit_gets_413_and_sends_nothing(
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route("[server]\nmax_buffered_body = 131072\n"))
         # The whole body is sent: the connection closes after the 413 all the same.
-        raw = await _send(proxy, CHUNKED_POST + CHUNK_16K * 9 + b"0\r\n\r\n")
+        raw = await send(proxy, CHUNKED_POST + CHUNK_16K * 9 + b"0\r\n\r\n")
         await asyncio.sleep(0.1)
         refused = counting.received
-        fits = await _send(proxy, CHUNKED_POST + CHUNK_16K * 8 + b"0\r\n\r\n", timeout=1)
+        fits = await send(proxy, CHUNKED_POST + CHUNK_16K * 8 + b"0\r\n\r\n", timeout=1)
         await asyncio.sleep(0.1)
     assert _statuses(raw) == [413]
     assert b'"body_too_large"' in raw
@@ -846,7 +809,7 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
         _, holder = await asyncio.open_connection(host, int(port))
         holder.write(CHUNKED_POST + CHUNK_16K * 16)
         await asyncio.sleep(0.3)
-        refused = await _send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n")
+        refused = await send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n")
         await asyncio.sleep(0.1)
         nothing_yet = counting.received
         holder.write(b"0\r\n\r\n")  # the first body ends, is sent, and frees its space
@@ -855,7 +818,7 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
                 await asyncio.sleep(0.01)
         holder.close()
         counting.received = 0
-        later = await _send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n", timeout=1)
+        later = await send(proxy, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n", timeout=1)
         await asyncio.sleep(0.1)
     assert _statuses(refused) == [503]
     assert b'"overloaded"' in refused
@@ -864,25 +827,19 @@ async def test_spool_space_is_shared_and_bounded_by_max_spooled_total(
     assert counting.received > 16 * 0x4000
 
 
-async def test_spool_space_still_counts_across_a_reload() -> None:
+async def test_spool_space_still_counts_across_a_reload(make_proxy: ProxyFactory) -> None:
     """A body spooled under the old config still takes its space after a reload (SIGHUP):
     the budget belongs to the process, not to one config."""
     async with _counting_upstream() as counting:
         toml = counting.route("[server]\nmax_spooled_total = 300000\n")
-        app = build_app(config_module.loads(toml, {}))
-        runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=1)
-        try:
-            host, port = addresses[0]
-            _, holder = await asyncio.open_connection(host, port)
-            holder.write(CHUNKED_POST + CHUNK_16K * 16)
-            await asyncio.sleep(0.3)
-            app[STATE].reload(config_module.loads(toml, {}))
-            refused = await _send(
-                f"http://{host}:{port}", CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n"
-            )
-            holder.close()
-        finally:
-            await runner.cleanup()
+        proxy = await make_proxy.serve(toml)
+        _, holder = await asyncio.open_connection(*proxy.address)
+        holder.write(CHUNKED_POST + CHUNK_16K * 16)
+        await asyncio.sleep(0.3)
+        proxy.state.reload(config_module.loads(toml, {}))
+        refused = await send(proxy.url, CHUNKED_POST + CHUNK_16K * 16 + b"0\r\n\r\n")
+        holder.close()
+        await proxy.stop()
     assert _statuses(refused) == [503]
 
 
@@ -896,7 +853,7 @@ async def test_chunked_body_that_cannot_be_buffered_gets_500_and_sends_nothing(
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route(f'[server]\nspool_dir = "{spool}"\n'))
         spool.rmdir()
-        raw = await _send(
+        raw = await send(
             proxy,
             CHUNKED_POST + CHUNK_16K * 8 + b"0\r\n\r\n",
         )
@@ -945,7 +902,7 @@ async def test_unbuffered_route_streams_a_long_chunked_body(
     the client, and the upstream's request is left unterminated on a closed connection."""
     async with _counting_upstream() as counting:
         proxy = await make_proxy(counting.route(route_extra="request_buffering = false\n"))
-        raw = await _send(
+        raw = await send(
             proxy,
             CHUNKED_POST + CHUNK_16K * 8 + b"zz\r\n",
         )
@@ -962,7 +919,7 @@ async def test_small_chunked_body_is_forwarded_whole_with_its_length(
 ) -> None:
     """A well-formed small chunked body reaches the upstream intact, framed by length."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy,
         b"POST /u/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
@@ -977,7 +934,7 @@ async def test_every_client_forwarding_claim_is_dropped_from_untrusted_peers(
 ) -> None:
     """X-Forwarded-Port, -Prefix, -Ssl and X-Real-IP from an untrusted client never pass."""
     proxy = await _proxy(make_proxy, upstream)
-    await _send(
+    await send(
         proxy,
         b"GET /u/x HTTP/1.1\r\n" + H + b"X-Forwarded-Port: 443\r\nX-Forwarded-Prefix: /admin\r\n"
         b"X-Forwarded-Ssl: on\r\nX-Real-IP: 10.0.0.1\r\nConnection: close\r\n\r\n",
@@ -1004,10 +961,10 @@ async def test_in_flight_cap_answers_a_fast_503(
     """Past max_in_flight a request gets 503 overloaded at once, never queued upstream."""
     proxy = await _proxy(make_proxy, upstream, "max_in_flight = 1")
     slow = asyncio.create_task(
-        _send(proxy, b"GET /u/slow?s=1 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        send(proxy, b"GET /u/slow?s=1 HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     )
     await asyncio.sleep(0.3)
-    raw = await _send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await send(proxy, b"GET /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert _statuses(raw) == [503]
     assert b'"overloaded"' in raw
     assert _statuses(await slow) == [200]
@@ -1019,9 +976,9 @@ async def test_refusals_are_counted_and_methods_never_mint_labels(
     """Requests refused before any handler are counted; an unusual method is counted as
     'other', never as a label of the client's choosing."""
     proxy = await _proxy(make_proxy, upstream)
-    await _send(proxy, b"GET /u/x HTTP/2.0\r\n" + H + b"\r\n")
-    await _send(proxy, b"PROPFIND /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
-    raw = await _send(proxy, b"GET /-/metrics HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    await send(proxy, b"GET /u/x HTTP/2.0\r\n" + H + b"\r\n")
+    await send(proxy, b"PROPFIND /u/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    raw = await send(proxy, b"GET /-/metrics HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     assert b'proxy_requests_total{method="other",route="refused",status_class="5xx"} 1.0' in raw
     assert b'method="other",route="/u"' in raw
     assert b"PROPFIND" not in raw
@@ -1045,7 +1002,7 @@ async def test_upstream_connect_timeout_is_a_504(make_proxy: ProxyFactory) -> No
             f'[[routes]]\nprefix = "/t"\nupstream = "http://127.0.0.1:{port}"\n'
             "timeout = { connect = 0.5, read = 5 }\n"
         )
-        raw = await _send(proxy, b"GET /t/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        raw = await send(proxy, b"GET /t/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
     finally:
         for filler in fillers:
             filler.close()
@@ -1060,7 +1017,7 @@ async def test_invalid_max_forwards_is_refused(
 ) -> None:
     """A Max-Forwards that is not one whole number is a 400, never forwarded."""
     proxy = await _proxy(make_proxy, upstream)
-    raw = await _send(
+    raw = await send(
         proxy,
         b"OPTIONS /u/x HTTP/1.1\r\n"
         + H

@@ -34,7 +34,8 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port: int = runner.addresses[0][1]
+    return runner, port
 
 
 # -- Via and nginx's gzip_proxied ------------------------------------------------------------

@@ -7,10 +7,12 @@ import that the one under test would pull in.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,59 @@ def test_the_errors_tree_lists_every_error_with_its_status_and_code() -> None:
         else:
             pattern = rf"── {cls.__name__}\s"
         assert re.search(pattern, doc), cls.__name__
+
+
+# Bottom up, as proxy/__init__.py draws them; a module may import its own layer and lower.
+_LAYERS = {
+    "errors": 0,
+    "clock": 0,
+    "http": 1,
+    "config": 2,
+    "state": 3,
+    "observe": 4,
+    **dict.fromkeys(
+        ("routing", "access", "limits", "retry", "adaptive", "headers", "redirects", "bodies"),
+        5,
+    ),
+    "auth": 5,
+    "upstream": 6,
+    "forward": 6,
+    **dict.fromkeys(("runtime", "app", "workers", "fds", "arguments", "__main__", "demo"), 7),
+    "sandbox": 7,
+}
+
+
+def _imports(path: Path, package: str) -> list[tuple[int, str]]:
+    """The proxy modules ``path`` imports, as (line, dotted name)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join([*base, node.module] if node.module else base)
+            names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            found += [(node.lineno, name) for name in names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proxy."):
+            found.append((node.lineno, node.module or ""))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("proxy.")]
+    return found
+
+
+def test_imports_point_down_the_layers() -> None:
+    """No module imports a layer above its own (the sandbox is above everything, and only
+    the command line loads it)."""
+    root = Path(errors.__file__).parent
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        package = ".".join(parts if path.name == "__init__.py" else parts[:-1])
+        if len(parts) < 2 or parts[1] == "__init__":
+            continue
+        own = _LAYERS[parts[1]]
+        for line, name in _imports(path, package):
+            top = name.split(".")[1] if "." in name else ""
+            if top and top != parts[1] and _LAYERS[top] > own and top != "sandbox":
+                upward.append(f"{path.relative_to(root.parent)}:{line} imports {name}")
+            if top == "sandbox" and parts[1] not in ("sandbox", "__main__", "demo"):
+                upward.append(f"{path.relative_to(root.parent)}:{line} imports {name}")
+    assert upward == []

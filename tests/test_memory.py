@@ -22,6 +22,7 @@ import httptools
 import pytest
 
 from .processes import ProxyProcess, start_proxy
+from .rawclient import send
 
 # What one connection may add to the proxy's resident memory, whatever it sends. The
 # README states the bound (Connections): held request bytes up to 256 KiB plus one 256 KiB
@@ -189,16 +190,6 @@ async def memory(tmp_path: Path) -> AsyncIterator[Memory]:
 # -- measuring ----------------------------------------------------------------------------
 
 
-async def _exchange(memory: Memory, data: bytes) -> bytes:
-    """Send ``data`` (its last request closes the connection) and read until the close."""
-    reader, writer = await asyncio.open_connection(*memory.address)
-    try:
-        writer.write(data)
-        return await reader.read(-1)
-    finally:
-        writer.transport.abort()
-
-
 async def _warm_up(memory: Memory) -> None:
     """Every path a pattern takes, once, small: the baseline holds what any process that
     has served these requests holds."""
@@ -209,8 +200,7 @@ async def _warm_up(memory: Memory) -> None:
     )
     warm += b"POST /a/echo HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n" + b"e" * 100
     warm += b"GET /a/x HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
-    async with asyncio.timeout(10):
-        answers = await _exchange(memory, warm)
+    answers = await send(memory.address, warm, timeout=10)
     assert answers.count(b"HTTP/1.1 200 OK") == 5, answers[:500]
 
 
@@ -296,7 +286,7 @@ async def test_tiny_chunks_pipelined_behind_a_slow_request(memory: Memory) -> No
 
     async def pattern() -> None:
         nonlocal answers
-        answers = await _exchange(memory, data)
+        answers = await send(memory.address, data, timeout=PATTERN_DEADLINE)
 
     growth = await _growth_kib(memory, pattern)
     message = _report(f"{len(data)} bytes of 2-byte chunks pipelined behind /slow", growth)
@@ -318,7 +308,7 @@ async def test_maximal_heads_pipelined_behind_a_slow_request(memory: Memory) -> 
 
     async def pattern() -> None:
         nonlocal answers
-        answers = await _exchange(memory, data)
+        answers = await send(memory.address, data, timeout=PATTERN_DEADLINE)
 
     growth = await _growth_kib(memory, pattern)
     message = _report(f"{count} pipelined heads of {len(head)} bytes behind /slow", growth)
@@ -339,7 +329,7 @@ async def test_chunked_upload_of_tiny_chunks(memory: Memory, prefix: str) -> Non
 
     async def pattern() -> None:
         nonlocal answers
-        answers = await _exchange(memory, data)
+        answers = await send(memory.address, data, timeout=PATTERN_DEADLINE)
 
     growth = await _growth_kib(memory, pattern)
     message = _report(f"{len(data)} bytes of 2-byte chunks up {prefix}", growth)

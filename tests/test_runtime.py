@@ -3,39 +3,16 @@ what the proxy counts and shows for requests it answers itself."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import aiohttp
 import pytest
-from aiohttp import web
 
 from proxy import config as config_module
 from proxy.access import is_loopback
-from proxy.app import STATE, build_app, start
 
-from .conftest import Scripted, get, route
+from .conftest import ProxyFactory, Scripted, get, route
 
 A_KEY = "client-a-key-0123456789"
 B_KEY = "client-b-key-0123456789"
-
-Started = tuple[str, web.Application]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[str], Awaitable[Started]]]:
-    """An in-process proxy whose app the test can reload."""
-    runners: list[web.AppRunner] = []
-
-    async def factory(toml: str) -> Started:
-        app = build_app(config_module.loads(toml, {}))
-        runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=1)
-        runners.append(runner)
-        host, port = addresses[0]
-        return f"http://{host}:{port}", app
-
-    yield factory
-    for runner in runners:
-        await runner.cleanup()
 
 
 def _auth(up: Scripted, name: str, extra: str = "") -> str:
@@ -56,11 +33,11 @@ ONE_PER_MINUTE = "rate_limit = { rate = 1, per = 60, max_wait = 0 }"
 
 
 async def test_client_with_its_own_auth_takes_that_auth_tables_limit(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], client: aiohttp.ClientSession
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """A client whose requests use another auth table count against that table's limit,
     not the default table's, so other clients keep their share."""
-    proxy, _ = await serve(
+    proxy = await make_proxy(
         route(scripted, 'auth = "shared"')
         + _auth(scripted, "shared", ONE_PER_MINUTE)
         + _auth(scripted, "own", ONE_PER_MINUTE)
@@ -81,48 +58,48 @@ async def test_client_with_its_own_auth_takes_that_auth_tables_limit(
 
 
 async def test_reload_keeps_a_spent_limit_and_an_upstream_pause(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], client: aiohttp.ClientSession
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """A reload that leaves a limit or a route unchanged neither refills the bucket nor
     forgets that the upstream asked the proxy to wait."""
     toml = route(scripted, ONE_PER_MINUTE, "/limited") + route(
         scripted, "retry = { attempts = 1, max_wait = 1 }", "/paused"
     )
-    proxy, app = await serve(toml)
-    assert (await get(client, f"{proxy}/limited/1")).status == 200
+    proxy = await make_proxy.serve(toml)
+    assert (await get(client, f"{proxy.url}/limited/1")).status == 200
     scripted.script = [(429, {"Retry-After": "60"})]
-    assert (await get(client, f"{proxy}/paused/1")).status == 429
+    assert (await get(client, f"{proxy.url}/paused/1")).status == 429
     before = len(scripted.arrivals)
-    app[STATE].reload(config_module.loads(toml, {}))
+    proxy.state.reload(config_module.loads(toml, {}))
     for path in ("/limited/2", "/paused/2"):
-        refused = await get(client, f"{proxy}{path}")
+        refused = await get(client, f"{proxy.url}{path}")
         assert refused.status == 429, path
         assert refused.headers["X-Proxy-Error"] == "rate_limited", path
     assert len(scripted.arrivals) == before
-    async with client.get(f"{proxy}/-/status") as answer:
+    async with client.get(f"{proxy.url}/-/status") as answer:
         status = await answer.json()
     assert status["routes"]["/paused"]["cooldown"]["paused"] is True
 
 
 async def test_reload_with_a_changed_limit_starts_it_afresh(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], client: aiohttp.ClientSession
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """A limit whose settings changed is a new limit: the new promise starts now."""
-    proxy, app = await serve(route(scripted, ONE_PER_MINUTE))
-    assert (await get(client, f"{proxy}/api/1")).status == 200
-    assert (await get(client, f"{proxy}/api/2")).status == 429
-    app[STATE].reload(
+    proxy = await make_proxy.serve(route(scripted, ONE_PER_MINUTE))
+    assert (await get(client, f"{proxy.url}/api/1")).status == 200
+    assert (await get(client, f"{proxy.url}/api/2")).status == 429
+    proxy.state.reload(
         config_module.loads(route(scripted, "rate_limit = { rate = 2, per = 60, max_wait = 0 }"))
     )
-    assert (await get(client, f"{proxy}/api/3")).status == 200
+    assert (await get(client, f"{proxy.url}/api/3")).status == 200
 
 
 async def test_attempts_are_counted_when_a_retry_is_refused_by_the_limit(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], client: aiohttp.ClientSession
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """An exchange that ends in our 429 after reaching the upstream still counts the
     attempt it sent."""
-    proxy, _ = await serve(route(scripted, ONE_PER_MINUTE + "\nretry = { backoff = 0.01 }"))
+    proxy = await make_proxy(route(scripted, ONE_PER_MINUTE + "\nretry = { backoff = 0.01 }"))
     scripted.script = [(429, {})]
     refused = await get(client, f"{proxy}/api/x")
     assert refused.status == 429
@@ -133,10 +110,10 @@ async def test_attempts_are_counted_when_a_retry_is_refused_by_the_limit(
 
 
 async def test_own_endpoints_are_counted_and_logged_as_requests(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], client: aiohttp.ClientSession
+    scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """Health checks and scrapes are requests too: they appear in the request metrics."""
-    proxy, _ = await serve(route(scripted))
+    proxy = await make_proxy(route(scripted))
     for _ in range(3):
         assert (await get(client, f"{proxy}/-/health")).status == 200
     async with client.get(f"{proxy}/-/metrics") as answer:
@@ -147,10 +124,10 @@ async def test_own_endpoints_are_counted_and_logged_as_requests(
 
 @pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"])
 async def test_loopback_admin_access_admits_the_whole_loopback_range(
-    scripted: Scripted, serve: Callable[[str], Awaitable[Started]], source: str
+    scripted: Scripted, make_proxy: ProxyFactory, source: str
 ) -> None:
     """admin_access = "loopback" means this host, all of 127.0.0.0/8, not one address."""
-    proxy, _ = await serve('[server]\nadmin_access = "loopback"\n' + route(scripted))
+    proxy = await make_proxy('[server]\nadmin_access = "loopback"\n' + route(scripted))
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with aiohttp.ClientSession(connector=connector) as session:
         answer = await get(session, f"{proxy}/-/status")

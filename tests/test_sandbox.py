@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from proxy.sandbox import SandboxSettings, add_arguments, build_sandbox_app, serve
@@ -123,12 +124,12 @@ SandboxFactory = Callable[..., Awaitable[Sandbox]]
 
 
 @pytest.fixture
-def make_sandbox(aiohttp_server, aiohttp_client) -> SandboxFactory:  # type: ignore[no-untyped-def]
+def make_sandbox(aiohttp_client: AiohttpClient) -> SandboxFactory:
     async def factory(settings: SandboxSettings | None = None, real_time: bool = False) -> Sandbox:
         clock = FakeClock()
         app = build_sandbox_app(settings, clock=time.time if real_time else clock)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        return Sandbox(await aiohttp_client(server), clock)
+        client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1"})
+        return Sandbox(client, clock)
 
     return factory
 

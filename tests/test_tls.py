@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import trustme
 from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from .conftest import ProxyFactory
 
@@ -17,9 +18,7 @@ async def _hello(request: web.Request) -> web.Response:
 
 
 async def test_tls_is_verified_and_ca_file_trusts_a_private_ca(
-    aiohttp_server,
-    make_proxy: ProxyFactory,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    aiohttp_server: AiohttpServer, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     """An upstream signed by an unknown CA is refused (502) unless its CA is configured."""
     ca = trustme.CA()

@@ -135,7 +135,7 @@ async def test_expired_token_is_not_served_during_an_outage() -> None:
 async def test_transient_backoff_grows_to_its_cap_and_honours_retry_after() -> None:
     """Delays double from `backoff` to `max_backoff`; a longer Retry-After wins."""
     clock = Clock()
-    scheme = ScriptedScheme([transient()] * 6 + [transient("http_429", retry_after=42.0)])
+    scheme = ScriptedScheme([*[transient()] * 6, transient("http_429", retry_after=42.0)])
     tokens = manager(scheme, clock, "fetch_retry = { backoff = 1, max_backoff = 8 }\n")
     delays = []
     for _ in range(7):

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 
 from .conftest import ProxyFactory, Scripted, get, route
 
@@ -117,6 +118,9 @@ async def test_503_is_retried_only_when_configured_and_with_retry_after(
     assert len(scripted.arrivals) == 4  # /a twice, /b and /c once
 
 
+# Client, proxy and upstream share this process: coverage's tracing slows them and
+# bunches the arrivals it measures (alone under --cov, 5 runs in 6 failed).
+@pytest.mark.no_cover
 async def test_rate_limit_windows_hold_at_the_upstream(
     scripted: Scripted, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:

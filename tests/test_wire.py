@@ -10,73 +10,17 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import pytest
 import trustme
 
-from proxy import config as config_module
-from proxy.app import STATE, Runner, build_app, start
 from proxy.http.client import Pool
 
-from .rawpeer import FIN, RST, Answer, ScriptedUpstream, Step
-
-PeerFactory = Callable[..., Awaitable[ScriptedUpstream]]
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[PeerFactory]:
-    """Raw upstreams (tests/rawpeer.py), one script of steps per request."""
-    made: list[ScriptedUpstream] = []
-
-    async def factory(*scripts: list[Step]) -> ScriptedUpstream:
-        upstream = ScriptedUpstream(tuple(Answer(tuple(steps)) for steps in scripts))
-        await upstream.start()
-        made.append(upstream)
-        return upstream
-
-    yield factory
-    for upstream in made:
-        await upstream.close()
-
-
-@dataclass
-class Proxy:
-    url: str
-    runner: Runner
-    lines: list[dict[str, Any]]
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        return host, int(port)
-
-    def state(self) -> Any:
-        return self.runner.app[STATE]
-
-
-ProxyMaker = Callable[..., Awaitable[Proxy]]
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[ProxyMaker]:
-    """An in-process proxy whose access lines are kept; shut down at the end."""
-    runners: list[Runner] = []
-
-    async def factory(toml: str, grace: float = 1.0) -> Proxy:
-        lines: list[dict[str, Any]] = []
-        app = build_app(config_module.loads(toml, {}), access_log=lines.append)
-        runner, addresses = await start(app, "127.0.0.1", 0, shutdown_timeout=grace)
-        runners.append(runner)
-        host, port = addresses[0]
-        return Proxy(f"http://{host}:{port}", runner, lines)
-
-    yield factory
-    for runner in runners:
-        await runner.cleanup()
+from .conftest import ProxyFactory
+from .rawclient import Received, exchange, send
+from .rawpeer import FIN, RST, RawUpstreams, Step
 
 
 def routes(port: int, extra: str = "", server: str = "") -> str:
@@ -87,26 +31,6 @@ def routes(port: int, extra: str = "", server: str = "") -> str:
     )
 
 
-async def talk(
-    proxy: Proxy, data: bytes, *, until: float = 5.0
-) -> tuple[bytes, BaseException | None]:
-    """Send raw bytes; read until the proxy closes. Returns what arrived and how the
-    connection ended: None for a clean close (FIN), the error for a reset."""
-    reader, writer = await asyncio.open_connection(*proxy.address)
-    writer.write(data)
-    got = bytearray()
-    ended: BaseException | None = None
-    try:
-        async with asyncio.timeout(until):
-            while chunk := await reader.read(65536):
-                got += chunk
-    except ConnectionResetError as exc:
-        ended = exc
-    finally:
-        writer.close()
-    return bytes(got), ended
-
-
 def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%b\r\n%b" % (len(body), extra, body)
 
@@ -115,17 +39,17 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
 
 
 async def test_100_continue_waits_for_the_answer_ahead_of_it(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """A pipelined request with Expect: 100-continue gets its 100 only after the answer
     still streaming ahead of it has ended, never inside it."""
-    slow = [
+    slow: list[Step] = [
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
         0.3,
         b"6\r\nsecond\r\n0\r\n\r\n",
     ]
-    up = await peer(slow, [ok(b"posted")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream(slow, [ok(b"posted")])
+    running = await make_proxy.serve(routes(up.port))
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(
         b"GET /p/slow HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -148,11 +72,11 @@ async def test_100_continue_waits_for_the_answer_ahead_of_it(
 
 
 async def test_expect_with_trailing_whitespace_is_recognised(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """`Expect: 100-continue ` (trailing space) still gets its 100 Continue."""
-    up = await peer([ok(b"done")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream([ok(b"done")])
+    running = await make_proxy.serve(routes(up.port))
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(
         b"PUT /p/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue \t\r\nContent-Length: 3\r\n\r\n"
@@ -165,13 +89,13 @@ async def test_expect_with_trailing_whitespace_is_recognised(
 
 
 async def test_no_100_continue_for_a_request_refused_before_its_body(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """A request refused without reading its body gets its final answer, no 100 first."""
-    up = await peer()
-    running = await proxy(routes(up.port))
-    got, _ = await talk(
-        running,
+    up = await raw_upstream()
+    running = await make_proxy.serve(routes(up.port))
+    got = await send(
+        running.url,
         b"POST /nowhere HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
     )
     assert got.startswith(b"HTTP/1.1 404")
@@ -182,7 +106,7 @@ async def test_no_100_continue_for_a_request_refused_before_its_body(
 
 
 async def test_upstream_trailers_end_the_answer_cleanly(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """A chunked answer ending in a trailer section reaches the client whole, with its
     last chunk and without the trailer fields, and the connection stays usable."""
@@ -190,8 +114,8 @@ async def test_upstream_trailers_end_the_answer_cleanly(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
         b"4\r\ndata\r\n0\r\nX-Checksum: abc\r\nX-More: 1\r\n\r\n"
     )
-    up = await peer([with_trailers], [ok(b"again")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream([with_trailers], [ok(b"again")])
+    running = await make_proxy.serve(routes(up.port))
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(b"GET /p/t HTTP/1.1\r\nHost: x\r\n\r\n")
     async with asyncio.timeout(3):  # well under the 1 s read timeout's cut plus slack
@@ -208,13 +132,13 @@ async def test_upstream_trailers_end_the_answer_cleanly(
 
 
 async def test_request_trailers_get_exactly_one_answer(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """A chunked request ending with trailers (sent in reads of their own, after a large
     head) gets one answer, and the next request on the connection gets the next; the
     trailers are not forwarded."""
-    up = await peer([ok(b"one")], [ok(b"two")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream([ok(b"one")], [ok(b"two")])
+    running = await make_proxy.serve(routes(up.port))
     reader, writer = await asyncio.open_connection(*running.address)
     pieces = [
         b"POST /p/a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"h" * 40000 + b"\r\n"
@@ -234,12 +158,14 @@ async def test_request_trailers_get_exactly_one_answer(
     assert b"X-Sum" not in up.seen[0].raw
 
 
-async def test_endless_request_trailers_are_bounded(peer: PeerFactory, proxy: ProxyMaker) -> None:
+async def test_endless_request_trailers_are_bounded(
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
+) -> None:
     """A trailer section that never ends is refused once it passes the head limit (64
     KiB, counted from the first read that holds trailer bytes only), with one answer
     (400) and nothing sent upstream."""
-    up = await peer([ok(b"never")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream([ok(b"never")])
+    running = await make_proxy.serve(routes(up.port))
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(
         b"POST /p/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -281,12 +207,14 @@ def _get(version: str) -> bytes:
     return f"GET /p/x HTTP/{version}\r\nHost: x\r\n{close}\r\n".encode()
 
 
-def _looks_whole(got: bytes, ended: BaseException | None, version: str) -> bool:
+def _looks_whole(got: Received, version: str) -> bool:
     """Could a client take this answer for complete? Only if the connection ended cleanly
-    and the framing the client was given is satisfied."""
-    if ended is not None:
-        return False  # a reset: the client knows it was cut
-    head, _, body = got.partition(b"\r\n\r\n")
+    and the framing the client was given is satisfied. (A connection the proxy leaves open
+    fails the test: every answer here ends it.)"""
+    assert got.end != "open", got
+    if got.end == "rst":
+        return False  # the client knows it was cut
+    head, _, body = got.data.partition(b"\r\n\r\n")
     length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
     if length:
         return len(body) >= int(length.group(1))
@@ -298,61 +226,62 @@ def _looks_whole(got: bytes, ended: BaseException | None, version: str) -> bool:
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 @pytest.mark.parametrize("cut", list(CUTS))
 async def test_a_cut_answer_never_looks_whole(
-    peer: PeerFactory, proxy: ProxyMaker, cut: str, version: str
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, cut: str, version: str
 ) -> None:
     """However the upstream's answer breaks off, the client can tell: a short body under
     its Content-Length, no last chunk, or a reset where the close would end the body."""
-    up = await peer(CUTS[cut])
-    running = await proxy(routes(up.port))
-    got, ended = await talk(running, _get(version))
-    if got.startswith(b"HTTP/1.1 502"):
+    up = await raw_upstream(CUTS[cut])
+    running = await make_proxy.serve(routes(up.port))
+    got = await exchange(running.url, _get(version))
+    if got.data.startswith(b"HTTP/1.1 502"):
         # Broken before any of its body came: the answer's head was still ours to hold
         # back, and the client gets a whole 502 instead of a cut 200.
-        assert b"X-Proxy-Error: upstream_unreachable" in got
+        assert b"X-Proxy-Error: upstream_unreachable" in got.data
         return
-    assert got.startswith(b"HTTP/1.1 200"), got[:100]
-    assert not _looks_whole(got, ended, version), (got, ended)
+    assert got.data.startswith(b"HTTP/1.1 200"), got.data[:100]
+    assert not _looks_whole(got, version), got
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 async def test_a_whole_close_delimited_answer_ends_cleanly(
-    peer: PeerFactory, proxy: ProxyMaker, version: str
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, version: str
 ) -> None:
     """The control: a close-delimited answer that ends with the upstream's FIN is whole
     (last chunk for HTTP/1.1, a clean close for HTTP/1.0)."""
-    up = await peer([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 0.05, FIN])
-    running = await proxy(routes(up.port))
-    got, ended = await talk(running, _get(version))
-    assert ended is None
-    assert _looks_whole(got, ended, version)
-    assert got.replace(b"a\r\naaaaaaaaaa\r\n0\r\n\r\n", b"aaaaaaaaaa").endswith(b"a" * 10)
+    up = await raw_upstream([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 0.05, FIN])
+    running = await make_proxy.serve(routes(up.port))
+    got = await exchange(running.url, _get(version))
+    assert got.end == "fin"
+    assert _looks_whole(got, version)
+    assert got.data.replace(b"a\r\naaaaaaaaaa\r\n0\r\n\r\n", b"aaaaaaaaaa").endswith(b"a" * 10)
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 async def test_shutdown_grace_running_out_cuts_visibly(
-    peer: PeerFactory, proxy: ProxyMaker, version: str
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, version: str
 ) -> None:
     """An answer still streaming when shutdown_grace runs out ends with a reset (HTTP/1.0)
     or without its last chunk (HTTP/1.1), never with a clean close."""
-    up = await peer([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 5.0])
-    running = await proxy(routes(up.port), grace=0.3)
+    up = await raw_upstream([b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 10, 5.0])
+    running = await make_proxy.serve(routes(up.port), grace=0.3)
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(f"GET /p/x HTTP/{version}\r\nHost: x\r\n\r\n".encode())
     got = bytearray()
-    ended: BaseException | None = None
+    end: Literal["fin", "rst"] = "fin"
     async with asyncio.timeout(5):
         got += await reader.readuntil(b"a" * 10)
-        stopping = asyncio.ensure_future(running.runner.cleanup())
+        stopping = asyncio.ensure_future(running.stop())
         try:
             while chunk := await reader.read(65536):
                 got += chunk
-        except ConnectionResetError as exc:
-            ended = exc
+        except ConnectionResetError:
+            end = "rst"
         await stopping
     writer.close()
-    assert not _looks_whole(bytes(got), ended, version), (bytes(got), ended)
+    cut = Received(bytes(got), end)
+    assert not _looks_whole(cut, version), cut
     if version == "1.0":
-        assert ended is not None
+        assert cut.end == "rst"
 
 
 # -- odd bytes --------------------------------------------------------------------------------
@@ -369,34 +298,36 @@ def _requests_total(text: str) -> dict[str, float]:
     return {labels: float(value) for labels, value in found if float(value)}
 
 
-async def test_a_key_that_is_not_utf8_is_a_401(peer: PeerFactory, proxy: ProxyMaker) -> None:
+async def test_a_key_that_is_not_utf8_is_a_401(
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
+) -> None:
     """An X-Proxy-Key holding a byte that is not UTF-8 is a wrong key: 401, an access
     line saying 401, counted once, nothing sent upstream."""
-    up = await peer([ok(b"no")])
-    running = await proxy(_with_client(up.port))
-    got, _ = await talk(
-        running,
+    up = await raw_upstream([ok(b"no")])
+    running = await make_proxy.serve(_with_client(up.port))
+    got = await send(
+        running.url,
         b"GET /p/x HTTP/1.1\r\nHost: x\r\nX-Proxy-Key: crm-key-\xff\xfe\r\n"
         b"Connection: close\r\n\r\n",
     )
     assert got.startswith(b"HTTP/1.1 401")
     assert b"X-Proxy-Error: unauthorized" in got
     assert [line["status"] for line in running.lines] == [401]
-    counts = _requests_total(running.state().metrics.exposition().decode())
+    counts = _requests_total(running.state.metrics.exposition().decode())
     assert list(counts.values()) == [1.0]
     assert "4xx" in next(iter(counts))
     assert up.seen == []
 
 
 async def test_a_valid_key_with_trailing_whitespace_is_accepted(
-    peer: PeerFactory, proxy: ProxyMaker
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory
 ) -> None:
     """`X-Proxy-Key: <key> ` (trailing space or tab) is the key: whitespace around a field
     value is not part of it."""
-    up = await peer([ok(b"yes")])
-    running = await proxy(_with_client(up.port))
-    got, _ = await talk(
-        running,
+    up = await raw_upstream([ok(b"yes")])
+    running = await make_proxy.serve(_with_client(up.port))
+    got = await send(
+        running.url,
         f"GET /p/x HTTP/1.1\r\nHost: x\r\nX-Proxy-Key: {KEY} \t\r\n"
         "Connection: close\r\n\r\n".encode(),
     )
@@ -406,24 +337,24 @@ async def test_a_valid_key_with_trailing_whitespace_is_accepted(
 
 @pytest.mark.parametrize("value", [b"\xc2\xb2", b"\xff", b"\xd9\xa1", b"12\xe2\x80\x8b"])
 async def test_a_retry_after_with_non_ascii_bytes_is_ignored(
-    peer: PeerFactory, proxy: ProxyMaker, value: bytes
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, value: bytes
 ) -> None:
     """An upstream 429 whose Retry-After holds non-ASCII bytes is taken as one without a
     Retry-After: the client gets an answer (never a 500), and the upstream connection is
     released."""
     throttled = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %b\r\nContent-Length: 0\r\n\r\n"
-    up = await peer([throttled % value])
-    running = await proxy(routes(up.port, "retry = { attempts = 1 }"))
-    got, _ = await talk(running, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    up = await raw_upstream([throttled % value])
+    running = await make_proxy.serve(routes(up.port, "retry = { attempts = 1 }"))
+    got = await send(running.url, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 429"), got
     assert [line["status"] for line in running.lines] == [429]
-    pool = running.state().runtime.targets["/p"].transport
+    pool = running.state.runtime.targets["/p"].transport
     assert isinstance(pool, Pool)
     assert pool._count == len(pool._idle)  # no connection left checked out
 
 
 async def test_a_failing_handler_is_logged_and_counted_once_as_500(
-    peer: PeerFactory, proxy: ProxyMaker, monkeypatch: pytest.MonkeyPatch
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug in the handler (simulated: no input reaches one now) gives the client a 500,
     the access line 500, the metrics one 5xx and no 4xx."""
@@ -433,13 +364,13 @@ async def test_a_failing_handler_is_logged_and_counted_once_as_500(
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(headers_module.HeaderPolicy, "upstream_request", broken)
-    up = await peer([ok(b"never")])
-    running = await proxy(routes(up.port))
-    got, _ = await talk(running, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    up = await raw_upstream([ok(b"never")])
+    running = await make_proxy.serve(routes(up.port))
+    got = await send(running.url, b"GET /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 500")
     assert b"X-Proxy-Error: internal_error" in got
     assert [line["status"] for line in running.lines] == [500]
-    counts = _requests_total(running.state().metrics.exposition().decode())
+    counts = _requests_total(running.state.metrics.exposition().decode())
     assert list(counts.values()) == [1.0]
     assert "5xx" in next(iter(counts))
 
@@ -451,13 +382,13 @@ async def test_a_failing_handler_is_logged_and_counted_once_as_500(
     "target", [b"/-/<svg>onload", b"/nowhere/<svg>onload", b"/-/status%3Csvg%3Eonload"]
 )
 async def test_errors_echo_no_word_of_the_request(
-    peer: PeerFactory, proxy: ProxyMaker, target: bytes
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, target: bytes
 ) -> None:
     """A 404 says there is no route, without repeating the path it was given."""
-    up = await peer()
-    running = await proxy(routes(up.port))
-    got, _ = await talk(
-        running, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    up = await raw_upstream()
+    running = await make_proxy.serve(routes(up.port))
+    got = await send(
+        running.url, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert got.startswith(b"HTTP/1.1 404")
     assert b"svg" not in got.lower()
@@ -466,14 +397,14 @@ async def test_errors_echo_no_word_of_the_request(
 
 @pytest.mark.parametrize("value", ["\u00b2\u00b3\u00b9", "\u0661", "1 2", "-1"])
 async def test_a_max_forwards_that_is_no_ascii_number_is_refused_unechoed(
-    peer: PeerFactory, proxy: ProxyMaker, value: str
+    raw_upstream: RawUpstreams, make_proxy: ProxyFactory, value: str
 ) -> None:
     """Max-Forwards of superscript or Arabic-Indic digits is a 400 that does not repeat
     it, and nothing is forwarded."""
-    up = await peer([ok(b"never")])
-    running = await proxy(routes(up.port))
+    up = await raw_upstream([ok(b"never")])
+    running = await make_proxy.serve(routes(up.port))
     head = f"OPTIONS /p/x HTTP/1.1\r\nHost: x\r\nMax-Forwards: {value}\r\n\r\n"
-    got, _ = await talk(running, head.encode())
+    got = await send(running.url, head.encode())
     assert got.startswith(b"HTTP/1.1 400")
     assert value.encode() not in got
     assert b"int()" not in got
@@ -502,7 +433,7 @@ def _tls_upstream(context: ssl.SSLContext, ragged: bool, ports: list[int]) -> No
 
 @pytest.mark.parametrize("ragged", [False, True])
 async def test_a_tls_answer_without_close_notify_is_cut(
-    proxy: ProxyMaker, tmp_path: Path, ragged: bool
+    make_proxy: ProxyFactory, tmp_path: Path, ragged: bool
 ) -> None:
     """Over TLS a close-delimited answer ends with the upstream's close_notify; a TCP FIN
     without it is a truncation, and an HTTP/1.0 client gets a reset, not a clean end."""
@@ -515,11 +446,11 @@ async def test_a_tls_answer_without_close_notify_is_cut(
     thread.start()
     while not ports:
         await asyncio.sleep(0.01)
-    running = await proxy(
+    running = await make_proxy.serve(
         f'[[routes]]\nprefix = "/p"\nupstream = "https://127.0.0.1:{ports[0]}"\n'
         f'ca_file = "{tmp_path / "ca.pem"}"\ntimeout = {{ connect = 2, read = 3 }}\n'
     )
-    got, ended = await talk(running, b"GET /p/x HTTP/1.0\r\n\r\n")
+    got = await exchange(running.url, b"GET /p/x HTTP/1.0\r\n\r\n")
     thread.join(5)
-    assert got.endswith(b"partial-body")
-    assert _looks_whole(got, ended, "1.0") is (not ragged)
+    assert got.data.endswith(b"partial-body")
+    assert _looks_whole(got, "1.0") is (not ragged)

@@ -19,7 +19,7 @@ from .app import STATE, build_app, start
 from .config import Config
 from .errors import ConfigError, ListenError
 from .observe import logs
-from .workers import announce_ready, per_worker, supervise
+from .workers import announce_ready, supervise
 
 EXIT_CONFIG: int = 2
 
@@ -107,11 +107,7 @@ async def _serve(
     """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     log = structlog.get_logger("proxy")
     _loaded(log, path, config)
-    app = build_app(
-        per_worker(config, workers),
-        on_secrets=redactor.update,
-        access_log=access_log,
-    )
+    app = build_app(config, on_secrets=redactor.update, access_log=access_log, workers=workers)
     runner, addresses = await start(
         app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
     )
@@ -129,7 +125,7 @@ async def _serve(
             return
         _loaded(log, path, fresh)
         try:
-            app[STATE].reload(per_worker(fresh, workers))
+            app[STATE].reload(fresh)
         except ConfigError as exc:  # a ca_file changed between loading and use
             log.error("config_reload_failed", path=path, problems=exc.problems)
 

@@ -48,13 +48,14 @@ class ProxyState:
         config: Config,
         access_log: AccessLog | None = None,
         request_ids: RequestIds | None = None,
+        workers: int = 1,
     ) -> None:
         self.metrics = Metrics()
         self.request_ids = request_ids or RequestIds()
         self.access_log = access_log
         # For what the proxy answers itself: those requests never reach a Runtime's pipeline.
         self.accounting = Accounting(self.metrics, access_log)
-        self.runtime = Runtime(config, self.metrics, access_log)
+        self.runtime = Runtime(config, self.metrics, access_log, workers=workers)
         self._retiring: set[asyncio.Task[None]] = set()
         # Told every credential of each config loaded, for the log redactor.
         self.on_secrets: Callable[[list[str]], None] | None = None
@@ -131,13 +132,14 @@ async def _ready(request: Request, state: ProxyState) -> Reply:
 
 
 async def _status(request: Request, state: ProxyState) -> Reply:
-    """Routes with their limits and pauses, and each auth's token state (never a token)."""
+    """Routes with their limits and pauses, each auth's token state (never a token), the
+    clients, and the state backend."""
     runtime = state.runtime
     routes = {
         prefix: {
             "upstream": target.route.upstream.url,
             "auth": target.route.auth,
-            "cooldown": target.cooldown.status(),
+            "cooldown": target.route_pause.status(),
             "learned_rate": target.adaptive.status(),
             "limits": {limit.name: limit.status() for limit in target.limits},
             "in_flight": target.budget.active,
@@ -154,7 +156,9 @@ async def _status(request: Request, state: ProxyState) -> Reply:
         }
         for name, client in sorted(runtime.clients.items())
     }
-    return _json({"routes": routes, "auth": auth, "clients": clients})
+    return _json(
+        {"routes": routes, "auth": auth, "clients": clients, "state": runtime.state.health()}
+    )
 
 
 async def _metrics(request: Request, state: ProxyState) -> Reply:
@@ -233,8 +237,10 @@ class ProxyApp:
         config: Config,
         on_secrets: Callable[[list[str]], None] | None,
         access_log: AccessLog | None,
+        workers: int = 1,
     ) -> None:
         self._config = config
+        self._workers = workers
         self._on_secrets = on_secrets
         self._access_log = access_log
         self._state: ProxyState | None = None
@@ -250,10 +256,11 @@ class ProxyApp:
         return self._state
 
     async def open(self) -> None:
-        state = ProxyState(self._config, self._access_log, self._request_ids)
+        state = ProxyState(self._config, self._access_log, self._request_ids, self._workers)
         state.on_secrets = self._on_secrets
         state._watch()
         self._state = state
+        await state.runtime.state.start()
         state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
 
     def refusal(self, error: ProxyError) -> Reply:
@@ -279,13 +286,16 @@ def build_app(
     config: Config,
     on_secrets: Callable[[list[str]], None] | None = None,
     access_log: AccessLog | Literal["structlog"] | None = "structlog",
+    workers: int = 1,
 ) -> ProxyApp:
     """The proxy as an app; upstream pools and token managers open on start and close on
     cleanup (after in-flight requests had their grace period). ``access_log`` writes each
-    request's line (None: no access lines); by default they go through structlog."""
+    request's line (None: no access lines); by default they go through structlog.
+    ``workers``: how many processes serve this config (each keeps its own limits' share
+    while the state is per process)."""
     if access_log == "structlog":
         access_log = structlog_access_log()
-    return ProxyApp(config, on_secrets, access_log)
+    return ProxyApp(config, on_secrets, access_log, workers)
 
 
 class Runner:

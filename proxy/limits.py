@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from typing import Any, Protocol
 
+from .clock import MONOTONIC, Clock
 from .config import RateLimitConfig
 from .errors import RateLimitedError
 from .state.base import Capacity
@@ -50,7 +50,7 @@ class Limit(Protocol):
     async def acquire(self, deadline: float | None = None) -> float:
         """Take one slot, waiting in line if needed; return the seconds waited. Raises
         RateLimitedError, before anything is sent, when the wait would pass ``max_wait``
-        or ``deadline`` (on the clock of the route asking: time.monotonic() in the proxy)."""
+        or ``deadline`` (a reading of the clock the limit was given, the route's)."""
         ...
 
     def status(self) -> dict[str, Any]:
@@ -65,10 +65,22 @@ class Limit(Protocol):
 class RateLimit:
     """One limit, shared by every request that passes it, over slots from the state."""
 
-    __slots__ = ("_capacity", "_config", "_dispatcher", "_line", "_name", "_rate", "rejected")
+    __slots__ = (
+        "_capacity",
+        "_clock",
+        "_config",
+        "_dispatcher",
+        "_line",
+        "_name",
+        "_rate",
+        "rejected",
+    )
 
-    def __init__(self, name: str, config: RateLimitConfig, capacity: Capacity) -> None:
+    def __init__(
+        self, name: str, config: RateLimitConfig, capacity: Capacity, clock: Clock = MONOTONIC
+    ) -> None:
         self._name = name
+        self._clock = clock
         self._config = config
         self._rate = config.rate / config.per
         self._capacity = capacity
@@ -95,7 +107,7 @@ class RateLimit:
             await capacity.acquire()  # a slot is there: returns without suspending
             return 0.0
         budget = self._config.max_wait
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if deadline is not None:
             budget = min(budget, deadline - now)
         # In a full bucket a slot frees every 1/rate seconds: everyone ahead, then us.
@@ -114,7 +126,7 @@ class RateLimit:
         finally:
             # A ticket given up (timeout, or the client left) is skipped by the dispatcher.
             ticket.cancel()
-        return time.monotonic() - now
+        return self._clock.monotonic() - now
 
     async def _dispatch(self) -> None:
         line = self._line
@@ -133,7 +145,8 @@ class RateLimit:
             self._dispatcher = None
 
     async def close(self) -> None:
-        """Stop the dispatcher (shutdown); waiters still in line are cancelled."""
+        """Stop the dispatcher (shutdown or a reload that replaced the limit); waiters still
+        in line are cancelled, and the capacity is closed."""
         task = self._dispatcher
         if task is not None:
             task.cancel()
@@ -142,6 +155,7 @@ class RateLimit:
         for ticket in self._line:
             ticket.cancel()
         self._line.clear()
+        await self._capacity.close()
 
     def _reject(self, retry_after: float) -> RateLimitedError:
         self.rejected += 1

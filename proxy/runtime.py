@@ -109,12 +109,15 @@ class Runtime:
         metrics: Metrics,
         access_log: AccessLog | None = None,
         previous: Runtime | None = None,
+        workers: int = 1,
     ) -> None:
         # First: a ca_file that fails leaves nothing opened or handed over to close again.
         stores = _trust_stores(config)
-        self.config = config
-        # What processes will share, kept across reloads: one per process.
-        self.state: State = previous.state if previous is not None else open_state(config)
+        # What processes will share, kept across reloads: one per process. A reload keeps
+        # it whatever [state] now says (app.py warns): the backend changes on restart.
+        self.state: State = previous.state if previous is not None else open_state(config, workers)
+        # Each limit as this process enforces it (its share, when workers keep their own).
+        config = self.config = self.state.share(config)
         # One spool budget per process: bodies buffered under the old config still count.
         self.spool: Spool = previous.spool if previous is not None else Spool()
         self.spool.configure(config.server)
@@ -177,7 +180,7 @@ class Runtime:
             old = previous.targets.get(route.prefix) if previous is not None else None
             same_vendor = old is not None and old.route.upstream == route.upstream
             # Same vendor: its pause and the rate learned from it carry on.
-            pause = old.cooldown if old is not None and same_vendor else None
+            pause = old.route_pause if old is not None and same_vendor else None
             target = Target(
                 route,
                 self._sessions[key],
@@ -185,7 +188,9 @@ class Runtime:
                 limits,
                 metrics,
                 self.spool,
-                pause=pause or self.state.route_pause(route.prefix),
+                pause=self.state.route_pause(route.prefix, route.upstream.url)
+                if pause is None
+                else pause,
             )
             if previous is not None and old is not None and same_vendor:
                 old.adaptive.ceiling = target.adaptive.ceiling
@@ -260,7 +265,9 @@ class Runtime:
 
     def pauses(self) -> list[tuple[str, float, float | None]]:
         """Per route: seconds paused in all, and the learned rate (None: not pacing)."""
-        return [(p, t.cooldown.paused_seconds, t.adaptive.rate()) for p, t in self.targets.items()]
+        return [
+            (p, t.route_pause.paused_seconds, t.adaptive.rate()) for p, t in self.targets.items()
+        ]
 
     def token_expiry(self) -> list[tuple[str, float | None]]:
         return [(n, m.status()["expires_in_s"]) for n, m in self.tokens.items()]
@@ -281,9 +288,10 @@ class Runtime:
             await session.close()
 
 
-def open_state(config: Config) -> State:
-    """The state backend ``[state]`` asks for; one per process, kept across reloads."""
+def open_state(config: Config, workers: int = 1) -> State:
+    """The state backend ``[state]`` asks for, for one of ``workers`` processes; one per
+    process, kept across reloads."""
     backend = config.state.backend
     if backend == "local":
-        return LocalState()
+        return LocalState(workers=workers)
     raise ConfigError([f"state.backend: no backend {backend!r}"])  # the loader refused it

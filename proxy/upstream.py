@@ -31,7 +31,6 @@ from .observe.metrics import Metrics, RouteMetrics
 from .redirects import Redirects
 from .retry import RetryBudget, exhausted_for, retry_delay
 from .state.base import RoutePause
-from .state.local import LocalPause
 
 log = structlog.get_logger("proxy.upstream")
 
@@ -47,7 +46,6 @@ class Target:
         "budget",
         "clock",
         "connect_timeout",
-        "cooldown",
         "limits",
         "metrics",
         "provider",
@@ -56,6 +54,7 @@ class Target:
         "replay_limit",
         "retry",
         "route",
+        "route_pause",
         "spool",
         "strip_authorization",
         "transport",
@@ -69,7 +68,8 @@ class Target:
         limits: tuple[Limit, ...] = (),
         metrics: Metrics | None = None,
         spool: Spool | None = None,
-        pause: RoutePause | None = None,
+        *,
+        pause: RoutePause,
         clock: Clock = MONOTONIC,
     ) -> None:
         self.route = route
@@ -81,7 +81,7 @@ class Target:
         # The pause and the learned rate keep time on the clock the exchange reads; the
         # deadlines handed to the limits are on it too, so they must share its time.
         self.clock = clock
-        self.cooldown = pause or LocalPause(route.prefix, clock)
+        self.route_pause = pause
         # Learned from the upstream's 429s; never above the route's own limits.
         ceiling = min((limit.rate for limit in limits), default=None)
         self.adaptive = AdaptiveRate(f"route {route.prefix}", ceiling, clock)
@@ -114,9 +114,9 @@ class Outbound:
     method: str
     path: str
     headers: CIMultiDict[str]
-    body: bytes | BodyStream | None = None
-    length: int | None = None
-    replayable: bool = True  # the body can be sent again (bytes, or none)
+    body: bytes | BodyStream | None
+    length: int | None
+    replayable: bool  # the body can be sent again (bytes, or none)
     provider: TokenProvider | None = None
     limits: tuple[Limit, ...] = ()
 
@@ -201,7 +201,7 @@ async def exchange(target: Target, outbound: Outbound, record: ExchangeRecord) -
                     adaptive.throttled(sent_at)
                     delay, hinted = retry_delay(retry, attempt, response.headers)
                     if hinted:
-                        target.cooldown.pause(delay, f"upstream_{status}")
+                        target.route_pause.pause(delay, f"upstream_{status}")
                     # The budget keeps retries from multiplying the load; it limits
                     # retries, not requests that waited in a pause: those were released
                     # at the learned rate, and keep their attempts.
@@ -234,7 +234,7 @@ async def exchange(target: Target, outbound: Outbound, record: ExchangeRecord) -
                 else:
                     pause = exhausted_for(response.headers)
                     if pause:
-                        target.cooldown.pause(pause, "ratelimit_exhausted")
+                        target.route_pause.pause(pause, "ratelimit_exhausted")
                 return response
             except BaseException:
                 response.release()  # an answer we will not pass on holds a connection
@@ -269,7 +269,7 @@ async def _admit(
     elif limits:
         deadline = min(give_up, started + min(limit.max_wait for limit in limits))
     while True:
-        paused = target.cooldown.remaining()
+        paused = target.route_pause.remaining()
         if paused > 0:
             if clock.monotonic() + paused > give_up:
                 raise RateLimitedError(f"route {target.route.prefix} paused by upstream", paused)
@@ -280,7 +280,7 @@ async def _admit(
             break  # the common case: nothing learned, nothing to pace (no coroutine)
         # Released from a pause at the learned rate, not all in the same millisecond.
         paced = await target.adaptive.pace(give_up if deadline is None else deadline, arrival)
-        if not paced or not target.cooldown.remaining():
+        if not paced or not target.route_pause.remaining():
             break  # (a pause that began while we were paced is waited out first)
     for limit in limits:
         await limit.acquire(deadline)

@@ -1,15 +1,15 @@
 """``serve --workers N``: N processes sharing one port through SO_REUSEPORT.
 
-Each worker has its own token caches and rate limiters (shared state is a later step), so
-every limit is divided by N: the workers together still never exceed what the upstream
-allows. The parent only supervises: it starts the workers, waits until each is listening,
-passes SIGTERM/SIGINT/SIGHUP on, and exits when they have.
+Each worker has its own token caches and rate limiters (with ``[state] backend =
+"local"``, the only backend so far), so every limit is divided by N (LocalState.share):
+the workers together still never exceed what the upstream allows. The parent only
+supervises: it starts the workers, waits until each is listening, passes
+SIGTERM/SIGINT/SIGHUP on, and exits when they have.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import json
 import os
@@ -20,42 +20,12 @@ from collections.abc import Sequence
 
 import structlog
 
-from .config import Config, RateConfig, RateLimitConfig
 from .errors import ListenError
 
 log = structlog.get_logger("proxy.workers")
 
 READY_FD_ENV = "PROXY_READY_FD"
 STARTUP_TIMEOUT = 30.0
-
-
-def _share(limit: RateLimitConfig | None, n: int) -> RateLimitConfig | None:
-    if limit is None:
-        return None
-    return dataclasses.replace(limit, rate=limit.rate / n, burst=max(1.0, limit.capacity / n))
-
-
-def per_worker(config: Config, n: int) -> Config:
-    """The config one of ``n`` workers serves: every rate limit divided by n."""
-    if n == 1:
-        return config
-    routes = tuple(
-        dataclasses.replace(r, rate_limit=_share(r.rate_limit, n)) for r in config.routes
-    )
-    auth = {}
-    for name, table in config.auth.items():
-        token_rate = table.token_rate
-        if token_rate is not None:
-            # A whole number of token requests per window, at least one per worker.
-            token_rate = RateConfig(rate=max(1, int(token_rate.rate) // n), per=token_rate.per)
-        auth[name] = dataclasses.replace(
-            table, rate_limit=_share(table.rate_limit, n), token_rate=token_rate
-        )
-    clients = {
-        name: dataclasses.replace(c, rate_limit=_share(c.rate_limit, n))
-        for name, c in config.clients.items()
-    }
-    return dataclasses.replace(config, routes=routes, auth=auth, clients=clients)
 
 
 def announce_ready(addresses: list[str]) -> None:

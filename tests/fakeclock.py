@@ -15,13 +15,16 @@ class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._slept = 0
 
     def monotonic(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, id(future), future))
+        # Sleepers due at the same time wake in the order they went to sleep.
+        self._slept += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._slept, future))
         await future
 
     async def run(self, *coroutines: Coroutine[Any, Any, object]) -> None:

@@ -28,6 +28,7 @@ from proxy.http.client import UpstreamProtocolError
 from proxy.http.transport import UpstreamResponse
 from proxy.limits import Limit
 from proxy.state.base import MAX_PAUSE
+from proxy.state.local import LocalPause
 from proxy.upstream import ExchangeRecord, Outbound, Target, exchange
 
 from .fakeclock import Clock
@@ -122,7 +123,8 @@ class Rig:
         self.transport = MockTransport(handler, self.clock)
         toml = f'[[routes]]\nprefix = "/api"\nupstream = "http://127.0.0.1:9"\n{config}\n'
         route = config_module.loads(toml, {}).routes[0]
-        self.target = Target(route, self.transport, provider, limits, clock=self.clock)
+        pause = LocalPause(route.prefix, self.clock)
+        self.target = Target(route, self.transport, provider, limits, pause=pause, clock=self.clock)
 
     def outbound(
         self,
@@ -132,7 +134,7 @@ class Rig:
         limits: tuple[Limit, ...] = (),
     ) -> Outbound:
         return Outbound(
-            "GET", "/x", CIMultiDict(), replayable=replayable, provider=provider, limits=limits
+            "GET", "/x", CIMultiDict(), None, None, replayable, provider=provider, limits=limits
         )
 
     async def exchange(
@@ -275,7 +277,7 @@ async def test_throttling_answers_are_retried_or_passed_on(case: Throttling) -> 
     assert len(rig.transport.sent) == case.attempts
     if case.first_gap is not None:
         assert rig.gaps()[0] == pytest.approx(case.first_gap)
-    assert rig.target.cooldown.remaining() == pytest.approx(case.paused_after)
+    assert rig.target.route_pause.remaining() == pytest.approx(case.paused_after)
     assert (rig.target.budget.active, rig.target.budget.retrying) == (0, case.retrying_elsewhere)
     rig.only_held(answer)
 
@@ -336,7 +338,7 @@ async def test_a_hinted_429_pauses_the_route_and_others_wait_it_out() -> None:
 
     async def second() -> None:
         await rig.clock.sleep(0.5)
-        assert rig.target.cooldown.remaining() == pytest.approx(1.5)
+        assert rig.target.route_pause.remaining() == pytest.approx(1.5)
         await rig.exchange(record=records["second"])
 
     async def first() -> None:
@@ -348,7 +350,7 @@ async def test_a_hinted_429_pauses_the_route_and_others_wait_it_out() -> None:
     assert records["first"].paused == pytest.approx(2.0)
     assert records["second"].paused == pytest.approx(1.5)
     assert records["second"].limiter_wait >= records["second"].paused
-    assert rig.target.cooldown.status()["paused_total_s"] == pytest.approx(2.0)
+    assert rig.target.route_pause.status()["paused_total_s"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(("pause", "refused"), [(20.0, True), (4.0, False)])
@@ -356,7 +358,7 @@ async def test_a_pause_longer_than_max_wait_is_refused_at_once(pause: float, ref
     """A request that cannot wait out the route's pause within max_wait gets
     RateLimitedError at once, nothing sent; a shorter pause is waited out."""
     rig = Rig(script(), "retry = { max_wait = 5 }")
-    rig.target.cooldown.pause(pause, "test")
+    rig.target.route_pause.pause(pause, "test")
     record = ExchangeRecord()
     if refused:
         with pytest.raises(RateLimitedError) as error:
@@ -373,7 +375,7 @@ async def test_an_absurd_retry_after_pauses_the_route_for_max_pause() -> None:
     rig = Rig(script((429, {"Retry-After": "31536000"})))
     answer, record = await rig.one()
     assert (answer.status, record.attempts, record.retry_after) == (429, 1, None)
-    assert rig.target.cooldown.remaining() == MAX_PAUSE
+    assert rig.target.route_pause.remaining() == MAX_PAUSE
 
 
 @pytest.mark.parametrize(
@@ -393,7 +395,7 @@ async def test_ratelimit_headers_saying_nothing_is_left_pause_the_route(
     rig = Rig(script((200, headers)))
     answer, record = await rig.one()
     assert (answer.status, record.attempts) == (200, 1)
-    assert rig.target.cooldown.remaining() == 7.0
+    assert rig.target.route_pause.remaining() == 7.0
     rig.only_held(answer)
     await rig.one()
     assert rig.gaps() == [7.0]

@@ -79,6 +79,7 @@ async def test_reload_keeps_a_spent_limit_and_an_upstream_pause(
     async with client.get(f"{proxy.url}/-/status") as answer:
         status = await answer.json()
     assert status["routes"]["/paused"]["cooldown"]["paused"] is True
+    assert status["state"] == {"backend": "local", "up": True}
 
 
 async def test_reload_with_a_changed_limit_starts_it_afresh(

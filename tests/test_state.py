@@ -25,6 +25,7 @@ class Slots:
 
     def __init__(self, free: int = 0) -> None:
         self.free = free
+        self.closed = False
         self._released = asyncio.Event()
 
     def has_capacity(self) -> bool:
@@ -39,6 +40,9 @@ class Slots:
     def give(self, count: int = 1) -> None:
         self.free += count
         self._released.set()
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 async def settle() -> None:
@@ -119,6 +123,7 @@ async def test_waiters_get_slots_first_come_first_served() -> None:
     await asyncio.gather(*tasks)
     assert order == [0, 1, 2, 3, 4]
     await limit.close()
+    assert slots.closed  # a reload that replaces a limit stops its capacity too
 
 
 async def test_a_wait_past_max_wait_is_refused_at_once() -> None:
@@ -174,11 +179,38 @@ async def test_the_runtime_opens_one_state_and_keeps_it_across_reloads() -> None
     first = Runtime(_config('[state]\nbackend = "local"\n'), metrics)
     assert first.state.backend == "local"
     assert first.state.health() == {"backend": "local", "up": True}
-    first.targets["/a"].cooldown.pause(30, "upstream_429")
+    first.targets["/a"].route_pause.pause(30, "upstream_429")
     second = Runtime(_config(), metrics, previous=first)
     assert second.state is first.state
-    assert second.targets["/a"].cooldown.remaining() > 29
+    assert second.targets["/a"].route_pause.remaining() > 29
     assert second.targets["/a"].limits == first.targets["/a"].limits
     await first.close()
     await second.close()
     await second.state.close()
+
+
+def test_workers_that_keep_their_own_state_each_enforce_their_share() -> None:
+    """With N workers each keeping its own limits, each enforces 1/N of every rate limit
+    (burst at least one) and of token_rate (at least one request); one process all of it."""
+    loaded = config_module.loads(
+        '[auth.a]\ntype = "travelyzer"\ntoken_url = "http://127.0.0.1:9/t"\n'
+        'api_key = "k"\napi_secret = "s"\ntoken_rate = { rate = 100, per = 60 }\n'
+        "rate_limit = { rate = 30, burst = 3 }\n"
+        '[[routes]]\nprefix = "/a"\nupstream = "http://127.0.0.1:9"\nauth = "a"\n'
+        "rate_limit = { rate = 10 }\n"
+        '[clients.c]\nkey = "client-key-0123456789"\nrate_limit = { rate = 4, per = 2 }\n',
+        {},
+    )
+    assert LocalState().share(loaded) is loaded
+    shared = LocalState(workers=4).share(loaded)
+    route_limit = shared.routes[0].rate_limit
+    assert route_limit is not None
+    assert (route_limit.rate, route_limit.capacity) == (2.5, 2.5)
+    auth = shared.auth["a"]
+    assert auth.rate_limit is not None
+    assert auth.token_rate is not None
+    assert (auth.rate_limit.rate, auth.rate_limit.capacity) == (7.5, 1.0)
+    assert (auth.token_rate.rate, auth.token_rate.per) == (25, 60)
+    client_limit = shared.clients["c"].rate_limit
+    assert client_limit is not None
+    assert (client_limit.rate, client_limit.per, client_limit.capacity) == (1.0, 2.0, 1.0)

@@ -107,8 +107,9 @@ def upstream_url(value: str) -> Upstream:
 def token_url_problem(value: str) -> str | None:
     """What is wrong with a token_url, or None; never the URL itself.
 
-    Read by yarl, the parser aiohttp sends the token request with, as written (encoded=True:
-    nothing re-encoded), so that a URL the checks pass is one it sends where it says.
+    Read by yarl, the parser aiohttp reads the URL with to send the token request; here as
+    written (encoded=True), so the checks see the characters the config holds before any
+    percent-encoding, and a URL they pass is one aiohttp sends where it says.
     """
     try:
         url = URL(value, encoded=True)

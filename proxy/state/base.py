@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-from ..config import AuthConfig, RateLimitConfig
+from ..config import AuthConfig, Config, RateLimitConfig
 from .tokens import TokenStore
 
 # The longest an upstream can pause a route: a Retry-After of a year is a bug on its side
@@ -31,6 +31,11 @@ class Capacity(Protocol):
 
     async def acquire(self) -> None:
         """Take one slot, waiting until one is free."""
+        ...
+
+    async def close(self) -> None:
+        """The limit is gone (shutdown, or a reload that changed it): stop whatever keeps
+        slots coming (a shared backend's lease requests); return what is unspent if it can."""
         ...
 
 
@@ -71,8 +76,15 @@ class State(Protocol):
         """The slots of the limit named ``limit`` (e.g. "route /travtus")."""
         ...
 
-    def route_pause(self, route: str) -> RoutePause:
-        """The pause of the route with prefix ``route``."""
+    def share(self, config: Config) -> Config:
+        """The part of every limit (rate limits and token_rate) this process enforces: the
+        whole of it when the state is shared by the processes, 1/N of it in each of N
+        workers that keep their own."""
+        ...
+
+    def route_pause(self, route: str, upstream: str) -> RoutePause:
+        """The pause of the route with prefix ``route`` in front of ``upstream`` (its URL):
+        a route moved to another upstream starts unpaused."""
         ...
 
     def token_store(self, auth: AuthConfig) -> TokenStore:
@@ -82,6 +94,10 @@ class State(Protocol):
 
     def health(self) -> dict[str, Any]:
         """For /-/status: the backend and whether it is usable."""
+        ...
+
+    async def start(self) -> None:
+        """Connect, before the proxy serves; what the state handed out works from then on."""
         ...
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ With ``--workers N`` each worker has its own, and the limits are divided by N
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Final
 
@@ -15,7 +16,7 @@ import structlog
 from aiolimiter import AsyncLimiter
 
 from ..clock import MONOTONIC, Clock
-from ..config import AuthConfig, RateLimitConfig
+from ..config import AuthConfig, Config, RateConfig, RateLimitConfig
 from .base import MAX_PAUSE, Capacity, RoutePause
 from .tokens import LocalTokenStore, TokenStore
 
@@ -24,7 +25,15 @@ log = structlog.get_logger("proxy.retry")
 TRANSIT_MARGIN: Final = 0.02  # seconds of traffic held back from the bucket (see local_bucket)
 
 
-def local_bucket(config: RateLimitConfig) -> AsyncLimiter:
+class LocalBucket(AsyncLimiter):
+    """aiolimiter's bucket as a Capacity: nothing runs in the background, so nothing to
+    close."""
+
+    async def close(self) -> None:
+        return None
+
+
+def local_bucket(config: RateLimitConfig) -> LocalBucket:
     """A bucket that keeps the promise of ``config`` at the upstream, not just at our door.
 
     A limit of ``rate`` per ``per`` seconds with bursts of ``burst`` is aiolimiter's leaky
@@ -41,7 +50,7 @@ def local_bucket(config: RateLimitConfig) -> AsyncLimiter:
         max(0.0, min(rate * TRANSIT_MARGIN, config.capacity / 2, config.capacity - 1))
     )
     capacity = config.capacity - margin
-    return AsyncLimiter(capacity, capacity / rate)
+    return LocalBucket(capacity, capacity / rate)
 
 
 class LocalPause:
@@ -83,21 +92,45 @@ class LocalPause:
 
 
 class LocalState:
-    """The per-process backend: every call is answered from memory, at once."""
+    """The per-process backend: every call is answered from memory, at once. With
+    ``workers`` processes each keeping its own, each enforces 1/workers of every limit."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_workers")
 
-    def __init__(self, clock: Clock = MONOTONIC) -> None:
+    def __init__(self, clock: Clock = MONOTONIC, workers: int = 1) -> None:
         self._clock = clock
+        self._workers = workers
 
     @property
     def backend(self) -> str:
         return "local"
 
+    def share(self, config: Config) -> Config:
+        n = self._workers
+        if n == 1:
+            return config
+        routes = tuple(
+            dataclasses.replace(r, rate_limit=_share(r.rate_limit, n)) for r in config.routes
+        )
+        auth = {}
+        for name, table in config.auth.items():
+            token_rate = table.token_rate
+            if token_rate is not None:
+                # A whole number of token requests per window, at least one per worker.
+                token_rate = RateConfig(rate=max(1, int(token_rate.rate) // n), per=token_rate.per)
+            auth[name] = dataclasses.replace(
+                table, rate_limit=_share(table.rate_limit, n), token_rate=token_rate
+            )
+        clients = {
+            name: dataclasses.replace(c, rate_limit=_share(c.rate_limit, n))
+            for name, c in config.clients.items()
+        }
+        return dataclasses.replace(config, routes=routes, auth=auth, clients=clients)
+
     def capacity(self, limit: str, config: RateLimitConfig) -> Capacity:
         return local_bucket(config)
 
-    def route_pause(self, route: str) -> RoutePause:
+    def route_pause(self, route: str, upstream: str) -> RoutePause:
         return LocalPause(route, self._clock)
 
     def token_store(self, auth: AuthConfig) -> TokenStore:
@@ -106,5 +139,14 @@ class LocalState:
     def health(self) -> dict[str, Any]:
         return {"backend": "local", "up": True}
 
+    async def start(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+
+def _share(limit: RateLimitConfig | None, n: int) -> RateLimitConfig | None:
+    if limit is None:
+        return None
+    return dataclasses.replace(limit, rate=limit.rate / n, burst=max(1.0, limit.capacity / n))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,6 +21,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .nginx import STATIC_TOKEN
+from .procs import serve_announced
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -86,13 +85,7 @@ def build(upstream: str) -> web.Application:
 async def main(port: int, upstream: str) -> None:
     runner = web.AppRunner(build(upstream), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_announced(runner, web.TCPSite(runner, "127.0.0.1", port, backlog=4096))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ children for ``--workers``), not the load generator or the upstream sharing the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -165,3 +169,15 @@ def python_server(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], dict[st
     finally:
         process.terminate()
         process.wait(10)
+
+
+async def serve_announced(runner: web.AppRunner, site: web.TCPSite) -> None:
+    """Start ``site``, announce its port on stdout (as python_server() reads it), and serve
+    until SIGINT or SIGTERM."""
+    await site.start()
+    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

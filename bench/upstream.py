@@ -16,6 +16,8 @@ from typing import cast
 
 from aiohttp import web
 
+from .procs import serve_announced
+
 BODY = b'{"ok": true, "source": "bench-upstream"}'
 
 
@@ -92,14 +94,7 @@ async def main(port: int, raw: bool = False) -> None:
         return
     runner = web.AppRunner(build(), access_log=None, client_max_size=0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_announced(runner, web.TCPSite(runner, "127.0.0.1", port))
 
 
 if __name__ == "__main__":

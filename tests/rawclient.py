@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from .rawpeer import header_fields
+
 SHUT: Final = "SHUT"
 CLOSE: Final = "CLOSE"
 ABORT: Final = "ABORT"
@@ -72,12 +74,7 @@ class Parsed:
 
 
 def _fields(block: bytes) -> list[tuple[str, str]]:
-    out = []
-    for line in block.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            out.append((name.decode("latin-1").lower(), value.lstrip(b" \t").decode("latin-1")))
-    return out
+    return [(name.lower(), value) for name, value in header_fields(block)]
 
 
 def parse(data: bytes, methods: Sequence[str], end: str | None) -> Parsed:

@@ -87,7 +87,8 @@ class _Conn:
         return data
 
 
-def _fields(block: bytes) -> list[tuple[str, str]]:
+def header_fields(block: bytes) -> list[tuple[str, str]]:
+    """The fields of a head or trailer block, names as sent."""
     out = []
     for line in block.split(b"\r\n"):
         if line:
@@ -239,7 +240,7 @@ class ScriptedUpstream:
         line, _, rest = head[:-4].partition(b"\r\n")
         method, target, version = [*line.decode("latin-1").split(" ", 2), "", ""][:3]
         seen.method, seen.target, seen.version = method, target, version
-        seen.headers = _fields(rest)
+        seen.headers = header_fields(rest)
         on_head()
         names = {k.lower(): v for k, v in seen.headers}
         try:
@@ -266,7 +267,7 @@ class ScriptedUpstream:
                 break
             seen.body += (await conn.exactly(size + 2))[:-2]
         while (line := await conn.until(b"\r\n")) != b"\r\n":
-            seen.trailers += _fields(line)
+            seen.trailers += header_fields(line)
 
 
 class RawUpstreams:

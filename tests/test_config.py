@@ -5,11 +5,13 @@ from __future__ import annotations
 import codecs
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 from proxy import config
+from proxy.config.model import AUTH as AUTH_TABLE
 from proxy.config.settings import keys
 from proxy.errors import ConfigError
 
@@ -126,21 +128,22 @@ def test_missing_env_names_variable_and_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("heading", "table"),
+    ("heading", "declared"),
     [
-        ("### `[server]`", config.ServerConfig),
-        ("### `[[routes]]`", config.RouteConfig),
-        ("### `[clients.NAME]`", config.ClientConfig),
-        ("### `[state]`", config.StateConfig),
+        ("### `[server]`", keys(config.ServerConfig)),
+        ("### `[[routes]]`", keys(config.RouteConfig)),
+        ("### `[auth.NAME]`", AUTH_TABLE.keys),
+        ("### `[clients.NAME]`", keys(config.ClientConfig)),
+        ("### `[state]`", keys(config.StateConfig)),
     ],
 )
-def test_readme_lists_every_key_as_declared(heading: str, table: type[object]) -> None:
+def test_readme_lists_every_key_as_declared(heading: str, declared: tuple[str, ...]) -> None:
     """The README's configuration reference has a row for each key of a table, in the order
     the model declares them (the order an unknown key's problem lists them in)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split(heading + "\n", 1)[1].split("\n#", 1)[0]
     rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
-    assert tuple(rows) == keys(table)
+    assert tuple(rows) == declared
 
 
 @pytest.mark.parametrize(
@@ -524,6 +527,10 @@ def test_invalid_config_is_reported_by_key(text: str, expected: str) -> None:
             "auth.x.refresh_at: must be a finite number, got nan",
         ),
         (
+            'client_id = "i"\nclient_secret = "s"\nrefresh_at = 1\n',
+            "auth.x.refresh_at: must be a fraction below 1, got 1.0",
+        ),
+        (
             'client_id = "i"\nclient_secret = "s"\ntoken_rate = { rate = 1, per = inf }\n',
             "auth.x.token_rate.per: must be a finite number, got inf",
         ),
@@ -707,6 +714,30 @@ def test_keys_of_other_types_are_each_reported() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        (
+            'type = "magic"\ntoken_url = "http://t"\nclient_id = "c"\napi_key = ""\n',
+            [
+                "auth.p.type: must be one of client_credentials, password, travelyzer, got 'magic'",
+                "auth.p.api_key: must not be empty",
+            ],
+        ),
+        (
+            'type = "travelyzer"\napi_key = "k"\napi_secret = "s"\nscope = "s"\n',
+            ["auth.p.token_url: is required"],
+        ),
+    ],
+)
+def test_keys_of_a_table_without_type_or_token_url_are_checked_not_refused(
+    table: str, expected: list[str]
+) -> None:
+    """Without a valid type and token_url every scheme's keys are checked, and none is
+    refused as not applying (the table is refused already)."""
+    assert problems("[auth.p]\n" + table) == expected
+
+
 def test_a_table_missing_a_required_key_still_counts_as_defined() -> None:
     """A client naming an auth table that lacks a required key hears only about that key."""
     text = (
@@ -715,6 +746,53 @@ def test_a_table_missing_a_required_key_still_counts_as_defined() -> None:
         + '[clients.c]\nkey = "0123456789abcdef0"\nauth = { "/a" = "x" }\n'
     )
     assert problems(text) == ["auth.x.username: is required", "auth.x.password: is required"]
+
+
+def test_auth_tables_take_the_documented_defaults() -> None:
+    """Keys an auth table leaves out take the README's defaults, for each scheme."""
+    cfg = config.loads(
+        AUTH_OK + "[auth.p]\n" + PASSWORD + "[auth.t]\n" + TRAVELYZER.replace("/t", "/t2"), {}
+    )
+    shared: dict[str, Any] = {
+        "token_rate": None,
+        "params": {},
+        "ca_file": None,
+        "default_lifetime": 300.0,
+        "refresh_at": 0.8,
+        "fetch_retry": config.FetchRetry(backoff=0.5, max_backoff=30.0, rejected_backoff=60.0),
+        "rate_limit": None,
+        "timeout": config.Timeout(connect=10.0, read=30.0),
+    }
+    assert cfg.auth == {
+        "x": config.ClientCredentialsAuth(
+            name="x",
+            token_url="http://t/token",
+            client_id="i",
+            client_secret=config.Secret("s"),
+            client_auth="post",
+            scope=None,
+            **shared,
+        ),
+        "p": config.PasswordAuth(
+            name="p",
+            token_url="http://t",
+            client_id="c",
+            client_secret=None,
+            client_auth="post",
+            scope="openid",
+            username="u",
+            password=config.Secret("p"),
+            **shared,
+        ),
+        "t": config.TravelyzerAuth(
+            name="t",
+            token_url="https://idp/t2",
+            api_key=config.Secret("k"),
+            api_secret=config.Secret("s"),
+            expires_in="24h",
+            **shared,
+        ),
+    }
 
 
 def test_password_scope_defaults_to_openid() -> None:

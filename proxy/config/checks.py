@@ -1,9 +1,6 @@
-"""The checks every table is built from: each reads one key, resolves ${VAR} references,
-and records a problem (naming the dotted key) instead of raising.
-
-Each primitive has a value form (the value as written, at its dotted path), which the checks
-that model fields name are built on, and a table form (a key of a table) for code that reads
-keys one by one."""
+"""The checks every table is built from: each takes a value as written at its dotted path
+and records a problem (naming the dotted key) instead of raising; strings have their
+${VAR} references resolved. The checks that model fields name (rules.py) are built on them."""
 
 from __future__ import annotations
 
@@ -14,8 +11,6 @@ import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
-
-from .values import Secret
 
 _ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -59,34 +54,6 @@ class Checks:
             return None
         return resolved
 
-    def string(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        *,
-        required: bool = False,
-        secret: bool = False,
-        allow_empty: bool = False,
-    ) -> str | None:
-        """The table form of :meth:`text`; a missing key is None (or a problem if required)."""
-        path = _join(key, name)
-        if name not in table:
-            if required:
-                self.fail(path, "is required")
-            return None
-        return self.text(table[name], path, secret=secret, allow_empty=allow_empty)
-
-    def secret(
-        self, table: dict[str, Any], key: str, name: str, *, required: bool = False
-    ) -> Secret | None:
-        value = self.string(table, key, name, required=required, secret=True)
-        return None if value is None else Secret(value)
-
-    def positive(self, table: dict[str, Any], key: str, name: str, default: float) -> float:
-        """The table form of :meth:`above_zero`."""
-        return self.above_zero(table.get(name, default), _join(key, name), default)
-
     def above_zero(self, value: Any, path: str, default: D) -> float | D:
         """A finite number greater than 0, as a float."""
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -126,22 +93,6 @@ class Checks:
             return None
         return number
 
-    def choice(
-        self,
-        table: dict[str, Any],
-        key: str,
-        name: str,
-        allowed: tuple[str, ...],
-        default: str | None,
-    ) -> str | None:
-        value = self.string(table, key, name, required=default is None)
-        if value is None:
-            return default
-        if value not in allowed:
-            self.fail(_join(key, name), f"must be one of {', '.join(allowed)}, got {value!r}")
-            return default
-        return value
-
     def interpolate(self, value: str, key: str) -> str | None:
         missing: list[str] = []
 
@@ -162,10 +113,6 @@ class Checks:
                 f"(write ${{{name}:-default}} to make it optional)",
             )
         return None if missing else resolved
-
-    def ca_file(self, table: dict[str, Any], key: str, name: str) -> str | None:
-        """The table form of :meth:`trusted_cas`."""
-        return self.trusted_cas(table[name], _join(key, name)) if name in table else None
 
     def trusted_cas(self, value: Any, path: str) -> str | None:
         """A PEM file of CA certificates (relative paths as for :meth:`existing`), loaded here as

@@ -2,8 +2,8 @@
 
 Each config key is a field declared with :func:`.settings.setting`: its default and the
 check its value takes (from rules.py); the TOML key is the field's name, and the keys a
-table accepts are its declared fields, in order. Adding a key is one field here and its
-line in the README.
+table accepts are its declared fields, in order (an ``[auth.NAME]`` table: every token
+scheme's, see :data:`AUTH`). Adding a key is one field here and its line in the README.
 
 Secret values are wrapped in :class:`Secret` so that no repr, log line or error message can
 show them.
@@ -22,6 +22,7 @@ from .rules import (
     client_key,
     directory,
     flag,
+    fraction,
     header_name,
     host_names,
     listen_host,
@@ -31,15 +32,18 @@ from .rules import (
     positive,
     prefix_list,
     prefix_table,
+    request_params,
+    secret,
     share,
     statuses,
     text,
+    token_endpoint,
     trusted_cas,
     via_name,
     whole,
     whole_rate_limit,
 )
-from .settings import parsed, section, setting
+from .settings import OneOf, class_setting, parsed, section, setting
 from .urls import route_prefix, upstream_url
 from .values import AdminAccess as AdminAccess
 from .values import Secret as Secret
@@ -137,29 +141,46 @@ class FetchRetry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthCommon:
-    """What every token scheme's table has: where to ask, how often, how long tokens live."""
+    """What every token scheme's table has: where to ask, how often, how long tokens live.
+    A scheme is a subclass with its ``type``, its own keys, the request fields it sets
+    itself (``reserved_params``) and what messages call its request (``scheme_name``)."""
 
-    name: str
-    token_url: str
-    token_rate: RateConfig | None = None
-    params: Mapping[str, str] = field(default_factory=dict)  # never a reserved field name
-    ca_file: str | None = None
-    default_lifetime: float = 300.0
-    refresh_at: float = 0.8
-    fetch_retry: FetchRetry = field(default_factory=FetchRetry)
-    rate_limit: RateLimitConfig | None = None
-    timeout: Timeout = field(default_factory=lambda: Timeout(connect=10.0, read=30.0))
+    type: ClassVar[str]
+    reserved_params: ClassVar[frozenset[str]]
+    scheme_name: ClassVar[str]
+
+    name: str  # the table's name, [auth.NAME]
+    token_url: str = setting(token_endpoint)
+    token_rate: RateConfig | None = setting(section(RateConfig), default=None)
+    params: Mapping[str, str] = class_setting(request_params, factory=dict)
+    ca_file: str | None = setting(trusted_cas, default=None)
+    # Seconds a token lives when neither the answer nor a JWT exp says.
+    default_lifetime: float = setting(positive, default=300.0)
+    refresh_at: float = setting(fraction, default=0.8)  # of the lifetime
+    fetch_retry: FetchRetry = setting(section(FetchRetry), default=FetchRetry())
+    rate_limit: RateLimitConfig | None = setting(RATE_LIMIT, default=None)
+    timeout: Timeout = setting(section(Timeout), default=Timeout(connect=10.0, read=30.0))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClientCredentialsAuth(AuthCommon):
+class OAuth2Auth(AuthCommon):
+    """What both OAuth2 grants send: the client, how it authenticates, the scope."""
+
+    reserved_params: ClassVar[frozenset[str]] = OAUTH2_RESERVED_PARAMS
+    scheme_name: ClassVar[str] = "OAuth2"
+
+    client_id: str = setting(text)
+    client_secret: Secret | None = setting(secret, default=None)
+    client_auth: str = setting(choice(*CLIENT_AUTH_MODES), default="post")
+    scope: str | None = setting(text, default=None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCredentialsAuth(OAuth2Auth):
     """OAuth2 client_credentials (Cognito, Keycloak service accounts)."""
 
     type: ClassVar[str] = "client_credentials"
-    client_id: str
-    client_secret: Secret
-    client_auth: str = "post"
-    scope: str | None = None
+    client_secret: Secret = setting(secret)  # Cognito app clients always have one
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -167,16 +188,13 @@ class ClientCredentialsAuth(AuthCommon):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PasswordAuth(AuthCommon):
+class PasswordAuth(OAuth2Auth):
     """OAuth2 password grant (Keycloak customer users); public clients have no secret."""
 
     type: ClassVar[str] = "password"
-    client_id: str
-    client_secret: Secret | None = None
-    client_auth: str = "post"
-    scope: str = DEFAULT_PASSWORD_SCOPE
-    username: str
-    password: Secret
+    scope: str = setting(text, default=DEFAULT_PASSWORD_SCOPE)
+    username: str = setting(text)
+    password: Secret = setting(secret)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -190,9 +208,12 @@ class TravelyzerAuth(AuthCommon):
     """Travelyzer's API-key exchange."""
 
     type: ClassVar[str] = "travelyzer"
-    api_key: Secret
-    api_secret: Secret
-    expires_in: str = "24h"
+    reserved_params: ClassVar[frozenset[str]] = TRAVELYZER_RESERVED_PARAMS
+    scheme_name: ClassVar[str] = "Travelyzer"
+
+    api_key: Secret = setting(secret)
+    api_secret: Secret = setting(secret)
+    expires_in: str = setting(choice(*TRAVELYZER_EXPIRES_IN), default="24h")
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -201,10 +222,11 @@ class TravelyzerAuth(AuthCommon):
 
 # One typed table per scheme, so that every field a scheme needs is there by construction.
 AuthConfig: TypeAlias = ClientCredentialsAuth | PasswordAuth | TravelyzerAuth
-AUTH_SCHEMES: Final[Mapping[str, type[AuthConfig]]] = {
-    cls.type: cls for cls in (ClientCredentialsAuth, PasswordAuth, TravelyzerAuth)
-}
-AUTH_TYPES: Final = tuple(AUTH_SCHEMES)
+# An [auth.NAME] table: its type picks the scheme; it takes the keys of them all, a key of
+# another scheme refused as not applying.
+_SCHEMES: Final = (ClientCredentialsAuth, PasswordAuth, TravelyzerAuth)
+AUTH_TYPES: Final = tuple(cls.type for cls in _SCHEMES)
+AUTH: Final = OneOf("type", choice(*AUTH_TYPES), *_SCHEMES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, Final
 
 from ..http.authority import listen_host_problem, split_authority
 from .checks import Checks, _type_name
-from .settings import Check
+from .settings import Check, keys
+from .urls import token_url_problem
 from .values import Secret
 
 # A header name (RFC 9110 token), also what Via's pseudonym must be.
@@ -268,3 +270,75 @@ def prefix_table(checks: Checks, value: Any, path: str, default: dict[str, Any])
         checks.fail(path, f"must be a table, got {_type_name(value)}")
         return default
     return value
+
+
+# -- [auth.NAME] ------------------------------------------------------------------------------
+
+
+def token_endpoint(checks: Checks, value: Any, path: str, default: str) -> str:
+    """An http(s) URL to ask for tokens; a problem never shows it (it may hold credentials)."""
+    found = checks.text(value, path)
+    if found is None:
+        return default
+    problem = token_url_problem(found)
+    if problem is not None:
+        checks.fail(path, problem)
+        return default
+    return found
+
+
+def fraction(checks: Checks, value: Any, path: str, default: float) -> float:
+    """A fraction above 0, below 1."""
+    number = checks.above_zero(value, path, None)
+    if number is None:
+        return default
+    if number >= 1:
+        checks.fail(path, f"must be a fraction below 1, got {number!r}")
+        return default
+    return number
+
+
+# A token request field a scheme sets from a key of its own, and that key: where a params
+# entry naming the field is pointed to.
+_SET_BY_KEY: Final = {
+    "client_id": "client_id",
+    "client_secret": "client_secret",
+    "username": "username",
+    "password": "password",
+    "scope": "scope",
+    "apiKey": "api_key",
+    "apiSecret": "api_secret",
+    "expiresIn": "expires_in",
+}
+
+
+def request_params(scheme: type[Any] | None) -> Check[Mapping[str, str]]:
+    """The check of extra fields for ``scheme``'s token request: strings (``${VAR}``
+    resolved, empty allowed, as an endpoint may want one), never one of the fields the
+    scheme sets itself (its ``reserved_params``, named in messages by its
+    ``scheme_name``); with no scheme known, none is reserved."""
+    reserved: frozenset[str] = frozenset() if scheme is None else scheme.reserved_params
+    request: str = "" if scheme is None else scheme.scheme_name
+    accepted = () if scheme is None else keys(scheme)
+
+    def check(
+        checks: Checks, value: Any, path: str, default: Mapping[str, str]
+    ) -> Mapping[str, str]:
+        table = checks.table(value, path, tuple(value) if isinstance(value, dict) else ())
+        found: dict[str, str] = {}
+        for name, item in table.items():
+            if name in reserved:
+                # A params entry must never replace what the scheme sends from its own keys.
+                own = _SET_BY_KEY.get(name)
+                hint = f"; configure {path.rpartition('.')[0]}.{own} instead"
+                shown = hint if own in accepted else ""
+                checks.fail(
+                    f"{path}.{name}", f"reserved: the {request} token request sets it{shown}"
+                )
+                continue
+            given = checks.text(item, f"{path}.{name}", allow_empty=True)
+            if given is not None:
+                found[name] = given
+        return found
+
+    return check

@@ -10,13 +10,17 @@ check its value takes. The TOML key is the field's name.
 declared fields (an unknown key's problem lists them in field order), a present key goes
 through its check, an absent one takes its default or, with none, is reported as required.
 :func:`build` then makes the dataclass. Adding a key is a field here plus its README line.
+
+A table that is one of several dataclasses, picked by a key of its own (``type =
+"password"``), is read by :class:`OneOf`: the keys of all of them, each checked as the picked
+one declares it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, field, fields
-from typing import Any, Final, Protocol, TypeAlias, TypeVar, overload
+from typing import Any, Final, Protocol, TypeAlias, TypeVar, cast, overload
 
 from .checks import Checks
 
@@ -30,6 +34,7 @@ D = TypeVar("D")
 Check: TypeAlias = Callable[[Checks, Any, str, T], T]
 
 _CHECK: Final = "check"  # the field metadata entry that holds the check
+_MAKE: Final = "make_check"  # or the one that makes it for the dataclass a table is read as
 
 
 class TableCheck(Protocol[T]):
@@ -57,6 +62,18 @@ def setting(check: Check[Any], *, default: Any = MISSING, factory: Any = MISSING
     return field(default=default, default_factory=factory, metadata={_CHECK: check})
 
 
+def class_setting(
+    make: Callable[[type[Any] | None], Callable[[Checks, Any, str, D], T]],
+    *,
+    factory: Callable[[], D],
+) -> T:
+    """A config key whose check depends on the dataclass its table is read as (a subclass
+    of the one declaring it, with class attributes the check reads): ``make`` gives the
+    check for that class, or for None when it is not known (:class:`OneOf` picked none)."""
+    # The field holds a T once the check has turned what the table says into one.
+    return cast(T, field(default_factory=factory, metadata={_MAKE: make}))
+
+
 def keys(cls: type[Any]) -> tuple[str, ...]:
     """The TOML keys a table of ``cls`` accepts, in declaration order."""
     return tuple(f.name for f in _declared(cls))
@@ -74,7 +91,7 @@ def read(
         path = f"{key}.{f.name}"
         default = _default(f) if defaults is None else getattr(defaults, f.name)
         if f.name in table:
-            values[f.name] = f.metadata[_CHECK](checks, table[f.name], path, default)
+            values[f.name] = _check(f, cls)(checks, table[f.name], path, default)
             continue
         if defaults is None and _required(f):
             checks.fail(path, "is required")
@@ -125,8 +142,93 @@ def parsed(parse: Callable[[str], T]) -> Check[T]:
     return check
 
 
+class OneOf:
+    """A table that is one of several dataclasses (the variants), picked by the value of its
+    ``tag`` key, which each variant holds as a class attribute of that name.
+
+    The table accepts the union of the variants' keys, listed as: the tag, the keys every
+    variant requires, the variants' own keys (in the order the variants are given), then the
+    other keys they all share. In that order, each key given goes through the check the
+    picked variant declares for it (or, where it declares none or none was picked, the first
+    variant declaring it), and a missing one is reported when the picked variant requires it
+    (with none picked: when every variant does). The table is defined when its tag and the
+    keys every variant requires are good; only then is each key given that its variant does
+    not take a problem too, so that a table refused already is not refused key by key.
+    """
+
+    __slots__ = (
+        "_fields",
+        "_first",
+        "_needed",
+        "_own_keys",
+        "_tag_check",
+        "keys",
+        "tag",
+        "variants",
+    )
+
+    def __init__(self, tag: str, tag_check: Check[Any], *variants: type[Any]) -> None:
+        self.tag = tag
+        self.variants: Mapping[str, type[Any]] = {getattr(c, tag): c for c in variants}
+        self._tag_check = tag_check
+        self._fields = {c: {f.name: f for f in _declared(c)} for c in variants}
+        self._first: dict[str, Field[Any]] = {}
+        for declared in self._fields.values():
+            for name, f in declared.items():
+                self._first.setdefault(name, f)
+        shared = [n for n in self._first if all(n in d for d in self._fields.values())]
+        self._needed = tuple(
+            n for n in shared if all(_required(d[n]) for d in self._fields.values())
+        )
+        own = [n for n in self._first if n not in shared]
+        self.keys = (tag, *self._needed, *own, *(n for n in shared if n not in self._needed))
+        # Stray keys are named one variant's keys first.
+        self._own_keys = tuple(
+            sorted(own, key=lambda n: sum(n in d for d in self._fields.values()))
+        )
+
+    def read(self, checks: Checks, raw: Any, key: str) -> tuple[type[Any] | None, dict[str, Any]]:
+        """The variant picked and each of its keys, as :func:`read` gives them; no variant
+        when the table is not defined."""
+        table = checks.table(raw, key, self.keys)
+        picked: type[Any] | None = None
+        if self.tag in table:
+            picked = self.variants.get(
+                self._tag_check(checks, table[self.tag], f"{key}.{self.tag}", None)
+            )
+        else:
+            checks.fail(f"{key}.{self.tag}", "is required")
+        own = {} if picked is None else self._fields[picked]
+        values: dict[str, Any] = {}
+        for name in self.keys[1:]:
+            f = own.get(name, self._first[name])
+            if name in table:
+                value = _check(f, picked if name in own else None)(
+                    checks, table[name], f"{key}.{name}", _default(f)
+                )
+            else:
+                if (name in own and _required(f)) or (picked is None and name in self._needed):
+                    checks.fail(f"{key}.{name}", "is required")
+                value = _default(f)
+            if name in own:
+                values[name] = value
+        if picked is None or any(values[n] is None for n in self._needed):
+            return None, values
+        for name in self._own_keys:
+            if name in table and name not in own:
+                checks.fail(
+                    f"{key}.{name}", f"does not apply to {self.tag} = {getattr(picked, self.tag)!r}"
+                )
+        return picked, values
+
+
 def _declared(cls: type[Any]) -> tuple[Field[Any], ...]:
-    return tuple(f for f in fields(cls) if _CHECK in f.metadata)
+    return tuple(f for f in fields(cls) if _CHECK in f.metadata or _MAKE in f.metadata)
+
+
+def _check(f: Field[Any], cls: type[Any] | None) -> Check[Any]:
+    check: Check[Any] = f.metadata[_MAKE](cls) if _MAKE in f.metadata else f.metadata[_CHECK]
+    return check
 
 
 def _required(f: Field[Any]) -> bool:

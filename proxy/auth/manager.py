@@ -29,7 +29,7 @@ import structlog
 
 from ..config import AuthConfig
 from ..errors import TokenUnavailableError
-from ..state.tokens import LocalTokenStore, RefreshToken, Token, TokenRecord, TokenStore
+from ..state.tokens import RefreshToken, Token, TokenRecord, TokenStore
 from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
 from .timing import backoff, refresh_token_of, token_of
 
@@ -69,7 +69,7 @@ class TokenManager:
         auth: AuthConfig,
         scheme: TokenScheme,
         *,
-        store: TokenStore | None = None,
+        store: TokenStore,
         jitter: Callable[[], float] = random.random,
         observer: TokenObserver | None = None,
         max_wait: float | None = None,
@@ -78,7 +78,7 @@ class TokenManager:
         self._max_wait = MAX_FETCH_WAIT if max_wait is None else max_wait
         self._auth = auth
         self._scheme = scheme
-        self._store: TokenStore = LocalTokenStore(auth.token_rate) if store is None else store
+        self._store = store
         self._random = jitter
         self._observer = observer
         self._inflight: asyncio.Task[Token] | None = None

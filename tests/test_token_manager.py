@@ -13,10 +13,12 @@ import pytest
 
 from proxy import config
 from proxy.auth import Grant, TokenEndpointError, TokenManager
+from proxy.clock import MONOTONIC
 from proxy.errors import TokenUnavailableError
-from proxy.state.tokens import LocalTokenStore
+from proxy.state.tokens import LocalTokenStore, Token
 
 from .fakeclock import Clock
+from .tokenstores import RecordingStore
 
 Outcome = Grant | TokenEndpointError
 
@@ -66,6 +68,21 @@ def manager(scheme: ScriptedScheme, clock: Clock, extra: str = "") -> TokenManag
     auth = auth_table(extra)
     store = LocalTokenStore(auth.token_rate, clock=clock)
     return TokenManager(auth, scheme, store=store, jitter=lambda: 1.0)
+
+
+def recorded(
+    scheme: ScriptedScheme,
+    clock: Clock | None = None,
+    *,
+    jitter: float = 1.0,
+    max_wait: float | None = None,
+) -> tuple[TokenManager, RecordingStore]:
+    """A manager over a RecordingStore (on ``clock``, else the real monotonic clock)."""
+    store = RecordingStore(LocalTokenStore(clock=MONOTONIC if clock is None else clock))
+    tokens = TokenManager(
+        auth_table(), scheme, store=store, jitter=lambda: jitter, max_wait=max_wait
+    )
+    return tokens, store
 
 
 def transient(reason: str = "http_503", retry_after: float | None = None) -> TokenEndpointError:
@@ -361,3 +378,84 @@ async def test_invalidation_renews_in_the_background() -> None:
         assert await tokens.token() == "second"
     finally:
         await tokens.close()
+
+
+def usable(value: str) -> Token:
+    """A token on the real monotonic clock, due for renewal and usable for minutes."""
+    now = MONOTONIC.monotonic()
+    return Token(value, now - 250, now + 50, now - 10, now + 20)
+
+
+async def test_the_background_task_polls_a_lock_held_elsewhere() -> None:
+    """While another process holds the lock, the renewal asks for it again after a
+    100-250 ms poll, not in a loop, and requests keep the still-usable token."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, jitter=0.0)  # the shortest poll: 100 ms
+    await store.inner.lock(0)
+    await store.inner.commit(usable("current"), None, 0)
+    store.held = [30.0] * 100_000
+    tokens.start()
+    try:
+        await asyncio.sleep(0.35)
+        assert await tokens.token() == "current"
+    finally:
+        await tokens.close()
+    asked = store.calls.count("lock:held")
+    assert 1 <= asked <= 5  # at most one a poll: 10 a second at most, never thousands
+    assert scheme.presented == []
+
+
+async def test_a_poll_never_outlasts_the_holders_lock() -> None:
+    """A holder whose lock ends in 20 ms is asked again then, not after the full poll."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme)  # a 250 ms poll
+    await store.inner.lock(0)
+    await store.inner.commit(usable("current"), None, 0)
+    store.held = [0.02]
+    tokens.start()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if scheme.presented:
+                break
+    finally:
+        await tokens.close()
+    assert scheme.presented == [None]  # the lock was free after 20 ms: this process fetched
+    assert store.calls[:3] == ["lock:held", "lock:acquired", "commit"]
+
+
+@pytest.mark.parametrize("outcome", ["commit", "fail"])
+async def test_a_request_without_a_token_waits_for_the_holders_outcome(outcome: str) -> None:
+    """A request with no usable token waits while another process fetches, then takes
+    its token, or fails fast with its failure; it never fetches itself meanwhile."""
+    clock = Clock()
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, clock)
+    store.held = [0.01] * 1000
+    request = asyncio.create_task(tokens.token())
+    await asyncio.sleep(0.03)
+    assert not request.done()
+    await store.inner.lock(0)  # the other process's outcome
+    if outcome == "commit":
+        await store.inner.commit(Token("theirs", 1000.0, 1300.0, 1240.0, 1270.0), None, 0)
+        store.held.clear()
+        assert await request == "theirs"
+    else:
+        await store.inner.fail("http_503", rejected=False, delay=2.0, spent=None)
+        with pytest.raises(TokenUnavailableError) as info:
+            await request
+        assert (info.value.reason, info.value.retry_after) == ("http_503", 2.0)
+    assert scheme.presented == []
+    await tokens.close()
+
+
+async def test_a_request_waits_for_a_holder_no_longer_than_max_wait() -> None:
+    """As for a fetch of its own, a request gives up after max_wait: 503, token_endpoint_slow."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, Clock(), max_wait=0.05)
+    store.held = [0.01] * 1000
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "token_endpoint_slow"
+    await tokens.close()
+    assert scheme.presented == []

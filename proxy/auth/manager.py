@@ -7,7 +7,9 @@ allow. What it decides lives in a TokenStore (state/tokens.py), so that a fleet 
   never used (clock skew, time on the wire).
 - Single flight: however many requests of this process find no usable token, one fetch
   runs and they all await it (shielded: a client that hangs up does not cancel it for the
-  others); the store's lock makes it one fetch among processes too.
+  others); the store's lock makes it one fetch among processes too. While another process
+  holds that lock, the still-usable token serves and the lock is asked for again after a
+  short poll; requests with no usable token wait for its outcome (at most MAX_FETCH_WAIT).
 - Failures back off: transient ones exponentially with jitter (no sooner than the issuer's
   Retry-After), rejected credentials much longer (a circuit breaker: wrong credentials
   must not hammer the vendor or lock the account). While backing off, requests fail fast.
@@ -29,9 +31,9 @@ import structlog
 
 from ..config import AuthConfig
 from ..errors import TokenUnavailableError
-from ..state.tokens import RefreshToken, Token, TokenRecord, TokenStore
+from ..state.tokens import LockOutcome, RefreshToken, Token, TokenRecord, TokenStore
 from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
-from .timing import backoff, refresh_token_of, token_of
+from .timing import backoff, lock_poll, refresh_token_of, token_of
 
 log = structlog.get_logger("proxy.auth")
 
@@ -54,6 +56,7 @@ class TokenManager:
         "_last_replace",
         "_max_wait",
         "_observer",
+        "_poll_at",
         "_random",
         "_refused",
         "_scheme",
@@ -85,6 +88,8 @@ class TokenManager:
         self._last_replace = float("-inf")
         # The generation the upstream refused here: this process never sends it again.
         self._refused = 0
+        # Store clock: when the background task asks again for a lock held elsewhere.
+        self._poll_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._secrets = tuple(secret.reveal() for secret in auth.secrets)
@@ -127,8 +132,7 @@ class TokenManager:
 
     @property
     def ready(self) -> bool:
-        token = self._current(self._store.read())
-        return token is not None and self._store.now() < token.usable_until
+        return self._usable() is not None
 
     def status(self) -> dict[str, Any]:
         record = self._store.read()
@@ -170,7 +174,9 @@ class TokenManager:
         while True:
             record = self._store.read()
             token = self._current(record)
-            due = max(token.refresh_at if token is not None else 0.0, record.retry_at)
+            due = max(
+                token.refresh_at if token is not None else 0.0, record.retry_at, self._poll_at
+            )
             delay = due - self._store.now()
             if delay > 0:
                 self._wake.clear()
@@ -203,10 +209,23 @@ class TokenManager:
 
     async def _fetch(self) -> Token:
         store = self._store
-        started = store.now()
         generation = store.read().generation
-        if not await store.lock(generation):
-            return self._adopt()
+        while True:
+            lock = await store.lock(generation)
+            if lock.outcome is LockOutcome.ACQUIRED:
+                break
+            if lock.outcome is LockOutcome.SETTLED:
+                return self._adopt()
+            # Another process fetches: its token will be ours too.
+            wait = lock_poll(lock.held_for, self._random)
+            token = self._usable()
+            if token is not None:
+                self._poll_at = store.now() + wait
+                return token
+            await asyncio.sleep(wait)
+            if store.now() < store.read().retry_at:
+                raise self._unavailable()  # its fetch failed: back off with it
+        started = store.now()
         refresh = store.read().refresh
         until = None if refresh is None else refresh.usable_until
         if until is not None and store.now() >= until:
@@ -298,11 +317,17 @@ class TokenManager:
             )
         return token
 
+    def _usable(self) -> Token | None:
+        """The stored token, if it may be sent now."""
+        token = self._current(self._store.read())
+        if token is None or self._store.now() >= token.usable_until:
+            return None
+        return token
+
     def _adopt(self) -> Token:
         """The token another fetch committed, if usable; else why there is none."""
-        record = self._store.read()
-        token = self._current(record)
-        if token is None or self._store.now() >= token.usable_until:
+        token = self._usable()
+        if token is None:
             raise self._unavailable()
         return token
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from structlog.testing import capture_logs
 
 from proxy import config
 from proxy.auth import Grant, TokenEndpointError, TokenManager
@@ -380,6 +381,75 @@ async def test_invalidation_renews_in_the_background() -> None:
         await tokens.close()
 
 
+async def test_a_token_expired_on_arrival_ends_its_lock_with_one_failure() -> None:
+    """A fetch that outlasts its token fails instead of committing it: its lock ends with
+    fail() alone, the failure is recorded (counted afresh, as the issuer accepted us), the
+    rotated refresh token is kept, and the same log lines and status as ever follow."""
+    clock = Clock()
+    scheme = ScriptedScheme(
+        [
+            Grant("a1", 300.0, "r1", 1800.0),
+            transient(),
+            Grant("slow", 2.0, "r2", 1800.0, "refresh_token"),
+        ],
+        clock=clock,
+    )
+    tokens, store = recorded(scheme, clock)
+    assert await tokens.token() == "a1"
+    clock.now += 280
+    with pytest.raises(TokenUnavailableError):
+        await tokens.token()  # one transient failure first: the counts must start over
+    clock.now += 1.0
+    scheme.takes = 1.9
+    with capture_logs() as logs, pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "expired_on_arrival"
+    assert info.value.retry_after == pytest.approx(0.5)  # the first step of the backoff
+    assert store.locks() == [["commit"], ["fail:http_503"], ["fail:expired_on_arrival"]]
+    record = store.read()
+    assert (record.generation, record.failures, record.last_outcome) == (
+        1,
+        1,
+        "expired_on_arrival",
+    )
+    assert record.refresh is not None
+    assert record.refresh.value == "r2"
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("token_fetched", "info"),
+        ("token_fetch_failed", "warning"),
+    ]
+    assert logs[0] == {
+        "event": "token_fetched",
+        "log_level": "info",
+        "auth": "t",
+        "grant": "refresh_token",
+        "lifetime_s": 2.0,
+        "duration_ms": 1900.0,
+    }
+    assert logs[1] == {
+        "event": "token_fetch_failed",
+        "log_level": "warning",
+        "auth": "t",
+        "reason": "expired_on_arrival",
+        "status": None,
+        "description": "fetch outlasted the token",
+        "rejected": False,
+        "retry_in_s": 0.5,
+        "has_token": False,
+    }
+    status = tokens.status()
+    assert (status["ready"], status["expires_in_s"], status["consecutive_failures"]) == (
+        False,
+        None,
+        1,
+    )
+    assert status["last_outcome"] == "expired_on_arrival"
+    scheme.takes = 0.0
+    clock.now += 0.5
+    assert await tokens.token() == "auto-1"
+    assert scheme.presented == [None, "r1", None, "r2"]
+
+
 def usable(value: str) -> Token:
     """A token on the real monotonic clock, due for renewal and usable for minutes."""
     now = MONOTONIC.monotonic()
@@ -421,7 +491,7 @@ async def test_a_poll_never_outlasts_the_holders_lock() -> None:
     finally:
         await tokens.close()
     assert scheme.presented == [None]  # the lock was free after 20 ms: this process fetched
-    assert store.calls[:3] == ["lock:held", "lock:acquired", "commit"]
+    assert store.calls == ["lock:held", "lock:acquired", "commit"]
 
 
 @pytest.mark.parametrize("outcome", ["commit", "fail"])
@@ -459,3 +529,25 @@ async def test_a_request_waits_for_a_holder_no_longer_than_max_wait() -> None:
     assert info.value.reason == "token_endpoint_slow"
     await tokens.close()
     assert scheme.presented == []
+
+
+async def test_a_cancelled_fetch_releases_with_the_presented_refresh_token_spent() -> None:
+    """A fetch cancelled after presenting a refresh token ends its lock with release()
+    alone, and that refresh token, possibly consumed, is never presented again."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 1800.0)])
+    tokens, store = recorded(scheme, clock)
+    await tokens.token()
+    scheme.gate = asyncio.Event()  # the issuer never answers
+    clock.now += 280
+    request = asyncio.create_task(tokens.token())
+    await settle()
+    assert scheme.presented == [None, "r1"]
+    await tokens.close()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert store.locks() == [["commit"], ["release:r1"]]
+    assert store.read().refresh is None
+    scheme.gate = None
+    assert await tokens.token() == "auto-1"
+    assert scheme.presented == [None, "r1", None]

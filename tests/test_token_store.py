@@ -78,8 +78,8 @@ async def test_one_lock_holder_at_a_time_and_only_for_the_current_generation() -
     assert await tokens.lock(0) == SETTLED  # generation 1 is there: read it, do not fetch
     assert await tokens.lock(1) == ACQUIRED
     assert await tokens.lock(0) == SETTLED  # held or not, a replaced generation is settled
-    await tokens.release()
-    await tokens.release()  # releasing twice is harmless
+    await tokens.release(spent=None)
+    await tokens.release(spent=None)  # releasing twice is harmless
     assert await tokens.lock(1) == ACQUIRED
     await tokens.fail("timeout", rejected=False, delay=0.5, spent=None)
     assert await tokens.lock(1) == ACQUIRED  # fail() released it
@@ -105,6 +105,54 @@ async def test_failures_count_back_off_and_drop_a_spent_refresh_token() -> None:
     assert record.token == token("a")  # a failure never takes the token away
     assert record.generation == 1
     assert tokens.read() is record
+
+
+async def test_a_failure_after_an_issued_token_starts_over_and_keeps_its_refresh_token() -> None:
+    """fail(issued=True): the issuer accepted our credentials, so the counts start over
+    from this failure, and the refresh token its answer left replaces the stored one,
+    spent or not; nothing is committed."""
+    clock = Clock()
+    tokens = store(clock)
+    await tokens.lock(0)
+    await tokens.commit(token("a"), RefreshToken("r1", 2000.0), 0)
+    await tokens.fail("http_503", rejected=False, delay=1.0, spent=None)
+    await tokens.fail("invalid_client", rejected=True, delay=60.0, spent=None)
+    assert await tokens.lock(1) == ACQUIRED
+    record = await tokens.fail(
+        "expired_on_arrival",
+        rejected=False,
+        delay=0.5,
+        spent="r1",
+        issued=True,
+        refresh=RefreshToken("r2", 3000.0),
+    )
+    assert (record.failures, record.rejections, record.retry_at) == (1, 0, 1000.5)
+    assert record.refresh == RefreshToken("r2", 3000.0)
+    assert (record.generation, record.token) == (1, token("a"))
+    assert record.last_outcome == "expired_on_arrival"
+    assert await tokens.lock(1) == ACQUIRED  # it released the lock
+    record = await tokens.fail("timeout", rejected=False, delay=0.5, spent=None, issued=True)
+    assert record.refresh is None  # an answer without a refresh token leaves none
+
+
+async def test_release_drops_the_refresh_token_it_presented() -> None:
+    """release(spent=...) ends the lock and drops the refresh token only if it is still the
+    one presented; without the lock it changes nothing."""
+    tokens = store()
+    await tokens.lock(0)
+    await tokens.commit(token("a"), RefreshToken("r1", None), 0)
+    await tokens.lock(1)
+    await tokens.release(spent="other")
+    assert tokens.read().refresh == RefreshToken("r1", None)
+    await tokens.release(spent="r1")  # not held any more: a no-op
+    assert tokens.read().refresh == RefreshToken("r1", None)
+    before = tokens.read()
+    assert await tokens.lock(1) == ACQUIRED
+    await tokens.release(spent="r1")
+    assert tokens.read().refresh is None
+    assert tokens.read().token == before.token
+    assert (tokens.read().generation, tokens.read().last_outcome) == (1, "ok")
+    assert await tokens.lock(1) == ACQUIRED
 
 
 async def test_without_token_rate_every_request_may_go() -> None:

@@ -17,7 +17,7 @@ from proxy.state.tokens import (
 
 class RecordingStore:
     """A TokenStore over ``inner`` that logs its calls as "lock:<outcome>", "commit",
-    "fail:<reason>" and "release". While ``held`` lists seconds, each lock() takes
+    "fail:<reason>" and "release:<spent>". While ``held`` lists seconds, each lock() takes
     the first and answers HELD for that long, as when another process holds the lock."""
 
     def __init__(self, inner: LocalTokenStore) -> None:
@@ -50,14 +50,23 @@ class RecordingStore:
         return await self.inner.commit(token, refresh, generation)
 
     async def fail(
-        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        delay: float,
+        spent: str | None,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         self.calls.append(f"fail:{reason}")
-        return await self.inner.fail(reason, rejected=rejected, delay=delay, spent=spent)
+        return await self.inner.fail(
+            reason, rejected=rejected, delay=delay, spent=spent, issued=issued, refresh=refresh
+        )
 
-    async def release(self) -> None:
-        self.calls.append("release")
-        await self.inner.release()
+    async def release(self, *, spent: str | None) -> None:
+        self.calls.append(f"release:{spent}")
+        await self.inner.release(spent=spent)
 
     def locks(self) -> list[list[str]]:
         """The calls that ended each ACQUIRED lock, in order; an outcome called without

@@ -51,6 +51,13 @@ def refresh_token_of(grant: Grant, sent: float) -> RefreshToken | None:
     return RefreshToken(grant.refresh_token, sent + life - min(life * _MARGIN_SHARE, _MAX_MARGIN))
 
 
+def presentable(refresh: RefreshToken | None, now: float) -> RefreshToken | None:
+    """``refresh``, unless the margin before it expires has begun by ``now``."""
+    if refresh is None or refresh.usable_until is None or now < refresh.usable_until:
+        return refresh
+    return None
+
+
 def backoff(
     retry: FetchRetry,
     failure: TokenEndpointError,

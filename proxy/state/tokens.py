@@ -131,17 +131,32 @@ class TokenStore(Protocol):
         ...
 
     async def fail(
-        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        delay: float,
+        spent: str | None,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         """Record a failed fetch and release the lock; return the new record. Counts it as
         a rejection or a transient failure, allows no token request for ``delay`` seconds
         from now(), and drops the refresh token if it is still ``spent`` (presented, so
-        possibly consumed by the issuer)."""
+        possibly consumed by the issuer).
+
+        ``issued``: the issuer did answer, with a token unusable on arrival (the fetch
+        outlasted it), which is never committed. It accepted our credentials, so the
+        counts start over from this failure, and ``refresh`` (the refresh token its answer
+        leaves us: the rotated one, the one presented when it does not rotate, or None)
+        replaces the record's, as a commit would have.
+        """
         ...
 
-    async def release(self) -> None:
-        """Give up the lock without an outcome (the fetch was cancelled); a no-op when it
-        is not held."""
+    async def release(self, *, spent: str | None) -> None:
+        """End the lock without an outcome (the fetch was cancelled), dropping the refresh
+        token if it is still ``spent`` (presented, so possibly consumed by the issuer:
+        no other fetch may present it again); a no-op when the lock is not held."""
         ...
 
 
@@ -230,23 +245,42 @@ class LocalTokenStore:
         return self._record
 
     async def fail(
-        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        delay: float,
+        spent: str | None,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         self._held = False
         record = self._record
-        refresh = record.refresh
-        if spent is not None and refresh is not None and refresh.value == spent:
-            refresh = None
+        failures, rejections = (0, 0) if issued else (record.failures, record.rejections)
+        if not issued:
+            refresh = _unless_spent(record.refresh, spent)
         self._record = replace(
             record,
             refresh=refresh,
-            failures=record.failures + (not rejected),
-            rejections=record.rejections + rejected,
+            failures=failures + (not rejected),
+            rejections=rejections + rejected,
             retry_at=self._clock.monotonic() + delay,
             last_outcome=reason,
             last_fetch=self._wall(),
         )
         return self._record
 
-    async def release(self) -> None:
-        self._held = False
+    async def release(self, *, spent: str | None) -> None:
+        if self._held:
+            self._held = False
+            refresh = _unless_spent(self._record.refresh, spent)
+            if refresh is not self._record.refresh:
+                self._record = replace(self._record, refresh=refresh)
+
+
+def _unless_spent(refresh: RefreshToken | None, spent: str | None) -> RefreshToken | None:
+    """``refresh``, unless it is the one presented (``spent``): the issuer may have
+    consumed it."""
+    if spent is not None and refresh is not None and refresh.value == spent:
+        return None
+    return refresh

@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from structlog.testing import capture_logs
 
 from proxy import config
 from proxy.auth import Grant, TokenEndpointError, TokenManager
+from proxy.clock import MONOTONIC
 from proxy.errors import TokenUnavailableError
-from proxy.state.tokens import LocalTokenStore
+from proxy.state.tokens import LocalTokenStore, Token
 
 from .fakeclock import Clock
+from .tokenstores import RecordingStore
 
 Outcome = Grant | TokenEndpointError
 
@@ -66,6 +69,21 @@ def manager(scheme: ScriptedScheme, clock: Clock, extra: str = "") -> TokenManag
     auth = auth_table(extra)
     store = LocalTokenStore(auth.token_rate, clock=clock)
     return TokenManager(auth, scheme, store=store, jitter=lambda: 1.0)
+
+
+def recorded(
+    scheme: ScriptedScheme,
+    clock: Clock | None = None,
+    *,
+    jitter: float = 1.0,
+    max_wait: float | None = None,
+) -> tuple[TokenManager, RecordingStore]:
+    """A manager over a RecordingStore (on ``clock``, else the real monotonic clock)."""
+    store = RecordingStore(LocalTokenStore(clock=MONOTONIC if clock is None else clock))
+    tokens = TokenManager(
+        auth_table(), scheme, store=store, jitter=lambda: jitter, max_wait=max_wait
+    )
+    return tokens, store
 
 
 def transient(reason: str = "http_503", retry_after: float | None = None) -> TokenEndpointError:
@@ -361,3 +379,175 @@ async def test_invalidation_renews_in_the_background() -> None:
         assert await tokens.token() == "second"
     finally:
         await tokens.close()
+
+
+async def test_a_token_expired_on_arrival_ends_its_lock_with_one_failure() -> None:
+    """A fetch that outlasts its token fails instead of committing it: its lock ends with
+    fail() alone, the failure is recorded (counted afresh, as the issuer accepted us), the
+    rotated refresh token is kept, and the same log lines and status as ever follow."""
+    clock = Clock()
+    scheme = ScriptedScheme(
+        [
+            Grant("a1", 300.0, "r1", 1800.0),
+            transient(),
+            Grant("slow", 2.0, "r2", 1800.0, "refresh_token"),
+        ],
+        clock=clock,
+    )
+    tokens, store = recorded(scheme, clock)
+    assert await tokens.token() == "a1"
+    clock.now += 280
+    with pytest.raises(TokenUnavailableError):
+        await tokens.token()  # one transient failure first: the counts must start over
+    clock.now += 1.0
+    scheme.takes = 1.9
+    with capture_logs() as logs, pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "expired_on_arrival"
+    assert info.value.retry_after == pytest.approx(0.5)  # the first step of the backoff
+    assert store.locks() == [["commit"], ["fail:http_503"], ["fail:expired_on_arrival"]]
+    record = store.read()
+    assert (record.generation, record.failures, record.last_outcome) == (
+        1,
+        1,
+        "expired_on_arrival",
+    )
+    assert record.refresh is not None
+    assert record.refresh.value == "r2"
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("token_fetched", "info"),
+        ("token_fetch_failed", "warning"),
+    ]
+    assert logs[0] == {
+        "event": "token_fetched",
+        "log_level": "info",
+        "auth": "t",
+        "grant": "refresh_token",
+        "lifetime_s": 2.0,
+        "duration_ms": 1900.0,
+    }
+    assert logs[1] == {
+        "event": "token_fetch_failed",
+        "log_level": "warning",
+        "auth": "t",
+        "reason": "expired_on_arrival",
+        "status": None,
+        "description": "fetch outlasted the token",
+        "rejected": False,
+        "retry_in_s": 0.5,
+        "has_token": False,
+    }
+    status = tokens.status()
+    assert (status["ready"], status["expires_in_s"], status["consecutive_failures"]) == (
+        False,
+        None,
+        1,
+    )
+    assert status["last_outcome"] == "expired_on_arrival"
+    scheme.takes = 0.0
+    clock.now += 0.5
+    assert await tokens.token() == "auto-1"
+    assert scheme.presented == [None, "r1", None, "r2"]
+
+
+def usable(value: str) -> Token:
+    """A token on the real monotonic clock, due for renewal and usable for minutes."""
+    now = MONOTONIC.monotonic()
+    return Token(value, now - 250, now + 50, now - 10, now + 20)
+
+
+async def test_the_background_task_polls_a_lock_held_elsewhere() -> None:
+    """While another process holds the lock, the renewal asks for it again after a
+    100-250 ms poll, not in a loop, and requests keep the still-usable token."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, jitter=0.0)  # the shortest poll: 100 ms
+    await store.inner.lock(0)
+    await store.inner.commit(usable("current"), None, 0)
+    store.held = [30.0] * 100_000
+    tokens.start()
+    try:
+        await asyncio.sleep(0.35)
+        assert await tokens.token() == "current"
+    finally:
+        await tokens.close()
+    asked = store.calls.count("lock:held")
+    assert 1 <= asked <= 5  # at most one a poll: 10 a second at most, never thousands
+    assert scheme.presented == []
+
+
+async def test_a_poll_never_outlasts_the_holders_lock() -> None:
+    """A holder whose lock ends in 20 ms is asked again then, not after the full poll."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme)  # a 250 ms poll
+    await store.inner.lock(0)
+    await store.inner.commit(usable("current"), None, 0)
+    store.held = [0.02]
+    tokens.start()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if scheme.presented:
+                break
+    finally:
+        await tokens.close()
+    assert scheme.presented == [None]  # the lock was free after 20 ms: this process fetched
+    assert store.calls == ["lock:held", "lock:acquired", "commit"]
+
+
+@pytest.mark.parametrize("outcome", ["commit", "fail"])
+async def test_a_request_without_a_token_waits_for_the_holders_outcome(outcome: str) -> None:
+    """A request with no usable token waits while another process fetches, then takes
+    its token, or fails fast with its failure; it never fetches itself meanwhile."""
+    clock = Clock()
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, clock)
+    store.held = [0.01] * 1000
+    request = asyncio.create_task(tokens.token())
+    await asyncio.sleep(0.03)
+    assert not request.done()
+    await store.inner.lock(0)  # the other process's outcome
+    if outcome == "commit":
+        await store.inner.commit(Token("theirs", 1000.0, 1300.0, 1240.0, 1270.0), None, 0)
+        store.held.clear()
+        assert await request == "theirs"
+    else:
+        await store.inner.fail("http_503", rejected=False, delay=2.0, spent=None)
+        with pytest.raises(TokenUnavailableError) as info:
+            await request
+        assert (info.value.reason, info.value.retry_after) == ("http_503", 2.0)
+    assert scheme.presented == []
+    await tokens.close()
+
+
+async def test_a_request_waits_for_a_holder_no_longer_than_max_wait() -> None:
+    """As for a fetch of its own, a request gives up after max_wait: 503, token_endpoint_slow."""
+    scheme = ScriptedScheme()
+    tokens, store = recorded(scheme, Clock(), max_wait=0.05)
+    store.held = [0.01] * 1000
+    with pytest.raises(TokenUnavailableError) as info:
+        await tokens.token()
+    assert info.value.reason == "token_endpoint_slow"
+    await tokens.close()
+    assert scheme.presented == []
+
+
+async def test_a_cancelled_fetch_releases_with_the_presented_refresh_token_spent() -> None:
+    """A fetch cancelled after presenting a refresh token ends its lock with release()
+    alone, and that refresh token, possibly consumed, is never presented again."""
+    clock = Clock()
+    scheme = ScriptedScheme([Grant("a1", 300.0, "r1", 1800.0)])
+    tokens, store = recorded(scheme, clock)
+    await tokens.token()
+    scheme.gate = asyncio.Event()  # the issuer never answers
+    clock.now += 280
+    request = asyncio.create_task(tokens.token())
+    await settle()
+    assert scheme.presented == [None, "r1"]
+    await tokens.close()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert store.locks() == [["commit"], ["release:r1"]]
+    assert store.read().refresh is None
+    scheme.gate = None
+    assert await tokens.token() == "auto-1"
+    assert scheme.presented == [None, "r1", None]

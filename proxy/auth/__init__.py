@@ -50,10 +50,11 @@ def token_provider(
     auth: AuthConfig,
     session: aiohttp.ClientSession,
     *,
+    store: TokenStore,
     observer: TokenObserver | None = None,
-    store: TokenStore | None = None,
 ) -> TokenProvider:
     """The TokenProvider of one auth table, asking its token endpoint over ``session`` (the
-    caller's to close) and keeping its state in ``store`` (default: this process's own)."""
+    caller's to close) and keeping its state in ``store`` (the composition root's choice:
+    State.token_store)."""
     scheme = build_scheme(auth, HttpEndpoint(session, auth.token_url, auth.timeout))
     return TokenManager(auth, scheme, store=store, observer=observer)

@@ -7,7 +7,9 @@ allow. What it decides lives in a TokenStore (state/tokens.py), so that a fleet 
   never used (clock skew, time on the wire).
 - Single flight: however many requests of this process find no usable token, one fetch
   runs and they all await it (shielded: a client that hangs up does not cancel it for the
-  others); the store's lock makes it one fetch among processes too.
+  others); the store's lock makes it one fetch among processes too. While another process
+  holds that lock, the still-usable token serves and the lock is asked for again after a
+  short poll; requests with no usable token wait for its outcome (at most MAX_FETCH_WAIT).
 - Failures back off: transient ones exponentially with jitter (no sooner than the issuer's
   Retry-After), rejected credentials much longer (a circuit breaker: wrong credentials
   must not hammer the vendor or lock the account). While backing off, requests fail fast.
@@ -29,9 +31,9 @@ import structlog
 
 from ..config import AuthConfig
 from ..errors import TokenUnavailableError
-from ..state.tokens import LocalTokenStore, RefreshToken, Token, TokenRecord, TokenStore
+from ..state.tokens import LockOutcome, RefreshToken, Token, TokenRecord, TokenStore
 from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
-from .timing import backoff, refresh_token_of, token_of
+from .timing import backoff, lock_poll, presentable, refresh_token_of, token_of
 
 log = structlog.get_logger("proxy.auth")
 
@@ -54,6 +56,7 @@ class TokenManager:
         "_last_replace",
         "_max_wait",
         "_observer",
+        "_poll_at",
         "_random",
         "_refused",
         "_scheme",
@@ -69,7 +72,7 @@ class TokenManager:
         auth: AuthConfig,
         scheme: TokenScheme,
         *,
-        store: TokenStore | None = None,
+        store: TokenStore,
         jitter: Callable[[], float] = random.random,
         observer: TokenObserver | None = None,
         max_wait: float | None = None,
@@ -78,13 +81,15 @@ class TokenManager:
         self._max_wait = MAX_FETCH_WAIT if max_wait is None else max_wait
         self._auth = auth
         self._scheme = scheme
-        self._store: TokenStore = LocalTokenStore(auth.token_rate) if store is None else store
+        self._store = store
         self._random = jitter
         self._observer = observer
         self._inflight: asyncio.Task[Token] | None = None
         self._last_replace = float("-inf")
         # The generation the upstream refused here: this process never sends it again.
         self._refused = 0
+        # Store clock: when the background task asks again for a lock held elsewhere.
+        self._poll_at = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._secrets = tuple(secret.reveal() for secret in auth.secrets)
@@ -127,8 +132,7 @@ class TokenManager:
 
     @property
     def ready(self) -> bool:
-        token = self._current(self._store.read())
-        return token is not None and self._store.now() < token.usable_until
+        return self._usable() is not None
 
     def status(self) -> dict[str, Any]:
         record = self._store.read()
@@ -170,7 +174,9 @@ class TokenManager:
         while True:
             record = self._store.read()
             token = self._current(record)
-            due = max(token.refresh_at if token is not None else 0.0, record.retry_at)
+            due = max(
+                token.refresh_at if token is not None else 0.0, record.retry_at, self._poll_at
+            )
             delay = due - self._store.now()
             if delay > 0:
                 self._wake.clear()
@@ -203,21 +209,34 @@ class TokenManager:
 
     async def _fetch(self) -> Token:
         store = self._store
-        started = store.now()
         generation = store.read().generation
-        if not await store.lock(generation):
-            return self._adopt()
-        refresh = store.read().refresh
-        until = None if refresh is None else refresh.usable_until
-        if until is not None and store.now() >= until:
-            refresh = None
+        while True:
+            lock = await store.lock(generation)
+            if lock.outcome is LockOutcome.ACQUIRED:
+                break
+            if lock.outcome is LockOutcome.SETTLED:
+                return self._adopt()
+            # Another process fetches: its token will be ours too.
+            wait = lock_poll(lock.held_for, self._random)
+            token = self._usable()
+            if token is not None:
+                self._poll_at = store.now() + wait
+                return token
+            await asyncio.sleep(wait)
+            if store.now() < store.read().retry_at:
+                raise self._unavailable()  # its fetch failed: back off with it
+        # The lock is ours: exactly one of commit(), fail() or release() ends it.
+        started = store.now()
         spent: str | None = None  # the refresh token the issuer may have consumed
         try:
+            refresh = presentable(store.read().refresh, store.now())
+            kept: RefreshToken | None = None  # still valid if the grant brings none
+            answer: tuple[float, Grant] | None = None
             if refresh is not None:
                 # Presented once: unless it provably never left us, it is spent now.
                 spent = refresh.value
                 try:
-                    sent, grant = await self._exchange(refresh.value)
+                    answer = await self._exchange(refresh.value)
                 except TokenEndpointError as exc:
                     if exc.reason != "invalid_grant":
                         if not exc.sent:
@@ -225,14 +244,14 @@ class TokenManager:
                         raise
                     log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
                 else:
-                    # Issuers that do not rotate (RFC 6749 6) keep the refresh token valid.
-                    kept = refresh if grant.refresh_token is None else None
-                    spent = None  # the commit decides which refresh token is kept
-                    return await self._install(grant, sent, kept, generation)
-            sent, grant = await self._exchange(None)
-            kept = None if spent is not None else store.read().refresh
-            spent = None
-            return await self._install(grant, sent, kept, generation)
+                    if answer[1].refresh_token is None:
+                        # Issuers that do not rotate (RFC 6749 6) keep it valid.
+                        kept, spent = refresh, None
+            if answer is None:
+                answer = await self._exchange(None)
+                if spent is None:
+                    kept = store.read().refresh
+            return await self._settle(*answer, kept, spent, generation, started)
         except TokenEndpointError as exc:
             raise await self._failed(exc, store.now() - started, spent) from exc
         except TokenUnavailableError:
@@ -245,8 +264,10 @@ class TokenManager:
                 "internal_error", rejected=False, description=type(exc).__name__
             )
             raise await self._failed(failure, store.now() - started, spent) from exc
-        finally:
-            await store.release()  # a no-op after commit() or fail()
+        except BaseException:
+            # Cancelled (close()) without an outcome: what was presented stays spent.
+            await store.release(spent=spent)
+            raise
 
     async def _exchange(self, refresh: str | None) -> tuple[float, Grant]:
         """One token request: the time it was sent (store clock) and its usable grant."""
@@ -267,18 +288,22 @@ class TokenManager:
             )
         return sent, grant
 
-    async def _install(
-        self, grant: Grant, sent: float, kept: RefreshToken | None, generation: int
+    async def _settle(
+        self,
+        sent: float,
+        grant: Grant,
+        kept: RefreshToken | None,
+        spent: str | None,
+        generation: int,
+        started: float,
     ) -> Token:
-        """Commit ``grant``; ``kept``: the refresh token to keep if it brings none."""
+        """Commit ``grant`` (``kept``: the refresh token to keep if it brings none), or fail
+        with it when it is unusable on arrival: one outcome for the lock either way."""
         store = self._store
         token = token_of(grant, sent, self._auth.refresh_at)
         # Rotation: the newest refresh token always wins.
         refresh = refresh_token_of(grant, sent) or kept
         previous = self._current(store.read())
-        record = await store.commit(token, refresh, generation)
-        if record is None:
-            return self._adopt()  # a newer token was committed meanwhile: it wins
         log.info(
             "token_fetched",
             auth=self.name,
@@ -286,31 +311,61 @@ class TokenManager:
             lifetime_s=round(grant.lifetime, 1),
             duration_ms=round((store.now() - sent) * 1000, 1),
         )
-        self._wake.set()
         if self._observer is not None:
             lead = None if previous is None else max(0.0, previous.expires_at - sent)
             self._observer.token_fetched(self.name, store.now() - sent, lead)
         if store.now() >= token.usable_until:
-            # The fetch itself took the token's usable life: never hand it out.
-            self._refused = record.generation
-            raise TokenEndpointError(
+            # The fetch itself took the token's usable life: never committed, never handed
+            # out. This process stops sending the token it was to replace too, as it always
+            # has: no token until the next fetch (status, /-/ready, has_token say so).
+            self._refused = generation
+            failure = TokenEndpointError(
                 "expired_on_arrival", rejected=False, description="fetch outlasted the token"
             )
+            raise await self._failed(
+                failure, store.now() - started, spent, issued=True, refresh=refresh
+            )
+        if await store.commit(token, refresh, generation) is None:
+            return self._adopt()  # a newer token was committed meanwhile: it wins
+        self._wake.set()
+        return token
+
+    def _usable(self) -> Token | None:
+        """The stored token, if it may be sent now."""
+        token = self._current(self._store.read())
+        if token is None or self._store.now() >= token.usable_until:
+            return None
         return token
 
     def _adopt(self) -> Token:
         """The token another fetch committed, if usable; else why there is none."""
-        record = self._store.read()
-        token = self._current(record)
-        if token is None or self._store.now() >= token.usable_until:
+        token = self._usable()
+        if token is None:
             raise self._unavailable()
         return token
 
     async def _failed(
-        self, exc: TokenEndpointError, seconds: float, spent: str | None
+        self,
+        exc: TokenEndpointError,
+        seconds: float,
+        spent: str | None,
+        *,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenUnavailableError:
-        delay = backoff(self._auth.fetch_retry, exc, self._store.read(), self._random)
-        record = await self._store.fail(exc.reason, rejected=exc.rejected, delay=delay, spent=spent)
+        """Record ``exc`` in the store (see TokenStore.fail for ``issued`` and ``refresh``),
+        observe and log it; the error to raise to the fetch's waiters."""
+        # After an issued token the counts start over, in the backoff as in the store.
+        before = TokenRecord() if issued else self._store.read()
+        delay = backoff(self._auth.fetch_retry, exc, before, self._random)
+        record = await self._store.fail(
+            exc.reason,
+            rejected=exc.rejected,
+            delay=delay,
+            spent=spent,
+            issued=issued,
+            refresh=refresh,
+        )
         if self._observer is not None:
             # A request that never left (token_rate) took no time worth a latency sample.
             self._observer.token_failed(self.name, exc.reason, seconds if exc.sent else 0.0)

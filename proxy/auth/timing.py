@@ -1,5 +1,6 @@
-"""The token policy's arithmetic: when a token is renewed and stops being sent, and how long
-the token endpoint is left alone after a failure. Pure, so every process computes the same."""
+"""The token policy's arithmetic: when a token is renewed and stops being sent, how long the
+token endpoint is left alone after a failure, and how long a lock held elsewhere is. Pure,
+so every process computes the same."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ _MARGIN_SHARE: Final = 0.1
 _MAX_MARGIN: Final = 30.0
 # The longest an issuer's Retry-After is obeyed for.
 MAX_RETRY_AFTER: Final = 900.0
+# A token lock another process holds is asked for again after this many seconds (jittered,
+# so a fleet does not ask in step), never later than that holder's lock ends, and never at
+# once: a lock about to expire is asked for after MIN_POLL.
+POLL: Final = (0.1, 0.25)
+MIN_POLL: Final = 0.01
 
 
 def token_of(grant: Grant, sent: float, refresh_at: float) -> Token:
@@ -45,6 +51,13 @@ def refresh_token_of(grant: Grant, sent: float) -> RefreshToken | None:
     return RefreshToken(grant.refresh_token, sent + life - min(life * _MARGIN_SHARE, _MAX_MARGIN))
 
 
+def presentable(refresh: RefreshToken | None, now: float) -> RefreshToken | None:
+    """``refresh``, unless the margin before it expires has begun by ``now``."""
+    if refresh is None or refresh.usable_until is None or now < refresh.usable_until:
+        return refresh
+    return None
+
+
 def backoff(
     retry: FetchRetry,
     failure: TokenEndpointError,
@@ -68,3 +81,10 @@ def backoff(
         # Honoured, but not for a year: an absurd Retry-After must not end the service.
         delay = max(delay, min(failure.retry_after, MAX_RETRY_AFTER))
     return delay
+
+
+def lock_poll(held_for: float, jitter: Callable[[], float]) -> float:
+    """Seconds until a token lock held elsewhere is asked for again; ``held_for``: how long
+    its holder may still keep it."""
+    low, high = POLL
+    return max(MIN_POLL, min(low + (high - low) * jitter(), held_for))

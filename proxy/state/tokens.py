@@ -10,11 +10,13 @@ record). Times a shared store holds are on its clock, :meth:`TokenStore.now`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from enum import Enum
+from typing import Final, Protocol
 
 from ..clock import MONOTONIC, Clock
 from ..config import RateConfig
@@ -51,14 +53,37 @@ class TokenRecord:
     last_fetch: float | None = None  # wall clock (unix seconds) of the last outcome
 
 
+class LockOutcome(Enum):
+    """How :meth:`TokenStore.lock` ended."""
+
+    ACQUIRED = "acquired"  # this caller fetches
+    SETTLED = "settled"  # another fetch decided: read() shows its outcome
+    HELD = "held"  # another holder still fetches: ask again later
+
+
+@dataclass(frozen=True, slots=True)
+class LockResult:
+    """The answer of :meth:`TokenStore.lock`; ``held_for`` matters only when HELD: how long
+    the holder may still hold the lock (its TTL left; inf for a lock without one)."""
+
+    outcome: LockOutcome
+    held_for: float = 0.0
+
+
+ACQUIRED: Final = LockResult(LockOutcome.ACQUIRED)
+SETTLED: Final = LockResult(LockOutcome.SETTLED)
+_HELD_HERE: Final = LockResult(LockOutcome.HELD, math.inf)  # LocalTokenStore's: no TTL
+
+
 class TokenStore(Protocol):
     """Where one credential's token state lives, for one process or for a fleet.
 
     Requests only call :meth:`now` and :meth:`read`, which never wait. A fetch is one
-    :meth:`lock`, then :meth:`acquire_request` before each token request it sends, then
-    exactly one of :meth:`commit`, :meth:`fail` or :meth:`release`. The store decides
-    nothing: how long to back off and which refresh token to keep are the caller's
-    choices; the store makes them atomic and refuses a stale write.
+    :meth:`lock`; when ACQUIRED, :meth:`acquire_request` before each token request it
+    sends, then exactly one of :meth:`commit`, :meth:`fail` or :meth:`release` ends the
+    lock (a shared store checks the lock's owner: an outcome sent after the lock ended is
+    lost). The store decides nothing: how long to back off and which refresh token to
+    keep are the caller's choices; the store makes them atomic and refuses a stale write.
     """
 
     def now(self) -> float:
@@ -71,14 +96,22 @@ class TokenStore(Protocol):
         keeps up to date; :meth:`lock` refreshes it)."""
         ...
 
-    async def lock(self, generation: int) -> bool:
-        """Take the right to fetch the token that replaces ``generation``.
+    async def lock(self, generation: int) -> LockResult:
+        """Try to take the right to fetch the token that replaces ``generation``.
 
-        True: this caller fetches, and ends with commit(), fail() or release(); no other
-        caller holds the lock meanwhile (a shared store bounds it by a TTL longer than a
-        token request). False: the fetch is not this caller's to make: a newer generation
-        is committed, or another holder's fetch ended while this one waited for it
-        (bounded); :meth:`read` shows the outcome.
+        ACQUIRED: this caller fetches, and ends the lock with exactly one of commit(),
+        fail() or release(); no other caller holds it meanwhile (a shared store bounds it
+        by a TTL longer than a token request). SETTLED: the fetch is not this caller's to
+        make: a newer generation is committed, or (a shared store whose copy was behind)
+        another fetch's failure set a backoff; :meth:`read` shows which. HELD: another
+        caller holds the lock; ``held_for`` is how long it may still hold it. The caller
+        keeps a usable token meanwhile, or waits for the holder's outcome, and asks again
+        after a poll, never at once. The caller checks the backoff (``read().retry_at``)
+        before it asks.
+
+        A store may wait a bounded time for the holder's outcome (then SETTLED, or ACQUIRED
+        when the holder released the lock); when that wait runs out it answers HELD, with
+        the holder's time left, and never waits longer.
         """
         ...
 
@@ -98,17 +131,32 @@ class TokenStore(Protocol):
         ...
 
     async def fail(
-        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        delay: float,
+        spent: str | None,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         """Record a failed fetch and release the lock; return the new record. Counts it as
         a rejection or a transient failure, allows no token request for ``delay`` seconds
         from now(), and drops the refresh token if it is still ``spent`` (presented, so
-        possibly consumed by the issuer)."""
+        possibly consumed by the issuer).
+
+        ``issued``: the issuer did answer, with a token unusable on arrival (the fetch
+        outlasted it), which is never committed. It accepted our credentials, so the
+        counts start over from this failure, and ``refresh`` (the refresh token its answer
+        leaves us: the rotated one, the one presented when it does not rotate, or None)
+        replaces the record's, as a commit would have.
+        """
         ...
 
-    async def release(self) -> None:
-        """Give up the lock without an outcome (the fetch was cancelled); a no-op when it
-        is not held."""
+    async def release(self, *, spent: str | None) -> None:
+        """End the lock without an outcome (the fetch was cancelled), dropping the refresh
+        token if it is still ``spent`` (presented, so possibly consumed by the issuer:
+        no other fetch may present it again); a no-op when the lock is not held."""
         ...
 
 
@@ -142,7 +190,10 @@ class RequestWindow:
 
 
 class LocalTokenStore:
-    """A TokenStore for one process: the record in memory, times on ``clock``."""
+    """A TokenStore for one process: the record in memory, times on ``clock``.
+
+    :meth:`lock` never waits: held, it answers HELD at once, ``held_for`` inf (the holder
+    is this process's own fetch; there is no TTL)."""
 
     __slots__ = ("_clock", "_held", "_record", "_wall", "_window")
 
@@ -167,11 +218,13 @@ class LocalTokenStore:
     def read(self) -> TokenRecord:
         return self._record
 
-    async def lock(self, generation: int) -> bool:
-        if self._held or self._record.generation != generation:
-            return False
+    async def lock(self, generation: int) -> LockResult:
+        if self._record.generation != generation:
+            return SETTLED
+        if self._held:
+            return _HELD_HERE
         self._held = True
-        return True
+        return ACQUIRED
 
     async def acquire_request(self) -> float:
         return 0.0 if self._window is None else self._window.acquire(self._clock.monotonic())
@@ -192,23 +245,42 @@ class LocalTokenStore:
         return self._record
 
     async def fail(
-        self, reason: str, *, rejected: bool, delay: float, spent: str | None
+        self,
+        reason: str,
+        *,
+        rejected: bool,
+        delay: float,
+        spent: str | None,
+        issued: bool = False,
+        refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         self._held = False
         record = self._record
-        refresh = record.refresh
-        if spent is not None and refresh is not None and refresh.value == spent:
-            refresh = None
+        failures, rejections = (0, 0) if issued else (record.failures, record.rejections)
+        if not issued:
+            refresh = _unless_spent(record.refresh, spent)
         self._record = replace(
             record,
             refresh=refresh,
-            failures=record.failures + (not rejected),
-            rejections=record.rejections + rejected,
+            failures=failures + (not rejected),
+            rejections=rejections + rejected,
             retry_at=self._clock.monotonic() + delay,
             last_outcome=reason,
             last_fetch=self._wall(),
         )
         return self._record
 
-    async def release(self) -> None:
-        self._held = False
+    async def release(self, *, spent: str | None) -> None:
+        if self._held:
+            self._held = False
+            refresh = _unless_spent(self._record.refresh, spent)
+            if refresh is not self._record.refresh:
+                self._record = replace(self._record, refresh=refresh)
+
+
+def _unless_spent(refresh: RefreshToken | None, spent: str | None) -> RefreshToken | None:
+    """``refresh``, unless it is the one presented (``spent``): the issuer may have
+    consumed it."""
+    if spent is not None and refresh is not None and refresh.value == spent:
+        return None
+    return refresh

@@ -229,43 +229,47 @@ class TokenManager:
         started = store.now()
         spent: str | None = None  # the refresh token the issuer may have consumed
         try:
-            refresh = presentable(store.read().refresh, store.now())
-            kept: RefreshToken | None = None  # still valid if the grant brings none
-            answer: tuple[float, Grant] | None = None
-            if refresh is not None:
-                # Presented once: unless it provably never left us, it is spent now.
-                spent = refresh.value
-                try:
-                    answer = await self._exchange(refresh.value)
-                except TokenEndpointError as exc:
-                    if exc.reason != "invalid_grant":
-                        if not exc.sent:
-                            spent = None
-                        raise
-                    log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
-                else:
-                    if answer[1].refresh_token is None:
-                        # Issuers that do not rotate (RFC 6749 6) keep it valid.
-                        kept, spent = refresh, None
-            if answer is None:
-                answer = await self._exchange(None)
-                if spent is None:
-                    kept = store.read().refresh
-            return await self._settle(*answer, kept, spent, generation, started)
-        except TokenEndpointError as exc:
-            raise await self._failed(exc, store.now() - started, spent) from exc
+            try:
+                refresh = presentable(store.read().refresh, store.now())
+                kept: RefreshToken | None = None  # still valid if the grant brings none
+                answer: tuple[float, Grant] | None = None
+                if refresh is not None:
+                    # Presented once: unless it provably never left us, it is spent now.
+                    spent = refresh.value
+                    try:
+                        answer = await self._exchange(refresh.value)
+                    except TokenEndpointError as exc:
+                        if exc.reason != "invalid_grant":
+                            if not exc.sent:
+                                spent = None
+                            raise
+                        log.info("refresh_token_refused", auth=self.name, fallback=self._auth.type)
+                    else:
+                        if answer[1].refresh_token is None:
+                            # Issuers that do not rotate (RFC 6749 6) keep it valid.
+                            kept, spent = refresh, None
+                if answer is None:
+                    answer = await self._exchange(None)
+                    if spent is None:
+                        kept = store.read().refresh
+                return await self._settle(*answer, kept, spent, generation, started)
+            except TokenEndpointError as exc:
+                raise await self._failed(exc, store.now() - started, spent) from exc
+            except TokenUnavailableError:
+                raise
+            except Exception as exc:
+                # A bug or an answer nothing anticipated must not end the background refresh
+                # or disable the backoff: it is a transient failure like any other.
+                log.exception("token_fetch_crashed", auth=self.name)
+                failure = TokenEndpointError(
+                    "internal_error", rejected=False, description=type(exc).__name__
+                )
+                raise await self._failed(failure, store.now() - started, spent) from exc
         except TokenUnavailableError:
-            raise
-        except Exception as exc:
-            # A bug or an answer nothing anticipated must not end the background refresh
-            # or disable the backoff: it is a transient failure like any other.
-            log.exception("token_fetch_crashed", auth=self.name)
-            failure = TokenEndpointError(
-                "internal_error", rejected=False, description=type(exc).__name__
-            )
-            raise await self._failed(failure, store.now() - started, spent) from exc
+            raise  # the outcome is written: fail() ended the lock
         except BaseException:
-            # Cancelled (close()) without an outcome: what was presented stays spent.
+            # Cancelled (close()) before an outcome was written, or while one was (a shared
+            # store's fail() waits on the network): what was presented stays spent.
             await store.release(spent=spent)
             raise
 

@@ -149,9 +149,9 @@ def test_readme_lists_every_key_as_declared(heading: str, declared: tuple[str, .
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ('[state]\nbackend = "redis"\n', "state.backend: must be one of local, got 'redis'"),
+        ('[state]\nbackend = "fleet"\n', "state.backend: must be one of local, got 'fleet'"),
         ("[state]\nbackend = 1\n", "state.backend: must be a string, got an integer"),
-        ('[state]\nurl = "redis://x"\n', "state.url: unknown key (allowed: backend)"),
+        ('[state]\nurl = "tcp://x"\n', "state.url: unknown key (allowed: backend)"),
         ('state = "local"\n', "state: must be a table"),
     ],
 )

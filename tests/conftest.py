@@ -11,7 +11,7 @@ import asyncio
 import gzip
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from proxy.observe import logs
 from . import hangs
 from .processes import InProcessProxy, serve
 from .rawpeer import RawUpstreams
+from .redisserver import PASSWORD, RedisServer
 
 # Credentials the tests configure; tokens are added as sandboxes issue them.
 LEAK_WATCH: set[str] = {
@@ -36,6 +37,7 @@ LEAK_WATCH: set[str] = {
     "do-not-print-me",
     "crm-key-0123456789abcdef",
     "ops-key-0123456789abcdef",
+    PASSWORD,
 }
 SUBPROCESS_OUTPUT: list[str] = []
 # Open for the whole session (a context manager would close it after import).
@@ -245,6 +247,15 @@ async def make_proxy() -> AsyncIterator[ProxyFactory]:
     factory = ProxyFactory()
     yield factory
     await factory.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, with a password (tests/redisserver.py)."""
+    server = RedisServer(password=PASSWORD)
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

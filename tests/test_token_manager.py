@@ -19,9 +19,7 @@ from proxy.errors import TokenUnavailableError
 from proxy.state.tokens import (
     LocalTokenStore,
     LockOutcome,
-    RefreshToken,
     Token,
-    TokenRecord,
 )
 
 from .fakeclock import Clock
@@ -559,34 +557,10 @@ async def test_a_cancelled_fetch_releases_with_the_presented_refresh_token_spent
     assert scheme.presented == [None, "r1", None]
 
 
-class SlowFailStore(RecordingStore):
-    """A RecordingStore whose fail() waits before writing, as a shared store's does on
-    the network, so a close() can land while the outcome is being written."""
-
-    def __init__(self, inner: LocalTokenStore) -> None:
-        super().__init__(inner)
-        self.failing = asyncio.Event()
-
-    async def fail(
-        self,
-        reason: str,
-        *,
-        rejected: bool,
-        delay: float,
-        spent: str | None,
-        issued: bool = False,
-        refresh: RefreshToken | None = None,
-    ) -> TokenRecord:
-        self.calls.append(f"fail-started:{reason}")
-        self.failing.set()
-        await asyncio.Event().wait()  # cancelled here
-        raise AssertionError("unreachable")
-
-
 async def test_a_fetch_cancelled_while_its_failure_is_written_still_ends_its_lock() -> None:
     """close() during fail() (a shared store's round trip) releases the lock: no other
     fetch has to wait out a lock nobody holds any more."""
-    store = SlowFailStore(LocalTokenStore(clock=Clock()))
+    store = RecordingStore(LocalTokenStore(clock=Clock()), stall_fail=True)
     tokens = TokenManager(
         auth_table(), ScriptedScheme([transient()]), store=store, jitter=lambda: 1.0
     )
@@ -595,5 +569,5 @@ async def test_a_fetch_cancelled_while_its_failure_is_written_still_ends_its_loc
     await tokens.close()
     with pytest.raises(asyncio.CancelledError):
         await request
-    assert store.calls == ["lock:acquired", "fail-started:http_503", "release:None"]
+    assert store.calls == ["lock:acquired", "fail:http_503", "release:None"]
     assert (await store.inner.lock(store.read().generation)).outcome is LockOutcome.ACQUIRED

@@ -18,12 +18,16 @@ from proxy.state.tokens import (
 class RecordingStore:
     """A TokenStore over ``inner`` that logs its calls as "lock:<outcome>", "commit",
     "fail:<reason>" and "release:<spent>". While ``held`` lists seconds, each lock() takes
-    the first and answers HELD for that long, as when another process holds the lock."""
+    the first and answers HELD for that long, as when another process holds the lock. With
+    ``stall_fail``, fail() sets ``failing`` and never writes, as a shared store's round
+    trip that a close() lands in."""
 
-    def __init__(self, inner: LocalTokenStore) -> None:
+    def __init__(self, inner: LocalTokenStore, *, stall_fail: bool = False) -> None:
         self.inner = inner
         self.calls: list[str] = []
         self.held: list[float] = []
+        self.stall_fail = stall_fail
+        self.failing = asyncio.Event()
 
     def now(self) -> float:
         return self.inner.now()
@@ -60,6 +64,9 @@ class RecordingStore:
         refresh: RefreshToken | None = None,
     ) -> TokenRecord:
         self.calls.append(f"fail:{reason}")
+        if self.stall_fail:
+            self.failing.set()
+            await asyncio.Event().wait()  # cancelled here
         return await self.inner.fail(
             reason, rejected=rejected, delay=delay, spent=spent, issued=issued, refresh=refresh
         )

@@ -13,6 +13,7 @@ from typing import Final
 
 import aiohttp
 import structlog
+from yarl import URL
 
 from .access import Access, Caller, Terms
 from .auth import TokenProvider, token_provider
@@ -261,6 +262,12 @@ class Runtime:
         values = [c.key.reveal() for c in self.config.clients.values()]
         for auth in self.config.auth.values():
             values.extend(secret.reveal() for secret in auth.secrets)
+        state = self.config.state
+        if state.encryption_key is not None:
+            values.append(state.encryption_key.reveal())
+        if state.url is not None:
+            url = URL(state.url.reveal())
+            values.extend(part for part in (url.user, url.password) if part)
         return values
 
     def pauses(self) -> list[tuple[str, float, float | None]]:

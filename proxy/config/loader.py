@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from .checks import Checks, _type_name
 from .model import (
     AUTH,
+    STATE,
     AuthConfig,
     ClientConfig,
     Config,
@@ -133,7 +134,7 @@ class _Checker(Checks):
         admin = server.admin_access.client
         if admin is not None and admin not in clients:
             self.fail("server.admin_access", f"no [clients.{admin}]")
-        state = section(StateConfig)(self, raw.get("state", {}), "state", StateConfig())
+        state = STATE(self, raw.get("state", {}), "state", StateConfig())
         return Config(server=server, routes=tuple(routes), auth=auth, clients=clients, state=state)
 
     def client(

@@ -22,16 +22,20 @@ from .rules import (
     client_key,
     directory,
     flag,
+    fleet_share,
     fraction,
     header_name,
     host_names,
+    lease_seconds,
     listen_host,
     networks,
     non_negative,
+    optional_secret,
     port_number,
     positive,
     prefix_list,
     prefix_table,
+    redis_url,
     request_params,
     secret,
     share,
@@ -42,6 +46,7 @@ from .rules import (
     via_name,
     whole,
     whole_rate_limit,
+    whole_state,
 )
 from .settings import OneOf, class_setting, parsed, section, setting
 from .urls import route_prefix, upstream_url
@@ -77,6 +82,8 @@ class RateLimitConfig:
     per: float = setting(positive, default=1.0)
     burst: float = setting(positive, default=0.0)  # 0: same as rate (loaded: set to rate)
     max_wait: float = setting(non_negative, default=5.0)  # longest wait in line before a 429
+    # "global": one limit for every process sharing the state; "process": each its own.
+    scope: str = setting(choice("global", "process"), default="global")
 
     @property
     def capacity(self) -> float:
@@ -278,9 +285,9 @@ class ClientConfig:
     auth: Mapping[str, str] = setting(prefix_table, factory=dict)
 
 
-# Where limits, pauses and tokens are kept (proxy/state/). Only this process's memory for
-# now; a shared backend for a fleet of processes is the next step.
-STATE_BACKENDS: Final = ("local",)
+# Where limits, pauses and tokens are kept (proxy/state/): this process's memory, or a
+# Redis the processes of a fleet share.
+STATE_BACKENDS: Final = ("local", "redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +295,18 @@ class StateConfig:
     """``[state]``: the backend the runtime opens (proxy/runtime.py ``open_state``)."""
 
     backend: str = setting(choice(*STATE_BACKENDS), default="local")
+    # redis://, rediss:// or unix://; a Secret: its password must never be shown.
+    url: Secret | None = setting(redis_url, default=None)
+    key_prefix: str = setting(text, default="authproxy:")
+    timeout: float = setting(positive, default=0.1)  # any one Redis call, connect included
+    lease: float = setting(lease_seconds, default=0.02)  # a limit's rate one lease may hold
+    on_failure: str = setting(choice("local", "closed"), default="local")
+    fallback_share: int | None = setting(fleet_share, default=None)  # None: "auto"
+    encryption_key: Secret | None = setting(optional_secret, default=None)
+
+
+# The [state] table: its keys, then the keys together (a redis backend needs its url).
+STATE: Final = section(StateConfig, then=whole_state)
 
 
 @dataclass(frozen=True, slots=True)

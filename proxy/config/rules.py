@@ -342,3 +342,60 @@ def request_params(scheme: type[Any] | None) -> Check[Mapping[str, str]]:
         return found
 
     return check
+
+
+# -- [state] -------------------------------------------------------------------------------
+
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+# A lease longer than this holds back more of a limit's burst than anyone would want; the
+# backend caps it further at half of each limit's burst (proxy/state/lease.py).
+MAX_LEASE: Final = 1.0
+
+
+def redis_url(checks: Checks, value: Any, path: str, default: Secret | None) -> Secret | None:
+    """A Redis URL (redis://, rediss:// or unix://), kept as a Secret: it may hold a
+    password, so no problem shows it, only its scheme."""
+    found = checks.text(value, path, secret=True)
+    if found is None:
+        return default
+    scheme = found.partition("://")[0].lower() if "://" in found else ""
+    if scheme not in _REDIS_SCHEMES:
+        shown = f"{scheme}://" if scheme else "no scheme"
+        checks.fail(path, f"must be a redis://, rediss:// or unix:// URL, got {shown}")
+        return default
+    return Secret(found)
+
+
+def optional_secret(checks: Checks, value: Any, path: str, default: Secret | None) -> Secret | None:
+    """A secret that may be left empty (``"${STATE_KEY:-}"``): empty is none."""
+    found = checks.text(value, path, secret=True, allow_empty=True)
+    return Secret(found) if found else default
+
+
+def lease_seconds(checks: Checks, value: Any, path: str, default: float) -> float:
+    """Seconds above 0, at most MAX_LEASE."""
+    number = checks.above_zero(value, path, None)
+    if number is None:
+        return default
+    if number > MAX_LEASE:
+        checks.fail(path, f"must be at most {MAX_LEASE} seconds, got {value!r}")
+        return default
+    return number
+
+
+def fleet_share(checks: Checks, value: Any, path: str, default: int | None) -> int | None:
+    """ "auto" (None: the fleet size last seen) or a whole number of processes."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        checks.fail(path, f'must be "auto" or a whole number of at least 1, got {value!r}')
+        return default
+    return value
+
+
+def whole_state(checks: Checks, path: str, values: dict[str, Any]) -> None:
+    """The redis backend needs its url (unless the url given was refused already)."""
+    key = f"{path}.url"
+    refused = any(problem.startswith(f"{key}:") for problem in checks.problems)
+    if values["backend"] == "redis" and values["url"] is None and not refused:
+        checks.fail(key, 'is required with backend = "redis"')

@@ -75,6 +75,7 @@ class RedisLink:
         "_probing",
         "_redis",
         "_timeout",
+        "calls",
         "shown_url",
     )
 
@@ -98,20 +99,38 @@ class RedisLink:
         self._open_until = 0.0
         self._probing = False
         self._down_since: float | None = None
+        self.calls = CallStats()
 
     @property
     def up(self) -> bool:
         """False from the call that opened the breaker until a call succeeds again."""
         return self._down_since is None
 
-    async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    def down_for(self) -> float | None:
+        """Seconds since the breaker opened; None while Redis answers."""
+        if self._down_since is None:
+            return None
+        return self._clock.monotonic() - self._down_since
+
+    async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]], name: str = "call") -> T:
         """Run ``op`` on the client within ``timeout``; raise StateUnavailableError when
-        Redis cannot answer now (at once while the breaker is open)."""
+        Redis cannot answer now (at once while the breaker is open). ``name`` is the
+        operation's, for the call metrics ("lease", "token_lock", ...)."""
         now = self._clock.monotonic()
         if self._failures >= BREAKER_FAILURES:
             if now < self._open_until or self._probing:
+                self.calls.count(name, "breaker_open", None)
                 raise StateUnavailableError("breaker_open")
             self._probing = True  # one probe at a time while open
+        try:
+            return await self._call(op, name, now)
+        except StateUnavailableError as exc:
+            self.calls.count(name, exc.reason, self._clock.monotonic() - now)
+            raise
+
+    async def _call(
+        self, op: Callable[[aioredis.Redis], Awaitable[T]], name: str, start: float
+    ) -> T:
         try:
             # redis-py bounds each step by ``timeout`` itself (a free pooled connection,
             # connecting, each read) and drops a connection that timed out; the guard
@@ -137,6 +156,7 @@ class RedisLink:
         finally:
             self._probing = False
         self._succeeded()
+        self.calls.count(name, "ok", self._clock.monotonic() - start)
         return result
 
     def _failed(self, reason: str) -> StateUnavailableError:
@@ -160,5 +180,44 @@ class RedisLink:
         """For /-/status: the URL without its password, and whether Redis answers."""
         return {"url": self.shown_url, "up": self.up}
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client itself, for what cannot be one bounded call: the pub/sub listener,
+        which holds a connection of its own and reconnects by itself."""
+        return self._redis
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+# Upper bounds of the call-latency histogram, in seconds: calls are meant to take a
+# millisecond; the last buckets show a Redis that is slow or away.
+CALL_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class CallStats:
+    """Counts of Redis calls by operation and outcome, and their latency by operation:
+    plain numbers the metrics read at scrape time."""
+
+    __slots__ = ("latency", "outcomes")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], int] = {}
+        # op -> (bucket counts, one per CALL_BUCKETS bound plus +Inf; sum of seconds)
+        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def count(self, op: str, outcome: str, seconds: float | None) -> None:
+        key = (op, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if seconds is None:
+            return  # refused without a call: no latency to speak of
+        entry = self.latency.get(op)
+        if entry is None:
+            entry = self.latency[op] = ([0] * (len(CALL_BUCKETS) + 1), [0.0])
+        buckets, total = entry
+        total[0] += seconds
+        for i, bound in enumerate(CALL_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1

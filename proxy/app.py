@@ -64,6 +64,7 @@ class ProxyState:
     def _watch(self) -> None:
         runtime = self.runtime
         self.metrics.watch(runtime.token_expiry, runtime.pauses)
+        self.metrics.watch_state(runtime.state)
         if self.on_secrets is not None:
             self.on_secrets(runtime.secrets())
 

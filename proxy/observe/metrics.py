@@ -13,7 +13,9 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..state.base import State
 from .fast import Buckets, CounterFamily, FastCollector, GaugeFamily, HistogramFamily, Value
+from .state_metrics import StateCollector
 
 LATENCY_BUCKETS: Final = (
     0.001,
@@ -164,10 +166,21 @@ class Metrics:
         self._ages: dict[str, Buckets] = {}
         self._sources: list[tuple[TokenStates, RoutePauses]] = []
         r.register(_LiveState(self._sources))
+        self._state: list[State] = []
+        r.register(
+            StateCollector(
+                lambda: (s for state in self._state for s in state.samples()),
+                lambda: self._state[0].call_stats() if self._state else None,
+            )
+        )
 
     def watch(self, tokens: TokenStates, pauses: RoutePauses) -> None:
         """Report token expiry and route pauses from these callbacks at each scrape."""
         self._sources[:] = [(tokens, pauses)]
+
+    def watch_state(self, state: State) -> None:
+        """Report the state backend's metrics (state_metrics.py) at each scrape."""
+        self._state[:] = [state]
 
     def count_request(self, route: str, method: str, status: int) -> None:
         method = method if method in _METHODS else "other"  # callers must not mint labels

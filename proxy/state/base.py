@@ -9,9 +9,11 @@ method says so.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final, Protocol
 
 from ..config import AuthConfig, Config, RateLimitConfig
+from .redis_link import CallStats
 from .tokens import TokenStore
 
 # The longest an upstream can pause a route: a Retry-After of a year is a bug on its side
@@ -94,6 +96,15 @@ class State(Protocol):
 
     def health(self) -> dict[str, Any]:
         """For /-/status: the backend and whether it is usable."""
+        ...
+
+    def samples(self) -> Iterable[tuple[str, tuple[str, ...], float]]:
+        """The backend's metrics now: (family, label values, value), families as
+        observe/state_metrics.py declares them."""
+        ...
+
+    def call_stats(self) -> CallStats | None:
+        """The backend's calls by operation, outcome and latency; None without calls."""
         ...
 
     async def start(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, Final
 
 import structlog
@@ -18,6 +19,7 @@ from aiolimiter import AsyncLimiter
 from ..clock import MONOTONIC, Clock
 from ..config import AuthConfig, Config, RateConfig, RateLimitConfig
 from .base import MAX_PAUSE, Capacity, RoutePause
+from .redis_link import CallStats
 from .tokens import LocalTokenStore, TokenStore
 
 log = structlog.get_logger("proxy.retry")
@@ -138,6 +140,12 @@ class LocalState:
 
     def health(self) -> dict[str, Any]:
         return {"backend": "local", "up": True}
+
+    def samples(self) -> Iterator[tuple[str, tuple[str, ...], float]]:
+        yield "proxy_state_up", (), 1.0
+
+    def call_stats(self) -> CallStats | None:
+        return None
 
     async def start(self) -> None:
         return None

@@ -16,9 +16,10 @@ from . import arguments
 from . import config as config_module
 from .access import is_loopback
 from .app import STATE, build_app, start
-from .config import Config
+from .config import Config, StateConfig
 from .errors import ConfigError, ListenError
 from .observe import logs
+from .state.redis_link import shown_url
 from .workers import announce_ready, supervise
 
 EXIT_CONFIG: int = 2
@@ -92,7 +93,21 @@ def _check(path: str) -> int:
         print(f"  {line}")
     for name, auth in sorted(config.auth.items()):
         print(f"  auth {name}: {auth.type} via {auth.token_url}")
+    print(f"  {_state_summary(config.state)}")
     return 0
+
+
+def _state_summary(state: StateConfig) -> str:
+    """The [state] line of ``check``: the URL without its password, never the key."""
+    if state.backend == "local":
+        return "state: local (this process's memory; --workers N divides every limit)"
+    url = "none" if state.url is None else shown_url(state.url.reveal())
+    share = "auto" if state.fallback_share is None else state.fallback_share
+    return (
+        f"state: redis at {url}, key_prefix {state.key_prefix!r}, timeout {state.timeout} s, "
+        f"lease {state.lease} s, on_failure {state.on_failure}, fallback_share {share}, "
+        f"encryption_key {'set' if state.encryption_key is not None else 'not set'}"
+    )
 
 
 async def _serve(

@@ -77,6 +77,14 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
+    def kill(self) -> None:
+        """SIGKILL: gone at once, with everything it held; start() brings up an empty one
+        on the same port."""
+        process, self._process = self._process, None
+        assert process is not None
+        process.kill()
+        process.wait()
+
     def pause(self) -> None:
         """SIGSTOP: the server holds connections but answers nothing."""
         assert self._process is not None

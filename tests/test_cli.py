@@ -49,6 +49,26 @@ def test_check_valid_config_prints_routes_without_secrets() -> None:
             assert value not in result.stdout + result.stderr
 
 
+def test_check_shows_the_state_backend_without_its_secrets(tmp_path: Path) -> None:
+    """check names the backend and its settings: the Redis URL with its user and password
+    blanked, and whether an encryption key is set, never the key."""
+    config = tmp_path / "routes.toml"
+    route = '[[routes]]\nprefix = "/a"\nupstream = "http://127.0.0.1:9"\n'
+    config.write_text(route)
+    assert "state: local" in run_check("--config", str(config)).stdout
+    config.write_text(
+        route + '[state]\nbackend = "redis"\nurl = "rediss://ops:${PW}@redis.internal:6380/1"\n'
+        'encryption_key = "${KEY}"\nfallback_share = 4\n'
+    )
+    result = run_check("--config", str(config), env={"PW": "pw-in-url", "KEY": "key-material"})
+    assert result.returncode == 0, result.stderr
+    assert "state: redis at rediss://***@redis.internal:6380/1" in result.stdout
+    assert "fallback_share 4, encryption_key set" in result.stdout
+    assert "pw-in-url" not in result.stdout
+    assert "key-material" not in result.stdout
+    assert "ops" not in result.stdout
+
+
 def test_check_invalid_config_exits_2_naming_keys() -> None:
     """check exits 2 and lists every problem with its key."""
     result = run_check("--config", str(ROOT / "routes.toml"), env={})

@@ -74,19 +74,57 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
 
+# tool -> the Debian package that brings it
+TOOLS = {
+    "nginx": "nginx-light",
+    "wrk": "wrk",
+    "valgrind": "valgrind",
+    "redis-server": "redis-server",
+}
+
+
 def ensure_tools() -> None:
-    """Install nginx, wrk and valgrind from the distribution when missing (make bench runs
-    as root)."""
-    missing = [name for name in ("nginx", "wrk", "valgrind") if shutil.which(name) is None]
+    """Install nginx, wrk, valgrind and redis-server from the distribution when missing
+    (make bench runs as root)."""
+    missing = [name for name in TOOLS if shutil.which(name) is None]
     if not missing and Path("/usr/sbin/nginx").exists():
         return
     print(f"installing {', '.join(missing)} from Debian packages ...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)  # noqa: S607
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "valgrind"],  # noqa: S607
+    subprocess.run(  # noqa: S603
+        ["apt-get", "install", "-y", "-qq", *TOOLS.values()],  # noqa: S607
         check=True,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[int]:
+    """Debian's redis-server (ensure_tools) on a free loopback port, nothing written to
+    disk; yields the port once it answers PING."""
+    port = free_port()
+    args = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--dir", str(directory),
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not answer on port {port}") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 class Proxy:

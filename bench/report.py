@@ -19,6 +19,16 @@ def _per_round(
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the scenarios that ran (``--only`` runs one)."""
+    out: dict[str, Any] = {}
+    if "throughput" in results:
+        out.update(_single(results))
+    if "fleet" in results:
+        out.update(_fleet_headline(results["fleet"]))
+    return out
+
+
+def _single(results: dict[str, Any]) -> dict[str, Any]:
     t = results["throughput"]
     runs = {name: row["runs"] for name, row in t.items()}
     out: dict[str, Any] = {
@@ -78,6 +88,15 @@ def _range(row: dict[str, Any], key: str, digits: int = 1) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    parts = []
+    if "throughput" in results:
+        parts.append(_single_tables(results))
+    if "fleet" in results:
+        parts.append(_fleet_table(results))
+    return "\n\n".join(parts)
+
+
+def _single_tables(results: dict[str, Any]) -> str:
     h = results
     lines = [
         "### Throughput (wrk -t1, medians of 3 interleaved runs, min-max in brackets)",
@@ -172,5 +191,101 @@ def table(results: dict[str, Any]) -> str:
         windows = ", ".join(f"{k}: {v}" for k, v in row["worst_window"].items())
         lines.append(
             f"| {name} | {row['configured']:g} | {row['achieved']:g} | {row['ratio']} | {windows} |"
+        )
+    return "\n".join(lines)
+
+
+def _fleet_runs(fleet: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(topology, rate, backend, run) for every run that took place."""
+    return [
+        (topology, rate, backend, run)
+        for topology, rates in fleet.items()
+        if topology not in ("load", "redis_version")
+        for rate, row in rates.items()
+        for backend, run in row.items()
+        if isinstance(run, dict) and "ratio" in run
+    ]
+
+
+def _fleet_headline(fleet: dict[str, Any]) -> dict[str, Any]:
+    runs = _fleet_runs(fleet)
+    shared = [run for _, _, backend, run in runs if backend == "redis"]
+    out: dict[str, Any] = {
+        "fleet_rate_accuracy": {f"{t}_{r}_{b}": run["ratio"] for t, r, b, run in runs},
+        "fleet_cpu_ratio_redis_vs_local": {
+            f"{topology}_{rate}": row["cpu_ratio_redis_vs_local"]
+            for topology, rates in fleet.items()
+            if topology not in ("load", "redis_version")
+            for rate, row in rates.items()
+            if "cpu_ratio_redis_vs_local" in row
+        },
+    }
+    if shared:
+        out["fleet_redis_worst_window"] = max(max(run["worst_window"].values()) for run in shared)
+        out["fleet_redis_calls_per_s"] = {
+            f"{t}_{r}": run["redis_calls_per_s"] for t, r, b, run in runs if b == "redis"
+        }
+    return out
+
+
+def _fleet_table(results: dict[str, Any]) -> str:
+    fleet = results["fleet"]
+    members = {"processes": "2 x serve", "workers_2": "2 x serve --workers 2"}
+    lines = [
+        f"### Fleet: two members, one limit, load split 80/20 (Redis {fleet['redis_version']})",
+        "",
+        "local: each member configured with half of the limit (a static split); redis: every",
+        "member with the whole limit, shared through Redis. Connections per member and the",
+        "pause of each between requests: "
+        + "; ".join(
+            f"{rate}/s: {'+'.join(map(str, row['connections']))} connections, {row['pace_ms']} ms"
+            for rate, row in fleet["load"].items()
+        )
+        + " (up to 1.5x the limit offered).",
+        "",
+        "| members | configured/s | backend | achieved/s | achieved/configured "
+        "| req/s per member | worst window / (burst + rate*t) | CPU µs/req | Redis calls/s "
+        "| Redis CPU µs/req | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for topology, rate, backend, run in _fleet_runs(fleet):
+        windows = ", ".join(f"{k}: {v}" for k, v in run["worst_window"].items())
+        lines.append(
+            f"| {members.get(topology, topology)} | {rate} | {backend} | {run['achieved']:g} | "
+            f"{run['ratio']} | {' / '.join(f'{x:.0f}' for x in run['members_rps'])} | "
+            f"{windows} | {run['cpu_us_per_request']} | {run['redis_calls_per_s']:.0f} | "
+            f"{run['redis_cpu_us_per_request']} | {run['errors']} |"
+        )
+    failed = {
+        members.get(topology, topology): row["redis"]["error"].strip().splitlines()[-1:]
+        for topology, rates in fleet.items()
+        if topology not in ("load", "redis_version")
+        for row in rates.values()
+        if "error" in row.get("redis", {})
+    }
+    for topology, last_line in failed.items():
+        lines.append(f"| {topology} | - | redis | did not start: {' '.join(last_line)} |")
+    h = results
+    shared = [run for _, _, backend, run in _fleet_runs(fleet) if backend == "redis"]
+    cpu = h["fleet_cpu_ratio_redis_vs_local"]
+    lines += ["", "| figure (redis backend) | measured | target |", "|---|---|---|"]
+    if shared:
+        ratios = [run["ratio"] for run in shared]
+        lines.append(
+            f"| fleet achieved/configured | {min(ratios):.4f}-{max(ratios):.4f} | 0.98-1.0 |"
+        )
+        lines.append(
+            f"| fleet worst window / (burst + rate*t) | {h['fleet_redis_worst_window']:.4f} "
+            "| <= 1 |"
+        )
+        calls = ", ".join(f"{k}: {v:.0f}" for k, v in h["fleet_redis_calls_per_s"].items())
+        lines.append(f"| Redis calls/s | {calls} | - |")
+    else:
+        lines.append("| fleet achieved/configured | the redis backend did not run | 0.98-1.0 |")
+    if cpu:
+        lines.append(
+            "| CPU per request, redis / local | "
+            + ", ".join(f"{k}: {v:.3f}x" for k, v in cpu.items())
+            + " | <= 1.10x |"
         )
     return "\n".join(lines)

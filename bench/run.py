@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import instructions, nginx, rate, report, stream, throughput
+from . import fleet, instructions, nginx, rate, report, stream, throughput
 from .procs import ensure_tools, python_server, raise_fd_limit
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,7 +69,23 @@ def scenarios(stream_bytes: int, baseline: Path | None = None) -> dict[str, Any]
                 configured, configured * 0.05, 5.0, workers, directory
             )
         results["rate_accuracy_detail"] = accuracy
+        print("scenario 9: a fleet on one Redis", flush=True)
+        results["fleet"] = fleet.run(directory)
     return results
+
+
+def only(name: str) -> dict[str, Any]:
+    """One scenario alone, merged into the last results (``--only``)."""
+    previous = RESULTS / "latest.json"
+    results: dict[str, Any] = json.loads(previous.read_text()) if previous.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"scenario {name} alone", flush=True)
+        results[name] = ONLY[name](Path(tmp))
+    return results
+
+
+# --only NAME: the scenarios that can run alone, by the key their results are kept under.
+ONLY = {"fleet": fleet.run}
 
 
 @contextlib.contextmanager
@@ -96,23 +112,37 @@ def main() -> None:
         metavar="REV",
         help="also run the proxy of this git revision in the throughput rounds (CPU before/after)",
     )
+    parser.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="run this scenario alone; the other results of latest.json are kept",
+    )
     args = parser.parse_args()
     ensure_tools()
     raise_fd_limit()
     started = time.time()
-    with _checkout(args.baseline) as baseline:
-        results = scenarios(args.stream_mb * (1 << 20), baseline)
-    if args.baseline:
-        results["baseline"] = args.baseline
+    if args.only:
+        results = only(args.only)
+    else:
+        with _checkout(args.baseline) as baseline:
+            results = scenarios(args.stream_mb * (1 << 20), baseline)
+        if args.baseline:
+            results["baseline"] = args.baseline
     results.update(report.headline(results))
-    results["meta"] = {
+    meta = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "rounds": throughput.ROUNDS,
-        "seconds_per_run": throughput.SECONDS,
     }
+    if args.only:
+        # The rest of the results keep the date they were measured at.
+        results.setdefault("meta", {})[f"{args.only}_run"] = meta
+    else:
+        results["meta"] = meta | {
+            "rounds": throughput.ROUNDS,
+            "seconds_per_run": throughput.SECONDS,
+        }
     markdown = report.table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -14,13 +15,21 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 
 
 def run(
-    url: str, connections: int, seconds: float, threads: int = 1, timeout: float = 2.0
+    url: str,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    timeout: float = 2.0,
+    script: Path | None = None,
 ) -> dict[str, Any]:
-    """requests/s, p50/p90/p99 in ms, and every kind of error wrk counts."""
+    """requests/s, p50/p90/p99 in ms, and every kind of error wrk counts; ``script``: a wrk
+    Lua script (bench/fleet.py paces connections with one)."""
     command = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{round(seconds)}s",
         f"--timeout={round(timeout)}s", "--latency", url,
     ]  # fmt: skip
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
     report = subprocess.run(  # noqa: S603
         command, capture_output=True, text=True, check=True, timeout=seconds + 60
     ).stdout

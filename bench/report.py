@@ -241,12 +241,14 @@ def _fleet_table(results: dict[str, Any]) -> str:
             f"{rate}/s: {'+'.join(map(str, row['connections']))} connections, {row['pace_ms']} ms"
             for rate, row in fleet["load"].items()
         )
-        + " (up to 1.5x the limit offered).",
+        + f" (at most {max(row['most_offered'] for row in fleet['load'].values())}x the "
+        "limit offered). Machine busy: both cores' busy share during the run (near 1: the "
+        "machine, not the limit, set the pace).",
         "",
         "| members | configured/s | backend | achieved/s | achieved/configured "
         "| req/s per member | worst window / (burst + rate*t) | CPU µs/req | Redis calls/s "
-        "| Redis CPU µs/req | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Redis CPU µs/req | machine busy | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for topology, rate, backend, run in _fleet_runs(fleet):
         windows = ", ".join(f"{k}: {v}" for k, v in run["worst_window"].items())
@@ -254,7 +256,8 @@ def _fleet_table(results: dict[str, Any]) -> str:
             f"| {members.get(topology, topology)} | {rate} | {backend} | {run['achieved']:g} | "
             f"{run['ratio']} | {' / '.join(f'{x:.0f}' for x in run['members_rps'])} | "
             f"{windows} | {run['cpu_us_per_request']} | {run['redis_calls_per_s']:.0f} | "
-            f"{run['redis_cpu_us_per_request']} | {run['errors']} |"
+            f"{run['redis_cpu_us_per_request']} | {run.get('machine_busy', '-')} | "
+            f"{run['errors']} |"
         )
     failed = {
         members.get(topology, topology): row["redis"]["error"].strip().splitlines()[-1:]

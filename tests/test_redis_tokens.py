@@ -260,6 +260,17 @@ async def test_a_cold_fleet_fetches_once(members: Members) -> None:
     assert sum(s.waited for s in stores) >= 4
 
 
+async def test_one_process_asks_once_at_a_time(members: Members) -> None:
+    """Two lock() calls of one store at once: one reaches Redis and takes the lock, the
+    other is told its own process holds it."""
+    store = members.store()
+    first, second = await asyncio.gather(store.lock(0), store.lock(0))
+    assert first == ACQUIRED
+    assert (second.outcome, second.held_for) == (LockOutcome.HELD, math.inf)
+    await store.release(spent=None)
+    assert await store.lock(0) == ACQUIRED
+
+
 async def test_a_late_commit_never_replaces_a_newer_token(members: Members) -> None:
     """A lock that expired and was taken: the late holder's commit is refused
     (lock-taken) and serves only its own process; once the new holder committed, a commit
@@ -290,6 +301,29 @@ async def test_a_late_commit_never_replaces_a_newer_token(members: Members) -> N
     assert c.stale == 1
     assert held(c) == "newest"
     assert await members.store().lock(0) == SETTLED
+
+
+async def test_a_late_failure_backs_off_only_its_own_process(members: Members) -> None:
+    """A failure written after the lock expired and another process took it is this
+    process's alone; one written after another process committed adopts that token."""
+    a, b = members.store(), members.store()
+    lock_key = f"authproxy:tok:{{{a.cred_id}}}:lock"
+    assert await a.lock(0) == ACQUIRED
+    await members.redis.delete(lock_key)  # a's fetch outlived its lock
+    assert await b.lock(0) == ACQUIRED
+    record = await a.fail("timeout", rejected=False, delay=30.0, spent=None)
+    assert record.retry_at > a.now() + 29
+    assert a.lock_taken == 1
+    await b.commit(token("b", b.now()), None, 0)
+    assert await members.store().lock(0) == SETTLED  # a token, no backoff
+    assert await a.lock(0) == SETTLED
+    assert held(a) == "b"
+    assert await a.lock(1) == ACQUIRED
+    await members.redis.delete(lock_key)
+    assert await b.lock(1) == ACQUIRED
+    await b.commit(token("b2", b.now()), None, 1)
+    record = await a.fail("timeout", rejected=False, delay=30.0, spent=None)
+    assert (a.stale, held(a), record.retry_at) == (1, "b2", 0.0)
 
 
 async def test_a_rotating_refresh_token_is_presented_once_across_the_fleet(

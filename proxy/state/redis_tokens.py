@@ -64,6 +64,7 @@ class RedisTokenStore:
     process alone while Redis was away."""
 
     __slots__ = (
+        "_asking",
         "_auth",
         "_codec",
         "_copy",
@@ -100,6 +101,7 @@ class RedisTokenStore:
         self._copy = FleetCopy(self._codec, self._owner)
         # None: not held; _LOCAL: held here alone; else the fleet generation to fence with.
         self._held: int | None = None
+        self._asking = False  # a lock() of ours is on its way to Redis
         self._window: tuple[int, RequestWindow] | None = None  # our share of token_rate
         self._rate_count = 0
         self._extender: asyncio.Task[None] | None = None
@@ -127,8 +129,16 @@ class RedisTokenStore:
         copy = self._copy
         if copy.record.generation != generation:
             return SETTLED
-        if self._held is not None:
+        if self._held is not None or self._asking:
             return _HELD_HERE
+        self._asking = True
+        try:
+            return await self._lock()
+        finally:
+            self._asking = False
+
+    async def _lock(self) -> LockResult:
+        copy = self._copy
         seen = copy.id
         for _ in range(3):
             try:
@@ -313,7 +323,8 @@ class RedisTokenStore:
         except StateUnavailableError:
             return  # the next lock() asks again
         copy, stored, at = self._copy, reply.stored, self._at(reply)
-        if stored.id is None or stored.id == copy.id:
+        # Only a later commit: a reply overtaken by our own commit's must not undo it.
+        if stored.id is None or (stored.gen <= copy.gen and copy.id is not None):
             return
         theirs = copy.usable(stored, at, self.now())
         if theirs is None:

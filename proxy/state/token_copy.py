@@ -39,7 +39,10 @@ class FleetCopy:
         return token if token is not None and now < token.usable_until else None
 
     def adopt(self, stored: Stored, token: Token, at: ServerTime, backoff_ms: int) -> None:
-        """Take the fleet's token (``token``, from ``stored``), as a new generation here."""
+        """Take the fleet's token (``token``, from ``stored``), as a new generation here,
+        unless the copy holds it already."""
+        if stored.id == self.id and not self.local_only:
+            return
         if stored.by != self._owner:
             self.adopted += 1
         self.id, self.gen, self.local_only = stored.id, stored.gen, False

@@ -33,6 +33,14 @@ def _add_request_id(logger: Any, method: str, event: MutableMapping[str, Any]) -
     return event
 
 
+def _add_worker(index: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    def add(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        event["worker"] = index
+        return event
+
+    return add
+
+
 class ByteSink(Protocol):
     """Where rendered lines go: a binary stream, or a LineBuffer in front of one."""
 
@@ -82,6 +90,7 @@ _TRUSTED_KEYS: Final = frozenset(
         "grant",
         "upstream",
         "logger",
+        "worker",
     }
 )
 _CREDENTIAL_PATTERNS: Final = re.compile(
@@ -141,16 +150,19 @@ def configure(
     stream: ByteSink | None = None,
     redactor: Redactor | None = None,
     cache: bool = True,
+    worker: int | None = None,
 ) -> Redactor:
     """Route every structlog event, and stdlib logging, through one redacting chain.
 
     Returns the Redactor so the caller can tell it the config's secrets (and new ones on
     reload). ``cache=False`` keeps structlog.testing.capture_logs() usable in tests.
+    ``worker``: the index of this worker of a group (serve --workers N), put on every line.
     """
     redactor = redactor or Redactor()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        *([] if worker is None else [_add_worker(worker)]),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         # Tracebacks as plain text, never with frame locals: locals can hold secrets.
@@ -232,11 +244,12 @@ class JsonAccessLog:
     proxy's own numbers and names; the path, the only client text, is scrubbed as the
     Redactor scrubs any line."""
 
-    __slots__ = ("_out", "_redactor", "_second", "_stamp")
+    __slots__ = ("_out", "_redactor", "_second", "_stamp", "_worker")
 
-    def __init__(self, out: BinaryIO, redactor: Redactor) -> None:
+    def __init__(self, out: BinaryIO, redactor: Redactor, worker: int | None = None) -> None:
         self._out = out
         self._redactor = redactor
+        self._worker = worker
         self._second = -1
         self._stamp = ""
 
@@ -244,6 +257,8 @@ class JsonAccessLog:
         fields["path"] = self._redactor.scrub(fields["path"])
         fields["event"] = "access"
         fields["level"] = "info"
+        if self._worker is not None:
+            fields["worker"] = self._worker
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -255,12 +270,15 @@ class JsonAccessLog:
         out.flush()
 
 
-def access_log(level: str, fmt: LogFormat, redactor: Redactor, out: ByteSink) -> AccessLog | None:
-    """The access-line writer for this configuration; None when info lines are off."""
+def access_log(
+    level: str, fmt: LogFormat, redactor: Redactor, out: ByteSink, worker: int | None = None
+) -> AccessLog | None:
+    """The access-line writer for this configuration; None when info lines are off.
+    ``worker``: as for :func:`configure` (console lines get it from the structlog chain)."""
     if logging.getLevelNamesMapping()[level.upper()] > logging.INFO:
         return None
     if fmt == "json":
-        return JsonAccessLog(cast(BinaryIO, out), redactor)
+        return JsonAccessLog(cast(BinaryIO, out), redactor, worker)
     return structlog_access_log()
 
 

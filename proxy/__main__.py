@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _config_path(args.config)
     if args.command == "check":
         return _check(path)
-    out = logs.LineBuffer(sys.stdout.buffer)
+    # A group's workers write to one stdout (their supervisor's, which writes little).
+    out = logs.LineBuffer(sys.stdout.buffer, shared=bool(getattr(args, "worker_of", 0)))
     atexit.register(out.flush_now)  # lines still waiting when the process ends
     # A worker of a group says which one on every line, the same across its restarts.
     worker = args.worker_index if getattr(args, "worker_of", 0) else None

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import tempfile
@@ -21,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.errors import BadRequestError, NoRouteError
+from proxy.observe.logs import LineBuffer
 from proxy.observe.metrics import Metrics
 from proxy.workers import GroupLink, serve_own_views
 from proxy.workers.supervisor import Backoff
@@ -328,3 +330,36 @@ async def test_the_supervisor_merges_what_its_workers_answer_on_their_sockets(
         servers[0].close()
     status, body = await link.view("metrics", "")
     assert (status, json.loads(body)["status"]) == (503, "unavailable")
+
+
+class Recorder:
+    """A byte sink that keeps each write system call's bytes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self._pending = b""
+
+    def write(self, data: bytes, /) -> int:
+        self._pending += data
+        return len(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.writes.append(self._pending)
+            self._pending = b""
+
+
+def test_a_workers_log_batches_reach_the_shared_pipe_in_whole_lines() -> None:
+    """A worker's batch of lines is written in pieces of whole lines, each within PIPE_BUF
+    (never interleaved with another worker's), a longer line whole and alone."""
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i * 37 % 900)) for i in range(60)]
+    lines.insert(30, b'{"long":"%s"}\n' % (b"y" * 9000))
+    sink = Recorder()
+    out = LineBuffer(sink, shared=True)
+    for line in lines:
+        out.write(line)
+    out.flush_now()
+    assert b"".join(sink.writes) == b"".join(lines)
+    assert all(piece.endswith(b"\n") for piece in sink.writes)
+    assert [len(p) for p in sink.writes if len(p) > select.PIPE_BUF] == [len(lines[30])]
+    assert len(sink.writes) < len(lines) / 3  # still batched

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
 import sys
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any, BinaryIO, Final, Literal, Protocol, TextIO, cast
 
@@ -290,14 +291,31 @@ class LineBuffer:
     or 50 ms after the first, whichever comes first; outside an event loop, and at exit
     (:meth:`flush_now`), at once. Every line goes through the same buffer, so their order
     is kept. A process killed with SIGKILL loses at most the last 50 ms of lines.
+
+    ``shared``: other processes write to the same pipe (the workers of a group). A write
+    of up to PIPE_BUF bytes to a pipe is never interleaved with another process's; a larger
+    one may be, once the pipe is full. So batches go out in pieces of whole lines, each
+    within PIPE_BUF (a longer line alone).
     """
 
-    __slots__ = ("__weakref__", "_delay", "_limit", "_parts", "_raw", "_size", "_timer")
+    __slots__ = (
+        "__weakref__",
+        "_delay",
+        "_limit",
+        "_parts",
+        "_piece",
+        "_raw",
+        "_size",
+        "_timer",
+    )
 
-    def __init__(self, raw: ByteSink, delay: float = 0.05, limit: int = 64 * 1024) -> None:
+    def __init__(
+        self, raw: ByteSink, delay: float = 0.05, limit: int = 64 * 1024, *, shared: bool = False
+    ) -> None:
         self._raw = raw
         self._delay = delay
         self._limit = limit
+        self._piece = select.PIPE_BUF if shared else 0
         self._parts: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -328,5 +346,24 @@ class LineBuffer:
             data = b"".join(self._parts)
             self._parts.clear()
             self._size = 0
-            self._raw.write(data)
+            if len(data) <= self._piece or not self._piece:
+                self._raw.write(data)
+            else:
+                for piece in _whole_lines(data, self._piece):
+                    self._raw.write(piece)
+                    self._raw.flush()  # one write system call per piece
         self._raw.flush()
+
+
+def _whole_lines(data: bytes, most: int) -> Iterator[bytes]:
+    """``data`` in pieces that end at a line's end, each of at most ``most`` bytes unless
+    a single line is longer."""
+    start = 0
+    while len(data) - start > most:
+        end = data.rfind(b"\n", start, start + most) + 1
+        if end <= start:  # a line longer than most: alone, whole
+            end = data.find(b"\n", start + most) + 1 or len(data)
+        yield data[start:end]
+        start = end
+    if start < len(data):
+        yield data[start:]

@@ -15,7 +15,7 @@ The layers, bottom up; a module imports only from its own layer and those below 
     pipeline     upstream.py (admit -> token -> send -> retry), forward.py (route ->
                  exchange -> stream back)
     process      runtime.py (the composition root: builds all of the above from one
-                 config), app.py (lifecycle, reload, /-/ endpoints), workers.py, fds.py,
+                 config), app.py (lifecycle, reload, /-/ endpoints), workers/, fds.py,
                  arguments.py, __main__.py (the command line), demo.py
     sandbox/     the simulated vendors, imported only when their command runs
 """

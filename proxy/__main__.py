@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import functools
 import os
 import signal
 import sys
@@ -15,12 +16,12 @@ import structlog
 from . import arguments
 from . import config as config_module
 from .access import is_loopback
-from .app import STATE, build_app, start
+from .app import STATE, build_app, own_view, start
 from .config import Config, StateConfig
 from .errors import ConfigError, ListenError
 from .observe import logs
 from .state.redis_link import shown_url
-from .workers import announce_ready, supervise
+from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
 EXIT_CONFIG: int = 2
 
@@ -51,6 +52,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "[server].workers); limits are divided among them",
     )
     serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--group-dir", help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate the config and print the routes")
     check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
@@ -118,14 +121,22 @@ async def _serve(
     workers: int,
     redactor: logs.Redactor,
     access_log: logs.AccessLog | None,
+    group: GroupLink | None = None,
 ) -> None:
-    """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file.
+    ``group``: this process is that worker of a group (serve --workers N)."""
     log = structlog.get_logger("proxy")
     _loaded(log, path, config)
-    app = build_app(config, on_secrets=redactor.update, access_log=access_log, workers=workers)
+    app = build_app(
+        config, on_secrets=redactor.update, access_log=access_log, workers=workers, group=group
+    )
     runner, addresses = await start(
         app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
     )
+    views: asyncio.Server | None = None
+    if group is not None:
+        own = functools.partial(own_view, app[STATE])
+        views = await serve_own_views(group.directory, group.index, own)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -163,6 +174,8 @@ async def _serve(
     finally:
         # Stop listening, let requests in flight finish (shutdown_grace), then close.
         log.info("proxy_stopping")
+        if views is not None:
+            views.close()
         await runner.cleanup()
         log.info("proxy_stopped")
 
@@ -195,9 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = _config_path(args.config)
     if args.command == "check":
         return _check(path)
-    out = logs.LineBuffer(sys.stdout.buffer)
+    # A group's workers write to one stdout (their supervisor's, which writes little).
+    out = logs.LineBuffer(sys.stdout.buffer, shared=bool(getattr(args, "worker_of", 0)))
     atexit.register(out.flush_now)  # lines still waiting when the process ends
-    redactor = logs.configure(args.log_level, args.log_format, stream=out)
+    # A worker of a group says which one on every line, the same across its restarts.
+    worker = args.worker_index if getattr(args, "worker_of", 0) else None
+    redactor = logs.configure(args.log_level, args.log_format, stream=out, worker=worker)
     if args.command == "demo":
         from .demo import run_demo  # the sandbox comes with it
 
@@ -229,8 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.log_format,
             ]
             return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
-        access_log = logs.access_log(args.log_level, args.log_format, redactor, out)
-        asyncio.run(_serve(path, config, host, port, args.worker_of or 1, redactor, access_log))
+        access_log = logs.access_log(args.log_level, args.log_format, redactor, out, worker)
+        group = (
+            GroupLink(args.group_dir, args.worker_index, args.worker_of)
+            if args.worker_of and args.group_dir
+            else None
+        )
+        asyncio.run(
+            _serve(path, config, host, port, args.worker_of or 1, redactor, access_log, group)
+        )
     except ConfigError as exc:  # a ca_file changed between loading and use
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

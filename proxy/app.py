@@ -26,6 +26,7 @@ from .observe.accounting import Accounting, Stats
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .runtime import Runtime
+from .workers import GroupLink
 
 log = structlog.get_logger("proxy.app")
 
@@ -37,6 +38,7 @@ class ProxyState:
         "_retiring",
         "access_log",
         "accounting",
+        "group",
         "metrics",
         "on_secrets",
         "request_ids",
@@ -59,6 +61,8 @@ class ProxyState:
         self._retiring: set[asyncio.Task[None]] = set()
         # Told every credential of each config loaded, for the log redactor.
         self.on_secrets: Callable[[list[str]], None] | None = None
+        # Set in a worker of serve --workers N: /-/metrics and /-/status answer for all.
+        self.group: GroupLink | None = None
         self._watch()
 
     def _watch(self) -> None:
@@ -132,7 +136,7 @@ async def _ready(request: Request, state: ProxyState) -> Reply:
     return _json(body, status=503 if failing else 200)
 
 
-async def _status(request: Request, state: ProxyState) -> Reply:
+async def _status(request: Request | None, state: ProxyState) -> Reply:
     """Routes with their limits and pauses, each auth's token state (never a token), the
     clients, and the state backend."""
     runtime = state.runtime
@@ -162,20 +166,40 @@ async def _status(request: Request, state: ProxyState) -> Reply:
     )
 
 
-async def _metrics(request: Request, state: ProxyState) -> Reply:
-    return Reply(
-        200,
-        {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        state.metrics.exposition(),
-    )
+_METRICS: Final = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+
+
+async def _metrics(request: Request | None, state: ProxyState) -> Reply:
+    return Reply(200, _METRICS, state.metrics.exposition())
+
+
+async def own_view(state: ProxyState, view: str) -> bytes:
+    """This process's own /-/metrics or /-/status body, for its group's supervisor."""
+    return (await (_metrics if view == "metrics" else _status)(None, state)).body
+
+
+def _grouped(own: Admin, view: str, headers: dict[str, str]) -> Admin:
+    """In a worker of a group: the group's view, from its supervisor; ``?worker=<i>``:
+    worker i's own."""
+
+    async def handler(request: Request, state: ProxyState) -> Reply:
+        if state.group is None:
+            return await own(request, state)
+        try:
+            status, body = await state.group.view(view, request.raw_path.partition("?")[2])
+        except ProxyError as error:
+            return error_response(error, REQUEST_ID.get() or "")
+        return Reply(status, headers if status == 200 else _JSON, body)
+
+    return handler
 
 
 ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
     # path: (handler, restricted by server.admin_access)
     "/-/health": (_health, False),
     "/-/ready": (_ready, False),
-    "/-/status": (_status, True),
-    "/-/metrics": (_metrics, True),
+    "/-/status": (_grouped(_status, "status", _JSON), True),
+    "/-/metrics": (_grouped(_metrics, "metrics", _METRICS), True),
 }
 
 
@@ -239,9 +263,11 @@ class ProxyApp:
         on_secrets: Callable[[list[str]], None] | None,
         access_log: AccessLog | None,
         workers: int = 1,
+        group: GroupLink | None = None,
     ) -> None:
         self._config = config
         self._workers = workers
+        self._group = group
         self._on_secrets = on_secrets
         self._access_log = access_log
         self._state: ProxyState | None = None
@@ -259,6 +285,7 @@ class ProxyApp:
     async def open(self) -> None:
         state = ProxyState(self._config, self._access_log, self._request_ids, self._workers)
         state.on_secrets = self._on_secrets
+        state.group = self._group
         state._watch()
         self._state = state
         await state.runtime.state.start()
@@ -288,15 +315,16 @@ def build_app(
     on_secrets: Callable[[list[str]], None] | None = None,
     access_log: AccessLog | Literal["structlog"] | None = "structlog",
     workers: int = 1,
+    group: GroupLink | None = None,
 ) -> ProxyApp:
     """The proxy as an app; upstream pools and token managers open on start and close on
     cleanup (after in-flight requests had their grace period). ``access_log`` writes each
     request's line (None: no access lines); by default they go through structlog.
     ``workers``: how many processes serve this config (each keeps its own limits' share
-    while the state is per process)."""
+    while the state is per process); ``group``: this process is a worker of that group."""
     if access_log == "structlog":
         access_log = structlog_access_log()
-    return ProxyApp(config, on_secrets, access_log, workers)
+    return ProxyApp(config, on_secrets, access_log, workers, group)
 
 
 class Runner:

@@ -379,12 +379,13 @@ async def test_workers_share_the_port_and_the_combined_limit_holds(
     for window in (0.5, 1.0):
         most = max(sum(1 for t in times[i:] if t - s <= window) for i, s in enumerate(times))
         assert most <= burst + rate * window + 2, (window, most)
-    pids = {
-        json.loads(line)["pid"]
+    started = [
+        json.loads(line)
         for line in proxy.lines
         if line.startswith("{") and '"worker_started"' in line
-    }
-    assert len(pids) == workers
+    ]
+    assert len({event["pid"] for event in started}) == workers
+    assert sorted(event["worker"] for event in started) == list(range(workers))
 
 
 async def test_open_proxy_on_a_public_address_is_warned_about(

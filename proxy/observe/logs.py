@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import select
 import sys
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any, BinaryIO, Final, Literal, Protocol, TextIO, cast
 
@@ -31,6 +32,14 @@ def _add_request_id(logger: Any, method: str, event: MutableMapping[str, Any]) -
     if request_id is not None:
         event.setdefault("request_id", request_id)
     return event
+
+
+def _add_worker(index: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    def add(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        event["worker"] = index
+        return event
+
+    return add
 
 
 class ByteSink(Protocol):
@@ -82,6 +91,7 @@ _TRUSTED_KEYS: Final = frozenset(
         "grant",
         "upstream",
         "logger",
+        "worker",
     }
 )
 _CREDENTIAL_PATTERNS: Final = re.compile(
@@ -141,16 +151,19 @@ def configure(
     stream: ByteSink | None = None,
     redactor: Redactor | None = None,
     cache: bool = True,
+    worker: int | None = None,
 ) -> Redactor:
     """Route every structlog event, and stdlib logging, through one redacting chain.
 
     Returns the Redactor so the caller can tell it the config's secrets (and new ones on
     reload). ``cache=False`` keeps structlog.testing.capture_logs() usable in tests.
+    ``worker``: the index of this worker of a group (serve --workers N), put on every line.
     """
     redactor = redactor or Redactor()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        *([] if worker is None else [_add_worker(worker)]),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         # Tracebacks as plain text, never with frame locals: locals can hold secrets.
@@ -232,11 +245,12 @@ class JsonAccessLog:
     proxy's own numbers and names; the path, the only client text, is scrubbed as the
     Redactor scrubs any line."""
 
-    __slots__ = ("_out", "_redactor", "_second", "_stamp")
+    __slots__ = ("_out", "_redactor", "_second", "_stamp", "_worker")
 
-    def __init__(self, out: BinaryIO, redactor: Redactor) -> None:
+    def __init__(self, out: BinaryIO, redactor: Redactor, worker: int | None = None) -> None:
         self._out = out
         self._redactor = redactor
+        self._worker = worker
         self._second = -1
         self._stamp = ""
 
@@ -244,6 +258,8 @@ class JsonAccessLog:
         fields["path"] = self._redactor.scrub(fields["path"])
         fields["event"] = "access"
         fields["level"] = "info"
+        if self._worker is not None:
+            fields["worker"] = self._worker
         now = time.time()
         second = int(now)
         if second != self._second:
@@ -255,12 +271,15 @@ class JsonAccessLog:
         out.flush()
 
 
-def access_log(level: str, fmt: LogFormat, redactor: Redactor, out: ByteSink) -> AccessLog | None:
-    """The access-line writer for this configuration; None when info lines are off."""
+def access_log(
+    level: str, fmt: LogFormat, redactor: Redactor, out: ByteSink, worker: int | None = None
+) -> AccessLog | None:
+    """The access-line writer for this configuration; None when info lines are off.
+    ``worker``: as for :func:`configure` (console lines get it from the structlog chain)."""
     if logging.getLevelNamesMapping()[level.upper()] > logging.INFO:
         return None
     if fmt == "json":
-        return JsonAccessLog(cast(BinaryIO, out), redactor)
+        return JsonAccessLog(cast(BinaryIO, out), redactor, worker)
     return structlog_access_log()
 
 
@@ -272,14 +291,31 @@ class LineBuffer:
     or 50 ms after the first, whichever comes first; outside an event loop, and at exit
     (:meth:`flush_now`), at once. Every line goes through the same buffer, so their order
     is kept. A process killed with SIGKILL loses at most the last 50 ms of lines.
+
+    ``shared``: other processes write to the same pipe (the workers of a group). A write
+    of up to PIPE_BUF bytes to a pipe is never interleaved with another process's; a larger
+    one may be, once the pipe is full. So batches go out in pieces of whole lines, each
+    within PIPE_BUF (a longer line alone).
     """
 
-    __slots__ = ("__weakref__", "_delay", "_limit", "_parts", "_raw", "_size", "_timer")
+    __slots__ = (
+        "__weakref__",
+        "_delay",
+        "_limit",
+        "_parts",
+        "_piece",
+        "_raw",
+        "_size",
+        "_timer",
+    )
 
-    def __init__(self, raw: ByteSink, delay: float = 0.05, limit: int = 64 * 1024) -> None:
+    def __init__(
+        self, raw: ByteSink, delay: float = 0.05, limit: int = 64 * 1024, *, shared: bool = False
+    ) -> None:
         self._raw = raw
         self._delay = delay
         self._limit = limit
+        self._piece = select.PIPE_BUF if shared else 0
         self._parts: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -310,5 +346,24 @@ class LineBuffer:
             data = b"".join(self._parts)
             self._parts.clear()
             self._size = 0
-            self._raw.write(data)
+            if len(data) <= self._piece or not self._piece:
+                self._raw.write(data)
+            else:
+                for piece in _whole_lines(data, self._piece):
+                    self._raw.write(piece)
+                    self._raw.flush()  # one write system call per piece
         self._raw.flush()
+
+
+def _whole_lines(data: bytes, most: int) -> Iterator[bytes]:
+    """``data`` in pieces that end at a line's end, each of at most ``most`` bytes unless
+    a single line is longer."""
+    start = 0
+    while len(data) - start > most:
+        end = data.rfind(b"\n", start, start + most) + 1
+        if end <= start:  # a line longer than most: alone, whole
+            end = data.find(b"\n", start + most) + 1 or len(data)
+        yield data[start:end]
+        start = end
+    if start < len(data):
+        yield data[start:]

@@ -275,19 +275,18 @@ class LeaseCapacity:
             )
             await bucket.acquire(bucket.max_rate)  # starts with no burst to give
             self._bucket = bucket
-        log.warning(
-            "limit_fallback",
-            limit=self._name,
-            reason=reason,
-            share=share,
-            closed=self._fleet.closed,
-        )
+        if self._fleet.closed:
+            log.warning("leases_unavailable", limit=self._name, reason=reason, then="refuse")
+        else:
+            log.warning(
+                "leases_unavailable", limit=self._name, reason=reason, then=f"share 1/{share}"
+            )
         self._announce()
 
     def _back(self) -> None:
         self._away = False
         self._bucket = None
-        log.info("limit_leasing", limit=self._name)
+        log.info("leases_back", limit=self._name)
         self._announce()
 
     def status(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ into the JSON answer a client gets.
         ├── UpstreamUnreachableError  502 upstream_unreachable
         ├── OverloadedError       503 overloaded (a connection, in-flight or body spool cap reached)
         ├── TokenUnavailableError 503 token_unavailable (no valid token can be had now)
+        ├── StateBackendError     503 state_unavailable (Redis away, on_failure = "closed")
         ├── UpstreamTimeoutError  504 upstream_timeout
         ├── VersionError          505 http_version_not_supported (not HTTP/1.0 or 1.1)
         └── LoopDetectedError     508 loop_detected (the request carries our own Via)
@@ -171,6 +172,20 @@ class TokenUnavailableError(ProxyError):
         )
         self.auth = auth
         self.reason = reason
+
+
+class StateBackendError(ProxyError):
+    """A limit shared by the fleet cannot be checked: its Redis is away, and
+    ``on_failure = "closed"`` forbids falling back to this process's share."""
+
+    status = 503
+    code = "state_unavailable"
+
+    def __init__(self, limit: str, retry_in: float = 1.0) -> None:
+        super().__init__(
+            f"rate limit state unavailable ({limit}); retry later", retry_after=retry_in
+        )
+        self.limit = limit
 
 
 class UpstreamTimeoutError(ProxyError):

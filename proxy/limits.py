@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Any, Protocol
+from collections.abc import Sized
+from typing import Any, Protocol, runtime_checkable
 
 from .clock import MONOTONIC, Clock
 from .config import RateLimitConfig
@@ -62,8 +63,22 @@ class Limit(Protocol):
         ...
 
 
+@runtime_checkable
+class LineWatcher(Protocol):
+    """A capacity that sizes what it reserves by the line waiting for it (a fleet's
+    leases ask Redis for as many slots as there are requests waiting, not one at a time)."""
+
+    def watch(self, line: Sized) -> None:
+        """Keep ``line``; its length is the number of requests waiting for a slot."""
+        ...
+
+
 class RateLimit:
-    """One limit, shared by every request that passes it, over slots from the state."""
+    """One limit, shared by every request that passes it, over slots from the state.
+
+    A capacity that cannot give slots (its ``acquire()`` raises, e.g. a fleet limit whose
+    Redis is away with ``on_failure = "closed"``) fails every request waiting in line with
+    that error at once; a request on the fast path gets it directly."""
 
     __slots__ = (
         "_capacity",
@@ -87,6 +102,8 @@ class RateLimit:
         self._line: deque[asyncio.Future[None]] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
         self.rejected = 0
+        if isinstance(capacity, LineWatcher):
+            capacity.watch(self._line)
 
     @property
     def name(self) -> str:
@@ -125,7 +142,8 @@ class RateLimit:
             raise self._reject((len(line) + 1) / self._rate) from None
         finally:
             # A ticket given up (timeout, or the client left) is skipped by the dispatcher.
-            ticket.cancel()
+            if not ticket.cancel() and not ticket.cancelled():
+                ticket.exception()  # retrieved: a waiter cancelled as it failed
         return self._clock.monotonic() - now
 
     async def _dispatch(self) -> None:
@@ -135,7 +153,16 @@ class RateLimit:
                 if line[0].done():
                     line.popleft()
                     continue
-                await self._capacity.acquire()
+                try:
+                    await self._capacity.acquire()
+                except Exception as exc:
+                    # Nobody in line could get a slot now: each is told, rather than left
+                    # to time out. Those that come next start a new dispatcher.
+                    while line:
+                        ticket = line.popleft()
+                        if not ticket.done():
+                            ticket.set_exception(exc)
+                    return
                 # The head may have given up while we waited; its slot then goes to the next.
                 while line and line[0].done():
                     line.popleft()

@@ -20,8 +20,10 @@ processes and workers only, from /proc), and Redis's calls per second and CPU fr
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -42,6 +44,7 @@ MEMBERS = 2
 LOAD = {1000: ((32, 8), 20), 10000: ((160, 40), 10)}
 TOPOLOGIES = {"processes": 1, "workers_2": 2}  # name -> --workers of each member
 BACKENDS = ("local", "redis")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def run(directory: Path) -> dict[str, Any]:
@@ -140,6 +143,7 @@ def _measure(
         _arrivals(upstream)
         script = directory / f"pace_{pace}.lua"
         script.write_text(f"function delay() return {pace} end\n")
+        leases_before = _lease_tokens(members, rate)
         redis_before, cpu_before = _redis_info(redis_port), _cpu(members)
         machine_before = _machine()
         started = time.monotonic()
@@ -154,6 +158,7 @@ def _measure(
         cpu = _cpu(members) - cpu_before
         machine = [after - before for after, before in zip(_machine(), machine_before, strict=True)]
         redis_after = _redis_info(redis_port)
+    leases = _lease_tokens(members, rate)
     times = _arrivals(upstream)
     seen = achieved(times, burst)
     answered = sum(load["requests"] for load in loads)
@@ -178,11 +183,31 @@ def _measure(
         "redis_calls_per_s": round(sum(calls.values()), 1),
         "redis_calls_by_command": {k: round(v, 1) for k, v in calls.items() if v > 0},
         "redis_cpu_us_per_request": round(redis_cpu / max(1, answered) * 1e6, 2),
+        "lease_tokens": {k: v - leases_before.get(k, 0) for k, v in leases.items()},
     }
 
 
 def _cpu(members: list[Proxy]) -> float:
     return sum(cpu_seconds(member.pid) for member in members)
+
+
+def _lease_tokens(members: list[Proxy], rate: int) -> dict[str, float]:
+    """The members' ``proxy_lease_tokens_total`` of this rate's route, by outcome (granted,
+    spent, expired); nothing under the local backend. A group's /-/metrics is its workers'
+    sum."""
+    out: dict[str, float] = {}
+    for member in members:
+        with urllib.request.urlopen(f"{member.url}/-/metrics", timeout=10) as answer:  # noqa: S310
+            text = answer.read().decode()
+        for line in text.splitlines():
+            if not line.startswith("proxy_lease_tokens_total{"):
+                continue
+            labels, value = line[len("proxy_lease_tokens_total{") :].rsplit("} ", 1)
+            named = dict(_LABEL.findall(labels))
+            if named.get("limit", "").endswith(f"/at{rate}"):
+                outcome = named.get("outcome", "?")
+                out[outcome] = out.get(outcome, 0.0) + float(value)
+    return out
 
 
 def _machine() -> tuple[int, int]:

@@ -228,6 +228,12 @@ def _fleet_headline(fleet: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _expired(tokens: dict[str, float]) -> str:
+    if not tokens.get("granted"):
+        return "-"
+    return f"{tokens.get('expired', 0):.0f} / {tokens['granted']:.0f}"
+
+
 def _fleet_table(results: dict[str, Any]) -> str:
     fleet = results["fleet"]
     members = {"processes": "2 x serve", "workers_2": "2 x serve --workers 2"}
@@ -247,8 +253,8 @@ def _fleet_table(results: dict[str, Any]) -> str:
         "",
         "| members | configured/s | backend | achieved/s | achieved/configured "
         "| req/s per member | worst window / (burst + rate*t) | CPU µs/req | Redis calls/s "
-        "| Redis CPU µs/req | machine busy | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Redis CPU µs/req | lease tokens expired / granted | machine busy | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for topology, rate, backend, run in _fleet_runs(fleet):
         windows = ", ".join(f"{k}: {v}" for k, v in run["worst_window"].items())
@@ -256,7 +262,8 @@ def _fleet_table(results: dict[str, Any]) -> str:
             f"| {members.get(topology, topology)} | {rate} | {backend} | {run['achieved']:g} | "
             f"{run['ratio']} | {' / '.join(f'{x:.0f}' for x in run['members_rps'])} | "
             f"{windows} | {run['cpu_us_per_request']} | {run['redis_calls_per_s']:.0f} | "
-            f"{run['redis_cpu_us_per_request']} | {run.get('machine_busy', '-')} | "
+            f"{run['redis_cpu_us_per_request']} | {_expired(run.get('lease_tokens', {}))} | "
+            f"{run.get('machine_busy', '-')} | "
             f"{run['errors']} |"
         )
     failed = {

@@ -13,8 +13,11 @@ split leaves the quiet member's unused half idle; a shared limit gives it to the
 
 Measured per run: the upstream's arrivals (achieved rate after the first half second, the
 busiest windows against ``burst + rate * t``), the members' CPU per request (their
-processes and workers only, from /proc), and Redis's calls per second and CPU from
-``INFO commandstats`` and ``INFO cpu`` (its own INFO calls left out).
+processes and workers only, from /proc), Redis's scripts and commands per second (a
+script's own commands count too) and CPU from ``INFO commandstats`` and ``INFO cpu`` (its
+own INFO calls left out), and from the members' /-/metrics their Redis calls per second
+(``proxy_state_calls_total``), mean call latency and lease tokens granted, spent and
+expired unspent.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ MEMBERS = 2
 LOAD = {1000: ((32, 8), 20), 10000: ((160, 40), 10)}
 TOPOLOGIES = {"processes": 1, "workers_2": 2}  # name -> --workers of each member
 BACKENDS = ("local", "redis")
+_SCRIPTS = frozenset(("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"))
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -143,7 +147,7 @@ def _measure(
         _arrivals(upstream)
         script = directory / f"pace_{pace}.lua"
         script.write_text(f"function delay() return {pace} end\n")
-        leases_before = _lease_tokens(members, rate)
+        scraped = _scrape(members)
         redis_before, cpu_before = _redis_info(redis_port), _cpu(members)
         machine_before = _machine()
         started = time.monotonic()
@@ -158,7 +162,7 @@ def _measure(
         cpu = _cpu(members) - cpu_before
         machine = [after - before for after, before in zip(_machine(), machine_before, strict=True)]
         redis_after = _redis_info(redis_port)
-    leases = _lease_tokens(members, rate)
+    proxies = _from_proxies(scraped, _scrape(members), rate, elapsed)
     times = _arrivals(upstream)
     seen = achieved(times, burst)
     answered = sum(load["requests"] for load in loads)
@@ -180,10 +184,12 @@ def _measure(
         "cpu_us_per_request": round(cpu / max(1, answered) * 1e6, 1),
         # Near 1: the machine, not the limit, set the pace (every process shares 2 cores).
         "machine_busy": round(machine[0] / max(1, machine[1]), 3),
-        "redis_calls_per_s": round(sum(calls.values()), 1),
-        "redis_calls_by_command": {k: round(v, 1) for k, v in calls.items() if v > 0},
+        # Redis counts the commands a script runs as well as the script itself.
+        "redis_commands_per_s": round(sum(calls.values()), 1),
+        "redis_scripts_per_s": round(sum(v for k, v in calls.items() if k in _SCRIPTS), 1),
+        "redis_commands_by_name": {k: round(v, 1) for k, v in calls.items() if v > 0},
         "redis_cpu_us_per_request": round(redis_cpu / max(1, answered) * 1e6, 2),
-        "lease_tokens": {k: v - leases_before.get(k, 0) for k, v in leases.items()},
+        **proxies,
     }
 
 
@@ -191,22 +197,51 @@ def _cpu(members: list[Proxy]) -> float:
     return sum(cpu_seconds(member.pid) for member in members)
 
 
-def _lease_tokens(members: list[Proxy], rate: int) -> dict[str, float]:
-    """The members' ``proxy_lease_tokens_total`` of this rate's route, by outcome (granted,
-    spent, expired); nothing under the local backend. A group's /-/metrics is its workers'
-    sum."""
-    out: dict[str, float] = {}
+def _scrape(members: list[Proxy]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The members' metrics summed, {(name, labels): value} (a group's /-/metrics is
+    already its workers' sum)."""
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for member in members:
         with urllib.request.urlopen(f"{member.url}/-/metrics", timeout=10) as answer:  # noqa: S310
             text = answer.read().decode()
         for line in text.splitlines():
-            if not line.startswith("proxy_lease_tokens_total{"):
+            name, brace, rest = line.partition("{")
+            if not brace or not name.startswith(("proxy_lease_", "proxy_state_call")):
                 continue
-            labels, value = line[len("proxy_lease_tokens_total{") :].rsplit("} ", 1)
-            named = dict(_LABEL.findall(labels))
-            if named.get("limit", "").endswith(f"/at{rate}"):
-                outcome = named.get("outcome", "?")
-                out[outcome] = out.get(outcome, 0.0) + float(value)
+            labels, value = rest.rsplit("} ", 1)
+            key = (name, frozenset(_LABEL.findall(labels)))
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _from_proxies(
+    before: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    after: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    rate: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    """What the members say of the run: their Redis calls (every op: leases, heartbeats,
+    tokens) per second and mean latency, and this rate's lease tokens by outcome
+    (granted, spent, expired). Empty under the local backend."""
+    delta = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    tokens: dict[str, float] = {}
+    calls = seconds = timed = 0.0
+    for (name, labels), value in delta.items():
+        named = dict(labels)
+        if name == "proxy_lease_tokens_total" and named.get("limit", "").endswith(f"/at{rate}"):
+            outcome = named.get("outcome", "?")
+            tokens[outcome] = tokens.get(outcome, 0.0) + value
+        elif name == "proxy_state_calls_total":
+            calls += value
+        elif name == "proxy_state_call_seconds_sum":
+            seconds += value
+        elif name == "proxy_state_call_seconds_count":
+            timed += value
+    out: dict[str, Any] = {"lease_tokens": tokens}
+    if any(name == "proxy_state_calls_total" for name, _ in after):
+        out["state_calls_per_s"] = round(calls / elapsed, 1)
+    if timed:
+        out["state_call_ms"] = round(seconds / timed * 1e3, 3)
     return out
 
 

@@ -29,6 +29,7 @@ from .observe.metrics import Metrics
 from .routing import RouteTable
 from .state.base import State
 from .state.local import LocalState
+from .state.redis import RedisState
 from .upstream import Target
 
 log = structlog.get_logger("proxy.runtime")
@@ -301,4 +302,6 @@ def open_state(config: Config, workers: int = 1) -> State:
     backend = config.state.backend
     if backend == "local":
         return LocalState(workers=workers)
+    if backend == "redis":
+        return RedisState(config.state, workers=workers)
     raise ConfigError([f"state.backend: no backend {backend!r}"])  # the loader refused it

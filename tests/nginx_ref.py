@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -159,6 +160,22 @@ class ReferenceNginx:
 
         template = _ORIGIN.replace("{http}", literal(http)).replace("{server}", literal(server))
         return await self._run(template)
+
+    async def balancer(self, conf: str, servers: dict[str, int]) -> int:
+        """nginx run from a shipped config (deploy/compose/nginx.conf) as written, but on
+        loopback: its ``listen`` on a free port, each ``host:port`` of ``servers`` pointed
+        at 127.0.0.1 and the port given, its files in this prefix directory."""
+        for address, port in servers.items():
+            conf = conf.replace(f"server {address}", f"server 127.0.0.1:{port}")
+        conf = conf.replace("{", "{{").replace("}", "}}")
+        conf = re.sub(r"listen \d+;", "listen 127.0.0.1:{port};", conf)
+        conf = conf.replace(
+            "http {{",
+            "http {{\n    client_body_temp_path {dir}/body;\n    proxy_temp_path {dir}/proxy;"
+            "\n    access_log off;",
+            1,
+        )
+        return await self._run("{user}\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n" + conf)
 
     def access_log(self) -> list[str]:
         path = self.dir / "access.log"

@@ -246,7 +246,7 @@ class LeaseCapacity:
         self.lease_calls += 1
         try:
             n, delay, retry, _ = await self._fleet.link.call(
-                partial(lease_call, key=self._key, args=self.plan.args(want, restart))
+                partial(lease_call, key=self._key, args=self.plan.args(want, restart)), "lease"
             )
         except StateUnavailableError as exc:
             self._restart = self._restart or restart

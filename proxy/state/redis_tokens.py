@@ -355,7 +355,7 @@ class RedisTokenStore:
 
     async def _call(self, name: str, keys: tuple[str, ...], args: tuple[object, ...]) -> Any:
         script = SCRIPTS[name]
-        return await self._fleet.link.call(lambda r: script.run(r, keys, args))
+        return await self._fleet.link.call(lambda r: script.run(r, keys, args), f"token_{name}")
 
     def _at(self, reply: Reply) -> ServerTime:
         return ServerTime(reply.now, self.now())

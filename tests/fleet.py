@@ -1,0 +1,199 @@
+"""What the fleet tests run: proxy processes that share one Redis, a recording upstream
+that notes when each request arrived, and an open-loop load split unevenly over them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+STARTUP_TIMEOUT = 20.0
+
+
+class Recorder:
+    """An HTTP/1.1 upstream that answers every request 200 at once and notes its arrival
+    (monotonic clock, this process's: the proxies are on the same machine). A path in
+    ``throttle`` gets one 429 with that Retry-After first."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, str]] = []
+        self.throttle: dict[str, int] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def times(self, prefix: str = "/") -> list[float]:
+        return sorted(t for t, path in self.arrivals if path.startswith(prefix))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                now = time.monotonic()
+                path = head.split(b" ", 2)[1].decode()
+                self.arrivals.append((now, path))
+                retry = self.throttle.pop(path, None)
+                if retry is not None:
+                    writer.write(
+                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\n"
+                        b"Content-Length: 0\r\n\r\n" % retry
+                    )
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@dataclass
+class Member:
+    """One `serve` process (or `--workers N` group) of the fleet, its output read as it
+    comes so that a full pipe never stalls it."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    lines: list[str] = field(default_factory=list)
+    _drain: asyncio.Task[None] | None = None
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        found = []
+        for line in self.lines:
+            if f'"{name}"' in line:
+                event = json.loads(line)
+                if event.get("event") == name:
+                    found.append(event)
+        return found
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._drain is not None:
+            await self._drain
+        from .conftest import SUBPROCESS_OUTPUT
+
+        SUBPROCESS_OUTPUT.extend(self.lines)
+
+
+async def start_member(config: Path, *extra: str, env: dict[str, str] | None = None) -> Member:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    stdout = process.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            while True:
+                raw = await stdout.readline()
+                if not raw:
+                    raise AssertionError("proxy exited before starting:\n" + "\n".join(lines))
+                line = raw.decode().rstrip("\n")
+                lines.append(line)
+                if '"proxy_started"' in line:
+                    url = json.loads(line)["addresses"][0]
+                    break
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+
+    async def drain() -> None:
+        async for raw in stdout:
+            lines.append(raw.decode().rstrip("\n"))
+
+    member = Member(process, url, lines)
+    member._drain = asyncio.get_running_loop().create_task(drain())
+    return member
+
+
+@dataclass
+class Outcome:
+    member: int
+    status: int
+    sent: float
+    seconds: float
+
+
+async def drive(
+    session: aiohttp.ClientSession,
+    urls: Sequence[str],
+    weights: Sequence[int],
+    rate: float,
+    seconds: float,
+    path: str,
+) -> list[Outcome]:
+    """Open-loop load: ``rate`` requests a second for ``seconds``, the n-th going to the
+    member its place in the weights' cycle picks (weights 4, 1: 80/20)."""
+    cycle = [i for i, w in enumerate(weights) for _ in range(w)]
+    outcomes: list[Outcome] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(member: int) -> None:
+        sent = time.monotonic()
+        try:
+            async with session.get(urls[member] + path) as r:
+                await r.read()
+                status = r.status
+        except aiohttp.ClientError:
+            status = 0
+        outcomes.append(Outcome(member, status, sent, time.monotonic() - sent))
+
+    start = time.monotonic()
+    total = int(rate * seconds)
+    for n in range(total):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(cycle[n % len(cycle)])))
+    await asyncio.gather(*tasks)
+    return outcomes
+
+
+def busiest(times: Sequence[float], window: float) -> int:
+    """The most arrivals in any window of ``window`` seconds."""
+    ordered = sorted(times)
+    most, lo = 0, 0
+    for hi, t in enumerate(ordered):
+        while t - ordered[lo] > window:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most

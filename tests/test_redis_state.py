@@ -1,0 +1,159 @@
+"""The redis backend as a whole (proxy/state/redis.py) against a real redis-server: what
+it shares and what it leaves per process, the fleet it sees, hints over pub/sub with the
+poll behind them, and a Redis that is away at start."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis import asyncio as aioredis
+from structlog.testing import capture_logs
+
+from proxy import config as config_module
+from proxy.state.redis import RedisState
+
+from .redisserver import PASSWORD, RedisServer
+
+ROUTES = (
+    '[[routes]]\nprefix = "/a"\nupstream = "http://127.0.0.1:9"\n'
+    "rate_limit = { rate = 100, burst = 40 }\n"
+    '[[routes]]\nprefix = "/b"\nupstream = "http://127.0.0.1:9"\n'
+    'rate_limit = { rate = 100, burst = 40, scope = "process" }\n'
+)
+
+
+def state_config(url: str, extra: str = "") -> config_module.Config:
+    text = ROUTES + f'[state]\nbackend = "redis"\nurl = "{url}"\nkey_prefix = "t:"\n{extra}'
+    return config_module.loads(text, {})
+
+
+MakeState = Callable[..., Awaitable[RedisState]]
+
+
+@pytest.fixture
+async def make_state(redis_server: RedisServer) -> AsyncIterator[MakeState]:
+    made: list[RedisState] = []
+
+    async def make(url: str | None = None, workers: int = 1, start: bool = True) -> RedisState:
+        state = RedisState(state_config(url or redis_server.url).state, workers=workers)
+        made.append(state)
+        if start:
+            await state.start()
+        return state
+
+    yield make
+    for state in made:
+        await state.close()
+
+
+async def test_global_limits_are_whole_and_process_ones_are_divided(
+    make_state: MakeState, redis_server: RedisServer
+) -> None:
+    """With --workers 4 a global limit is the fleet's whole limit in every worker; one with
+    scope = "process" is divided as the local backend divides it."""
+    state = await make_state(workers=4, start=False)
+    shared = state.share(state_config(redis_server.url))
+    glob, local = (r.rate_limit for r in shared.routes)
+    assert glob is not None
+    assert (glob.rate, glob.burst) == (100, 40)
+    assert local is not None
+    assert (local.rate, local.burst) == (25, 10)
+
+
+async def test_the_fleet_is_counted_and_left_at_close(make_state: MakeState) -> None:
+    """Each process beats in Redis at start: both see a fleet of two; one that closes
+    leaves it at once."""
+    a = await make_state()
+    b = await make_state()
+    await a._beat()
+    assert (a.health()["fleet_size"], b.health()["fleet_size"]) == (2, 2)
+    await b.close()
+    await a._beat()
+    assert a.health()["fleet_size"] == 1
+
+
+async def test_health_shows_the_fleet_never_the_password(make_state: MakeState) -> None:
+    health = (await make_state()).health()
+    assert health["backend"] == "redis"
+    assert health["up"] is True
+    assert health["fallback"] is False
+    assert PASSWORD not in str(health)
+    assert health["url"].startswith("redis://***@127.0.0.1:")
+
+
+async def test_a_pause_hint_reaches_a_peer_over_pub_sub(
+    make_state: MakeState, redis_server: RedisServer
+) -> None:
+    """A hint alone (no pause key to poll) pauses the peer's route: pub/sub works."""
+    b = await make_state()
+    pause = b.route_pause("/a", "http://127.0.0.1:9")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with asyncio.timeout(3):
+            while pause.remaining() == 0:
+                await client.publish(b.fleet.channel, f"pause {pause_key(b, pause)} 1500 other")
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    assert 1.0 < pause.remaining() <= 1.6
+
+
+async def test_a_pause_holds_when_its_hint_is_lost(
+    make_state: MakeState, redis_server: RedisServer
+) -> None:
+    """A pause key set without any hint reaches the peer through the poll (250 ms)."""
+    b = await make_state()
+    pause = b.route_pause("/a", "http://127.0.0.1:9")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.set(pause_key(b, pause), "1", px=2000)
+    finally:
+        await client.aclose()
+    async with asyncio.timeout(2):
+        while pause.remaining() == 0:
+            await asyncio.sleep(0.02)
+    assert pause.remaining() > 1.0
+
+
+def pause_key(state: RedisState, pause: object) -> str:
+    key: str = pause.key  # type: ignore[attr-defined]
+    return key
+
+
+async def test_redis_away_at_start_serves_on_the_fallback(
+    make_state: MakeState, redis_server: RedisServer
+) -> None:
+    """Start-up does not wait for a Redis that is down: the state says it is away and the
+    fallback is on; the breaker logs state_backend_down once."""
+    url = redis_server.url
+    redis_server.stop()
+    with capture_logs() as logs:
+        state = await make_state(url)
+        for _ in range(3):
+            await state._beat()
+    assert state.health()["up"] is False
+    assert state.health()["fallback"] is True
+    assert [e["event"] for e in logs].count("state_backend_down") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("redis://10.0.0.5:6379/0", True),
+        ("redis://redis.internal:6379/0", True),
+        ("rediss://10.0.0.5:6379/0", False),
+        ("redis://127.0.0.1:6379/0", False),
+        ("redis://[::1]:6379/0", False),
+        ("redis://localhost:6379/0", False),
+        ("unix:///run/redis.sock", False),
+    ],
+)
+def test_plaintext_redis_off_this_machine_is_warned_about(url: str, warned: bool) -> None:
+    """Tokens and limits cross the network to a Redis on another machine: without TLS the
+    proxy says so at start (nothing is sent here: the check reads the URL)."""
+    state = RedisState(state_config(url).state)
+    with capture_logs() as logs:
+        state.warn_plaintext()
+    assert [e["event"] for e in logs] == (["state_backend_plaintext"] if warned else [])

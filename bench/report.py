@@ -250,8 +250,9 @@ def _fleet_table(results: dict[str, Any]) -> str:
             for rate, row in fleet["load"].items()
         )
         + f" (at most {max(row['most_offered'] for row in fleet['load'].values())}x the "
-        "limit offered). Machine busy: both cores' busy share during the run (near 1: the "
-        "machine, not the limit, set the pace).",
+        "limit offered). Both fleets run side by side, by turns: Redis's figures in a local "
+        "row are the idle redis fleet's. Machine busy: both cores' busy share during the run "
+        "(near 1: the machine, not the limit, set the pace).",
         "",
         "| members | configured/s | backend | achieved/s | achieved/configured "
         "| req/s per member | worst window / (burst + rate*t) | CPU µs/req "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from redis import asyncio as aioredis
@@ -157,3 +158,49 @@ def test_plaintext_redis_off_this_machine_is_warned_about(url: str, warned: bool
     with capture_logs() as logs:
         state.warn_plaintext()
     assert [e["event"] for e in logs] == (["state_backend_plaintext"] if warned else [])
+
+
+async def test_the_readme_acl_user_is_enough(redis_server: RedisServer) -> None:
+    """The ACL the README gives a fleet's Redis user (its prefix only) lets every part of
+    the backend work: heartbeat, pub/sub, leases, pauses and the token scripts."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rules = readme.split("`ACL SETUSER authproxy on >PASSWORD ", 1)[1].split("`", 1)[0]
+    rules = " ".join(rules.split())  # wrapped over lines in the README
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "authproxy", "on", ">acl-pass", *rules.split()
+        )
+    finally:
+        await admin.aclose()
+    url = f"redis://authproxy:acl-pass@127.0.0.1:{redis_server.port}/0"
+    text = ROUTES + AUTH + f'[state]\nbackend = "redis"\nurl = "{url}"\n'
+    config = config_module.loads(text, {})
+    state = RedisState(config.state)
+    try:
+        await state.start()
+        await state._beat()
+        assert state.health()["up"] is True
+        limit = config.routes[0].rate_limit
+        assert limit is not None
+        capacity = state.capacity("route /a", limit)
+        async with asyncio.timeout(2):
+            await capacity.acquire()
+        await capacity.close()
+        state.route_pause("/a", "http://127.0.0.1:9").pause(1.0, "upstream_429")
+        store = state.token_store(config.auth["t"])
+        assert await store.acquire_request() == 0.0
+        assert (await store.lock(0)).outcome.value == "acquired"
+        await store.release(spent=None)
+        await asyncio.sleep(0.3)  # the pause announcement and a poll ran
+        calls = state.call_stats().outcomes
+        assert calls, calls
+        assert all(outcome == "ok" for (_, outcome) in calls), calls
+    finally:
+        await state.close()
+
+
+AUTH = (
+    '[auth.t]\ntype = "client_credentials"\ntoken_url = "http://127.0.0.1:9/token"\n'
+    'client_id = "c"\nclient_secret = "acl-test-secret"\n'
+)

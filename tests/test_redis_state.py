@@ -168,7 +168,7 @@ async def test_the_readme_acl_user_is_enough(redis_server: RedisServer) -> None:
     rules = " ".join(rules.split())  # wrapped over lines in the README
     admin = aioredis.Redis.from_url(redis_server.url)
     try:
-        await admin.execute_command(
+        await admin.execute_command(  # type: ignore[no-untyped-call]
             "ACL", "SETUSER", "authproxy", "on", ">acl-pass", *rules.split()
         )
     finally:

@@ -107,8 +107,10 @@ async def test_a_full_bucket_grants_its_burst_at_once(redis: aioredis.Redis) -> 
         assert delay == 0
         granted += n
     assert granted == 80
+    # The next slice waits for 20 tokens at 1000/s, less what Redis's clock refilled
+    # while the four grants ran (a few ms on a busy machine).
     _, delay, _ = await ask(redis, PLAN, 20)
-    assert delay == pytest.approx(0.020, abs=0.002)
+    assert 0.010 < delay <= 0.020
 
 
 async def test_grants_queue_within_the_horizon_then_say_when_to_come_back(

@@ -4,8 +4,10 @@ that notes when each request arrived, and an open-loop load split unevenly over 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -85,12 +87,16 @@ class Member:
         return found
 
     async def stop(self) -> None:
+        """SIGTERM, then after 10 s SIGKILL to the whole process group: a group's workers
+        outliving a killed supervisor would hold the output pipe open, and ``wait()``
+        waits for the pipe as well as the process."""
         if self.process.returncode is None:
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 await self.process.wait()
         if self._drain is not None:
             await self._drain
@@ -115,6 +121,7 @@ async def start_member(config: Path, *extra: str, env: dict[str, str] | None = N
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group, so stop() can kill it whole
     )
     stdout = process.stdout
     assert stdout is not None

@@ -4,10 +4,12 @@ one probe through to find it back, and a URL whose password is shown nowhere."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 from redis import asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
 from proxy.state.redis_link import (
@@ -136,5 +138,33 @@ async def test_a_wrong_password_is_an_error_that_does_not_show_it(
         assert failed.value.reason in ("redis_error", "connection")
         assert "wrong-pass-0123" not in str(failed.value)
         assert "wrong-pass-0123" not in link.shown_url
+    finally:
+        await link.close()
+
+
+async def test_a_cancelled_call_stays_cancelled_when_redis_py_reports_a_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """Cancelling a task in a call cancels it, even when the client turns the cancellation
+    into its own timeout (redis-py does when it meets its read timeout): a background loop
+    that took it for a slow Redis went on forever and held up shutdown."""
+    link = RedisLink(redis_server.url, 2.0)
+    started = asyncio.Event()
+
+    async def blocked_read(redis: aioredis.Redis) -> object:
+        started.set()
+        try:
+            return await redis.blpop(["authproxy:nothing"], timeout=1)
+        except asyncio.CancelledError:
+            raise RedisTimeoutError("Timeout reading from socket") from None
+
+    try:
+        call = asyncio.ensure_future(link.call(blocked_read))
+        await started.wait()
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert call.cancelled()
     finally:
         await link.close()

@@ -203,7 +203,7 @@ class LeaseCapacity:
         news.set()
 
     async def _refill(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._step()
             except Exception:
@@ -306,6 +306,7 @@ class LeaseCapacity:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
+            self._kick.set()  # an idle refill loop sees _closed even if the cancel was lost
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._announce()

@@ -223,12 +223,12 @@ class RedisState:
         fleet.seen = max(1, int(seen))
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(HEARTBEAT)
             await self._beat()
 
     async def _poll_pauses(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(POLL_INTERVAL)
             with contextlib.suppress(StateUnavailableError):
                 await poll(self.fleet, list(self._pauses.values()))

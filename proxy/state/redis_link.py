@@ -139,10 +139,13 @@ class RedisLink:
             async with asyncio.timeout(self._timeout * GUARD):
                 result = await op(self._redis)
         except TimeoutError:
+            _still_cancelled()
             raise self._failed("timeout") from None
         except (ConnectionError, OSError) as exc:
+            _still_cancelled()
             raise self._failed("connection") from exc
         except RedisError as exc:
+            _still_cancelled()
             # redis-py wraps socket failures in its own ConnectionError/TimeoutError.
             name = type(exc).__name__.lower()
             reason = (
@@ -221,3 +224,15 @@ class CallStats:
                 buckets[i] += 1
                 return
         buckets[-1] += 1
+
+
+def _still_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and the error at hand replaced it.
+
+    redis-py turns a cancellation that meets its own read timeout into its TimeoutError
+    (or a ConnectionError as it drops the connection); a background loop that took that for
+    Redis being slow went on forever, and shutdown waited for it (seen in a `--workers 2`
+    group under load)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -19,7 +19,7 @@ from proxy.config import RateLimitConfig
 from proxy.errors import StateBackendError
 from proxy.limits import RateLimit
 from proxy.state.fleet import Fleet
-from proxy.state.gcra import LeasePlan
+from proxy.state.gcra import LeaseBook, LeasePlan
 from proxy.state.lease import LeaseCapacity, lease_call
 from proxy.state.redis_link import RedisLink
 
@@ -391,6 +391,68 @@ def test_a_saturated_fleet_spends_at_least_98_percent_of_the_rate(
     run = simulate(plan, offered, round_trips(rng, rtt, 0.3), duration, rng)
     steady = sum(1 for t in run.spends if t >= settle)
     assert steady >= 0.98 * rate * (duration - settle)
+
+
+SIZING = LeasePlan.of(5000, 250, 0.02, 0.5)  # slices of up to 100 tokens, 20 ms leases
+
+
+def spend_at(book: LeaseBook, rate: float, start: float, seconds: float) -> float:
+    """Take tokens from ``book`` at ``rate`` a second for ``seconds``, asking for a slice
+    whenever it wants one (a Redis that grants at once, on time); returns the end time."""
+    now, step = start, 1 / rate
+    while now < start + seconds:
+        want = book.want(now, 0 if book.usable(now) else 1)  # 1: this request waits
+        if want:
+            book.granted_at(now, now, want, (want, 0, 0))
+        book.take(now)
+        now += step
+    return now
+
+
+def slice_of(book: LeaseBook, now: float) -> int:
+    """What the book would ask for now with one more request waiting than it holds."""
+    return book.want(now, book.balance + 1)
+
+
+def test_a_process_that_leaves_slices_unspent_asks_for_smaller_ones() -> None:
+    """Slices are sized by the rate a process spends at; one that spends its slices only
+    in part (its clients pause between requests) is given smaller ones, so fewer tokens
+    of the fleet's rate expire unspent. Spending them in full grows them back."""
+    book = LeaseBook(SIZING, 0.0)
+    now = spend_at(book, 2500, 0.0, 0.5)
+    steady = slice_of(book, now)
+    assert 10 <= steady <= 55  # at most 2,500/s for 20 ms
+    now += SIZING.lease * 1.01  # what it held expires
+    book.want(now, 0)
+    held = slice_of(book, now)
+    book.granted_at(now, now, held, (held, 0, 0))
+    for _ in range(held // 2):  # half of it spent, the rest expires
+        book.take(now)
+    now += SIZING.lease * 1.01
+    expired = book.expired
+    shrunk = slice_of(book, now)
+    assert book.expired - expired >= held // 2 - 1
+    assert shrunk <= 0.6 * held
+    now = spend_at(book, 2500, now, 0.5)  # slices spent in full again
+    assert slice_of(book, now) >= 1.5 * shrunk
+
+
+def test_once_the_load_stops_prefetching_stops_within_a_few_leases() -> None:
+    """A process whose clients went away does not keep reserving the fleet's rate for
+    slices nobody spends: once a whole slice expired unspent, it asks again only for a
+    request that waits."""
+    book = LeaseBook(SIZING, 0.0)
+    now = spend_at(book, 2500, 0.0, 0.5)
+    wasted = 0
+    for _ in range(50):
+        now += SIZING.lease * 1.01  # what it holds expires unspent
+        want = book.want(now, 0)
+        if not want:
+            break
+        book.granted_at(now, now, want, (want, 0, 0))
+        wasted += 1
+    assert book.want(now, 0) == 0
+    assert wasted <= 1, wasted
 
 
 # ----- LeaseCapacity: "processes" sharing a real Redis ---------------------------------

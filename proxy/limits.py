@@ -73,6 +73,17 @@ class LineWatcher(Protocol):
         ...
 
 
+@runtime_checkable
+class Paced(Protocol):
+    """A capacity that knows how fast this process's line drains: a fleet's limit gives
+    each process a share of the rate, so a line that the whole rate would serve within
+    ``max_wait`` may not be served by this process's share."""
+
+    def expected_wait(self, ahead: int) -> float:
+        """Seconds until a request with ``ahead`` requests before it gets a slot."""
+        ...
+
+
 class RateLimit:
     """One limit, shared by every request that passes it, over slots from the state.
 
@@ -87,6 +98,7 @@ class RateLimit:
         "_dispatcher",
         "_line",
         "_name",
+        "_paced",
         "_rate",
         "rejected",
     )
@@ -104,6 +116,7 @@ class RateLimit:
         self.rejected = 0
         if isinstance(capacity, LineWatcher):
             capacity.watch(self._line)
+        self._paced = capacity if isinstance(capacity, Paced) else None
 
     @property
     def name(self) -> str:
@@ -127,8 +140,7 @@ class RateLimit:
         now = self._clock.monotonic()
         if deadline is not None:
             budget = min(budget, deadline - now)
-        # In a full bucket a slot frees every 1/rate seconds: everyone ahead, then us.
-        expected = (len(line) + 1) / self._rate
+        expected = self._expected(len(line))
         if expected > budget:
             raise self._reject(expected)
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -139,12 +151,18 @@ class RateLimit:
             async with asyncio.timeout(budget):
                 await ticket
         except TimeoutError:
-            raise self._reject((len(line) + 1) / self._rate) from None
+            raise self._reject(self._expected(len(line))) from None
         finally:
             # A ticket given up (timeout, or the client left) is skipped by the dispatcher.
             if not ticket.cancel() and not ticket.cancelled():
                 ticket.exception()  # retrieved: a waiter cancelled as it failed
         return self._clock.monotonic() - now
+
+    def _expected(self, ahead: int) -> float:
+        if self._paced is not None:
+            return self._paced.expected_wait(ahead)
+        # In a full bucket a slot frees every 1/rate seconds: everyone ahead, then us.
+        return (ahead + 1) / self._rate
 
     async def _dispatch(self) -> None:
         line = self._line

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from redis import asyncio as aioredis
 
 from proxy.config import RateLimitConfig
-from proxy.errors import StateBackendError
+from proxy.errors import RateLimitedError, StateBackendError
 from proxy.limits import RateLimit
 from proxy.state.fleet import Fleet
 from proxy.state.gcra import LeaseBook, LeasePlan
@@ -526,6 +526,46 @@ async def test_two_processes_share_one_limit_within_its_bound(redis_server: Redi
     assert achieved > 0.85  # ~0.99 measured; loose for a loaded machine
     assert all(not c.fallback and c.lease_failures == 0 for c in caps)
     assert sum(c.tokens_spent for c in caps) == len(spends)
+
+
+async def test_a_request_its_process_share_cannot_serve_in_time_is_refused_at_once(
+    redis_server: RedisServer,
+) -> None:
+    """Two saturated processes each get about half of a 200/s limit. A line of 50 that
+    the whole rate would serve within max_wait (0.3 s) takes this process 0.5 s: a
+    request that far back is told 429 at once, not after waiting out max_wait."""
+    config = RateLimitConfig(rate=200, burst=20, max_wait=0.3)
+    fleets = [process(redis_server), process(redis_server)]
+    for fleet in fleets:
+        fleet.seen = 2  # what the heartbeats would have read
+    caps = [LeaseCapacity(f, "route /w", config, 0.02) for f in fleets]
+    limits = [RateLimit("route /w", config, c) for c in caps]
+    refused: list[float] = []
+
+    async def client(limit: RateLimit) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await limit.acquire()
+            except RateLimitedError:
+                refused.append(time.monotonic() - started)
+                await asyncio.sleep(0.01)  # told 429, it comes back a little later
+
+    tasks = [asyncio.create_task(client(limit)) for limit in limits for _ in range(50)]
+    try:
+        await asyncio.sleep(0.5)
+        refused.clear()  # from here the line is as long as it gets
+        await asyncio.sleep(2.0)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for limit, fleet in zip(limits, fleets, strict=True):
+            await limit.close()
+            await fleet.link.close()
+    late = [w for w in refused if w >= 0.8 * config.max_wait]
+    assert refused
+    assert len(late) <= 0.25 * len(refused), (len(late), len(refused))
 
 
 async def test_a_silent_redis_costs_no_long_wait_and_each_process_keeps_its_share(

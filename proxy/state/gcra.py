@@ -185,6 +185,24 @@ class LeaseBook:
         self._low = 0.0
         self._retry_at = now
 
+    @property
+    def rate(self) -> float:
+        """Tokens a second this process has been spending (averaged over RATE_WINDOW)."""
+        return self._est
+
+    def serves(self, position: int) -> tuple[float, int]:
+        """When the held lease with the ``position``-th token (1: the next) opens, by the
+        order leases open in; past the balance, the last one's opening and how many
+        tokens are still missing."""
+        held = sorted(self._held, key=lambda lease: lease[1])
+        opens = -math.inf
+        for lease in held:
+            opens = lease[1]
+            position -= int(lease[0])
+            if position <= 0:
+                return opens, 0
+        return opens, position
+
     def usable(self, now: float) -> bool:
         """True when :meth:`take` would succeed."""
         for lease in self._held:  # noqa: SIM110 (a loop: any() over a generator costs 2x here)

@@ -132,6 +132,25 @@ class LeaseCapacity:
         """Size reservations by ``line``, the requests waiting for this limit."""
         self._line = line
 
+    def expected_wait(self, ahead: int) -> float:
+        """How long a request with ``ahead`` requests before it waits (limits.Paced).
+
+        The leases this process holds already place the first of its line: their start
+        times on the fleet's queue say when. Past them, the line drains at the rate this
+        process has been spending at, or an equal share of the fleet's rate if that is
+        more; while Redis is away, at its fallback share."""
+        now = self._clock.monotonic()
+        opens, missing = self._book.serves(ahead + 1)
+        wait = max(0.0, opens - now)
+        if missing:
+            rate = self.plan.rate
+            if self._away:
+                drain = rate / self._fleet.share()
+            else:
+                drain = max(self._book.rate, rate / max(1, self._fleet.seen))
+            wait += missing / drain
+        return wait
+
     def has_capacity(self) -> bool:
         if self._book.usable(self._clock.monotonic()):
             return True

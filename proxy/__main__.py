@@ -142,20 +142,31 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    def reload() -> None:
-        # Either failure keeps the running config; the problems never hold secret values.
-        try:
-            fresh = config_module.load(path)
-        except ConfigError as exc:
-            log.error("config_reload_failed", path=path, problems=exc.problems)
-            return
-        _loaded(log, path, fresh)
-        try:
-            app[STATE].reload(fresh)
-        except ConfigError as exc:  # a ca_file changed between loading and use
-            log.error("config_reload_failed", path=path, problems=exc.problems)
+    reloading = asyncio.Lock()  # SIGHUPs in quick succession apply in turn
+    reloads: set[asyncio.Task[None]] = set()
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    async def reload() -> None:
+        # Either failure keeps the running config; the problems never hold secret values.
+        async with reloading:
+            try:
+                fresh = config_module.load(path)
+            except ConfigError as exc:
+                log.error("config_reload_failed", path=path, problems=exc.problems)
+                return
+            _loaded(log, path, fresh)
+            proxy = app[STATE]
+            await proxy.runtime.state.prepare(fresh.auth.values())
+            try:
+                proxy.reload(fresh)
+            except ConfigError as exc:  # a ca_file changed between loading and use
+                log.error("config_reload_failed", path=path, problems=exc.problems)
+
+    def hangup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
     if workers > 1:
         log.info("worker_started", addresses=shown, pid=os.getpid())

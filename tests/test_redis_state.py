@@ -5,7 +5,7 @@ poll behind them, and a Redis that is away at start."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from proxy import config as config_module
 from proxy.state.redis import RedisState
+from proxy.state.redis_tokens import RedisTokenStore
 
 from .redisserver import PASSWORD, RedisServer
 
@@ -204,3 +205,54 @@ AUTH = (
     '[auth.t]\ntype = "client_credentials"\ntoken_url = "http://127.0.0.1:9/token"\n'
     'client_id = "c"\nclient_secret = "acl-test-secret"\n'
 )
+
+
+def auth_tables(secret: str) -> Mapping[str, config_module.AuthConfig]:
+    text = ROUTES + "".join(
+        f'[auth.{name}]\ntype = "client_credentials"\n'
+        f'token_url = "http://127.0.0.1:9/token"\nclient_id = "{name}"\n'
+        f'client_secret = "{secret}"\n'
+        for name in ("one", "two")
+    )
+    return config_module.loads(text, {}).auth
+
+
+async def test_a_reload_stretches_new_secrets_off_the_event_loop(
+    make_state: MakeState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sealing key of each changed table is derived (scrypt, tens of ms) in a thread
+    before a reload builds on it, not on the loop that serves requests; unchanged tables
+    are not derived again, and a changed secret gets a key of its own."""
+    import threading
+
+    from proxy.state import sealing
+
+    where: list[str] = []
+    stretch = sealing._stretched
+
+    def spy(*args: object) -> bytes:
+        where.append(threading.current_thread().name)
+        return stretch(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sealing, "_stretched", spy)
+    state = await make_state()
+    first = auth_tables("s3cret-one")
+    await state.prepare(first.values())
+    assert len(where) == 2
+    assert threading.main_thread().name not in where
+    stores = [state.token_store(auth) for auth in first.values()]
+    assert all(isinstance(store, RedisTokenStore) for store in stores)
+    await state.prepare(first.values())
+    assert len(where) == 2  # nothing changed: nothing derived, at prepare or build
+    rotated = auth_tables("s3cret-two")
+    await state.prepare(rotated.values())
+    assert len(where) == 4
+    assert threading.main_thread().name not in where
+    fresh = state.token_store(rotated["one"])
+    assert len(where) == 4
+    assert isinstance(fresh, RedisTokenStore)
+    assert isinstance(stores[0], RedisTokenStore)
+    assert fresh.cred_id != stores[0].cred_id
+    for store in (*stores, fresh):
+        assert isinstance(store, RedisTokenStore)
+        await store.close()

@@ -89,6 +89,12 @@ class State(Protocol):
         a route moved to another upstream starts unpaused."""
         ...
 
+    async def prepare(self, auths: Iterable[AuthConfig]) -> None:
+        """Do off the event loop what :meth:`token_store` will need for ``auths`` and is
+        slow (a shared backend stretches each credential's secrets into its key): called
+        before a reload builds on them, so requests in flight do not wait on it."""
+        ...
+
     def token_store(self, auth: AuthConfig) -> TokenStore:
         """Where the token of the auth table ``auth`` is kept, with its token-request window
         (``token_rate``), its failures and the lock of its single fetch."""

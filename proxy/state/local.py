@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import structlog
@@ -134,6 +134,9 @@ class LocalState:
 
     def route_pause(self, route: str, upstream: str) -> RoutePause:
         return LocalPause(route, self._clock)
+
+    async def prepare(self, auths: Iterable[AuthConfig]) -> None:
+        """Nothing is slow to make here."""
 
     def token_store(self, auth: AuthConfig) -> TokenStore:
         return LocalTokenStore(auth.token_rate, clock=self._clock)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import structlog
@@ -83,6 +83,7 @@ class RedisState:
         )
         self._local = LocalState(clock, workers)  # what scope = "process" limits get
         self._key = config.encryption_key
+        self._sealers: dict[str, tuple[AuthConfig, Sealer]] = {}  # by auth name
         self._pauses: dict[str, SharedPause] = {}
         self._stores: dict[str, RedisTokenStore] = {}  # by auth table: the latest one's
         self._capacities: dict[str, LeaseCapacity] = {}  # by limit: the latest one's
@@ -131,10 +132,22 @@ class RedisState:
         self._pauses[pause.key] = pause  # a route rebuilt for a new upstream replaces it
         return pause
 
+    async def prepare(self, auths: Iterable[AuthConfig]) -> None:
+        # Deriving a sealing key stretches the secrets (scrypt, ~70 ms of CPU): in a
+        # thread, so a reload that changes a table does not stall requests in flight.
+        for auth in auths:
+            if self._sealers.get(auth.name, (None,))[0] != auth:
+                sealer = await asyncio.to_thread(Sealer.for_credential, auth, self._key)
+                self._sealers[auth.name] = (auth, sealer)
+
     def token_store(self, auth: AuthConfig) -> TokenStore:
-        # Deriving the sealing key stretches the secrets (scrypt, ~70 ms): once per auth
-        # table at start, and on reload only for tables that changed.
-        store = RedisTokenStore(self.fleet, auth, Sealer.for_credential(auth, self._key))
+        made = self._sealers.get(auth.name)
+        if made is not None and made[0] == auth:
+            sealer = made[1]
+        else:  # at start, before anything is served: derived here
+            sealer = Sealer.for_credential(auth, self._key)
+            self._sealers[auth.name] = (auth, sealer)
+        store = RedisTokenStore(self.fleet, auth, sealer)
         self._stores[auth.name] = store
         return store
 

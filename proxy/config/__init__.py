@@ -2,7 +2,7 @@
 
 Loading happens once, at start-up (and on reload): ``${VAR}`` references are resolved from
 the environment, every table is checked, and *all* problems are reported together in one
-ConfigError whose lines name the dotted key (``routes[1].upstream``), the bad value and what
+ConfigError whose lines name the dotted key (``routes[/travtus].upstream``), the bad value and what
 is allowed.
 """
 

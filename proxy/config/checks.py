@@ -1,19 +1,21 @@
 """The checks every table is built from: each takes a value as written at its dotted path
 and records a problem (naming the dotted key) instead of raising; strings have their
-${VAR} references resolved. The checks that model fields name (rules.py) are built on them."""
+${VAR} and ${file:PATH} references resolved (references.py). The checks that model fields
+name (rules.py) are built on them."""
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from .references import Reference, References
 
+# Shorter values are not scrubbed from problems: "on" or "1" would blank whole messages.
+_MIN_SCRUBBED: Final = 4
 D = TypeVar("D")  # what a check gives back for a refused value
 
 
@@ -23,9 +25,16 @@ class Checks:
     def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
         self.env = env
         self.base_dir = base_dir
+        self.references = References(env, base_dir)
         self.problems: list[str] = []
+        # What string keys took from files: secrets as far as logs and problems go.
+        self.from_files: list[str] = []
 
     def fail(self, key: str, message: str) -> None:
+        # A check may echo the value it refuses; one read from a file is never shown.
+        for value in self.from_files:
+            if len(value) >= _MIN_SCRUBBED:
+                message = message.replace(value, "***")
         self.problems.append(f"{key}: {message}")
 
     # -- primitives ---------------------------------------------------------------------
@@ -94,25 +103,21 @@ class Checks:
         return number
 
     def interpolate(self, value: str, key: str) -> str | None:
-        missing: list[str] = []
+        """``value`` with its references resolved; None (each problem recorded) when one
+        cannot be."""
+        resolved, problems, files = self.references.substitute(value)
+        for problem in problems:
+            self.fail(key, problem)
+        self.from_files.extend(files)
+        return resolved
 
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        resolved = _ENV_REF.sub(replace, value)
-        for name in missing:
-            self.fail(
-                key,
-                f"environment variable {name} is not set "
-                f"(write ${{{name}:-default}} to make it optional)",
-            )
-        return None if missing else resolved
+    def reference(self, value: Any, key: str) -> Reference | None:
+        """The reference a string wholly is, resolved (a problem recorded when it cannot
+        be); None for any other value."""
+        found = self.references.whole(value) if isinstance(value, str) else None
+        if found is not None and found.problem is not None:
+            self.fail(key, found.problem)
+        return found
 
     def trusted_cas(self, value: Any, path: str) -> str | None:
         """A PEM file of CA certificates (relative paths as for :meth:`existing`), loaded here as

@@ -29,6 +29,7 @@ from .model import (
     StateConfig,
 )
 from .settings import build, read, section
+from .urls import route_prefix
 
 # UTF-32 first: its little-endian mark starts with UTF-16's.
 _OTHER_BOMS: Final = (
@@ -37,6 +38,9 @@ _OTHER_BOMS: Final = (
     (codecs.BOM_UTF16_LE, 'UTF-16 (Notepad\'s "Unicode")'),
     (codecs.BOM_UTF16_BE, 'UTF-16 (Notepad\'s "Unicode")'),
 )
+
+# Config fields the loader fills in itself.
+_NOT_KEYS: Final = frozenset({"from_files"})
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -86,7 +90,7 @@ class _Checker(Checks):
     # -- tables ---------------------------------------------------------------------------
 
     def config(self, raw: dict[str, Any]) -> Config:
-        self.table(raw, "", tuple(f.name for f in fields(Config)))
+        self.table(raw, "", tuple(f.name for f in fields(Config) if f.name not in _NOT_KEYS))
         # [server] is read as a table-valued key would be, with every default as its default.
         server = section(ServerConfig)(self, raw.get("server", {}), "server", ServerConfig())
         auth_raw = raw.get("auth", {})
@@ -107,7 +111,7 @@ class _Checker(Checks):
             routes_raw = []
         seen: dict[str, int] = {}
         for index, table in enumerate(routes_raw):
-            key = f"routes[{index}]"
+            key = self.route_key(table, index, seen)
             route = self.route(table, key, auth_raw if isinstance(auth_raw, dict) else {})
             if route is None:
                 continue
@@ -135,7 +139,14 @@ class _Checker(Checks):
         if admin is not None and admin not in clients:
             self.fail("server.admin_access", f"no [clients.{admin}]")
         state = STATE(self, raw.get("state", {}), "state", StateConfig())
-        return Config(server=server, routes=tuple(routes), auth=auth, clients=clients, state=state)
+        return Config(
+            server=server,
+            routes=tuple(routes),
+            auth=auth,
+            clients=clients,
+            state=state,
+            from_files=tuple(Secret(value) for value in self.from_files),
+        )
 
     def client(
         self, name: str, raw: Any, prefixes: set[str], auth_tables: Collection[str]
@@ -158,6 +169,20 @@ class _Checker(Checks):
                 overrides[prefix] = value
         values["auth"] = overrides
         return build(ClientConfig, values, name=name)
+
+    def route_key(self, raw: Any, index: int, seen: Collection[str]) -> str:
+        """How problems name a route: by its prefix (``routes[/travtus]``), which says more
+        than its place in the file; by its place when the prefix is bad or taken already."""
+        prefix = raw.get("prefix") if isinstance(raw, dict) else None
+        if isinstance(prefix, str):
+            resolved = self.references.substitute(prefix)[0]  # its problems come later
+            try:
+                name = None if resolved is None else route_prefix(resolved)
+            except ValueError:
+                name = None
+            if name is not None and name not in seen:
+                return f"routes[{name}]"
+        return f"routes[{index}]"
 
     def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
         values = read(self, RouteConfig, raw, key)

@@ -323,3 +323,107 @@ def test_a_missing_variable_in_a_number_position_is_one_problem() -> None:
         "server.port: environment variable PORT is not set (write ${PORT:-default} to make "
         "it optional)"
     ]
+
+
+# -- problems name routes by prefix, and one typo is one problem -------------------------------
+
+CLIENTS = (
+    '\n[clients.crm]\nkey = "crm-key-0123456789abcdef"\nroutes = ["/travtus", "/travis"]\n'
+    'auth = { "/travis" = "travis" }\n\n[clients.ops]\nkey = "ops-key-0123456789abcdef"\n'
+)
+DEMO = DEMO_CONFIG.replace("[server]\n", '[server]\nadmin_access = "client:ops"\n') + CLIENTS
+KEYCLOAK = "${SANDBOX_URL:-http://127.0.0.1:9000}/keycloak"
+
+
+def test_the_demo_with_clients_is_valid() -> None:
+    """The config the typos below are made in is valid as it stands."""
+    assert len(config_module.loads(DEMO, {}).clients) == 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'type = "password"',
+            'type = "pasword"',
+            "auth.travis.type: must be one of client_credentials, password, travelyzer, "
+            "got 'pasword'",
+        ),
+        ('type = "password"', 'typ = "password"', "auth.travis.typ: unknown key"),
+        (f'token_url = "{KEYCLOAK}', f'token_ur = "{KEYCLOAK}', "auth.travis.token_ur: unknown"),
+        (
+            'prefix = "/travis"',
+            'prefix = "travis"',
+            "routes[1].prefix: must start with '/', got 'travis'",
+        ),
+        (
+            'upstream = "${SANDBOX_URL:-http://127.0.0.1:9000}/travis"',
+            'upstream = "ftp://x"',
+            "routes[/travis].upstream: must be an http:// or https:// URL, got 'ftp://x'",
+        ),
+        (
+            'key = "ops-key-0123456789abcdef"',
+            'keys = "ops-key-0123456789abcdef"',
+            "clients.ops.keys: unknown key (allowed: key, routes, rate_limit, auth); "
+            "did you mean key?",
+        ),
+        ("[[routes]]", "[[route]]", "route: unknown key"),
+        ("[auth.travis]", "[auths.travis]", "auths: unknown key"),
+        (
+            'auth = "travis"',
+            'auth = "travsi"',
+            "routes[/travis].auth: no [auth.travsi] table (defined: travelyzer, travis, travtus)",
+        ),
+    ],
+)
+def test_a_typo_in_one_table_is_one_problem(old: str, new: str, expected: str) -> None:
+    """A table refused for a typo is the one problem: routes, clients and admin_access that
+    name it (or a misspelt key it needed) hear nothing more about it."""
+    assert old in DEMO
+    with pytest.raises(ConfigError) as info:
+        config_module.loads(DEMO.replace(old, new, 1), {})
+    (found,) = info.value.problems
+    assert found.startswith(expected)
+
+
+def test_a_misspelt_required_key_is_named_once_with_the_key_meant() -> None:
+    """client_secert for client_secret is one line that names both, not a second line saying
+    client_secret is required."""
+    with pytest.raises(ConfigError) as info:
+        config_module.loads(DEMO.replace("client_secret", "client_secert", 1), {})
+    (found,) = info.value.problems
+    assert found.startswith("auth.travtus.client_secert: unknown key (allowed: type, ")
+    assert found.endswith("; did you mean client_secret?")
+
+
+def test_references_to_a_table_that_is_not_there_are_still_reported() -> None:
+    """With every table whole, a reference to a route or auth table that does not exist is
+    a problem, as before."""
+    text = DEMO.replace('routes = ["/travtus", "/travis"]', 'routes = ["/travtus", "/trav"]')
+    text = text.replace('"/travis" = "travis"', '"/travis" = "travsi"')
+    text = text.replace("client:ops", "client:opz")
+    with pytest.raises(ConfigError) as info:
+        config_module.loads(text, {})
+    assert info.value.problems == [
+        "clients.crm.routes: no such route prefix: /trav",
+        "clients.crm.auth.'/travis': no [auth.travsi] table",
+        "server.admin_access: no [clients.opz]",
+    ]
+
+
+def test_routes_are_named_by_prefix_unless_the_prefix_is_bad_or_taken() -> None:
+    """routes[/a] when the prefix is good (after ${VAR}), routes[N] when it is refused or
+    a duplicate."""
+    text = (
+        '[[routes]]\nprefix = "${P:-/a}"\nupstream = "ftp://x"\n'
+        '[[routes]]\nprefix = "b"\nupstream = "ftp://x"\n'
+        '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        config_module.loads(text, {})
+    assert info.value.problems == [
+        "routes[/a].upstream: must be an http:// or https:// URL, got 'ftp://x'",
+        "routes[1].prefix: must start with '/', got 'b'",
+        "routes[1].upstream: must be an http:// or https:// URL, got 'ftp://x'",
+        "routes[2].prefix: duplicate prefix '/a' (also routes[0])",
+    ]

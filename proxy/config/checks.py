@@ -9,6 +9,7 @@ import math
 import os
 import ssl
 from collections.abc import Callable, Mapping
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -29,6 +30,8 @@ class Checks:
         self.problems: list[str] = []
         # What string keys took from files: secrets as far as logs and problems go.
         self.from_files: list[str] = []
+        # Keys an unknown key was taken for a misspelling of.
+        self.misspelt: set[str] = set()
 
     def fail(self, key: str, message: str) -> None:
         # A check may echo the value it refuses; one read from a file is never shown.
@@ -45,8 +48,21 @@ class Checks:
             return {}
         for name in raw:
             if name not in allowed:
-                self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
+                message = f"unknown key (allowed: {', '.join(allowed)})"
+                meant = [
+                    k for k in get_close_matches(name, allowed, n=1, cutoff=0.8) if k not in raw
+                ]
+                if meant:
+                    message += f"; did you mean {meant[0]}?"
+                    self.misspelt.add(_join(key, meant[0]))
+                self.fail(_join(key, name), message)
         return raw
+
+    def missing(self, path: str) -> None:
+        """A required key is not there: a problem, unless a misspelling of it was reported
+        already (that one line says it all)."""
+        if path not in self.misspelt:
+            self.fail(path, "is required")
 
     def text(
         self, value: Any, path: str, *, secret: bool = False, allow_empty: bool = False

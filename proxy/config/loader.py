@@ -90,30 +90,46 @@ class _Checker(Checks):
     # -- tables ---------------------------------------------------------------------------
 
     def config(self, raw: dict[str, Any]) -> Config:
+        before = len(self.problems)
         self.table(raw, "", tuple(f.name for f in fields(Config) if f.name not in _NOT_KEYS))
+        # A misspelt top-level key may be the table a reference means.
+        top_whole = len(self.problems) == before
         # [server] is read as a table-valued key would be, with every default as its default.
         server = section(ServerConfig)(self, raw.get("server", {}), "server", ServerConfig())
         auth_raw = raw.get("auth", {})
         auth: dict[str, AuthConfig] = {}
-        defined: set[str] = set()
         for name, table in self.table(
             auth_raw, "auth", tuple(auth_raw) if isinstance(auth_raw, dict) else ()
         ).items():
-            parsed = self.auth(name, table, defined)
+            parsed = self.auth(name, table)
             if parsed is not None:
                 auth[name] = parsed
+        # A table that failed still answers to its name: its own problems say what is wrong.
+        auth_names = _Names(auth_raw, top_whole)
         routes_raw = raw.get("routes", [])
         routes: list[RouteConfig] = []
         if not isinstance(routes_raw, list):
             self.fail(
                 "routes", f"must be an array of tables ([[routes]]), got {_type_name(routes_raw)}"
             )
-            routes_raw = []
+            routes_raw = None
+        prefixes = [self.prefix_of(table) for table in routes_raw or ()]
+        prefix_names = _Names(
+            {p for p in prefixes if p is not None},
+            top_whole and routes_raw is not None and None not in prefixes,
+        )
         seen: dict[str, int] = {}
-        for index, table in enumerate(routes_raw):
-            key = self.route_key(table, index, seen)
-            route = self.route(table, key, auth_raw if isinstance(auth_raw, dict) else {})
+        for index, table in enumerate(routes_raw or ()):
+            prefix = prefixes[index]
+            key = (
+                f"routes[{prefix}]"
+                if prefix is not None and prefix not in seen
+                else f"routes[{index}]"
+            )
+            route = self.route(table, key, auth_names)
             if route is None:
+                if prefix is not None:
+                    seen.setdefault(prefix, index)
                 continue
             if route.prefix in seen:
                 self.fail(
@@ -127,7 +143,7 @@ class _Checker(Checks):
         clients: dict[str, ClientConfig] = {}
         names = tuple(clients_raw) if isinstance(clients_raw, dict) else ()
         for name, table in self.table(clients_raw, "clients", names).items():
-            client = self.client(name, table, set(seen), defined)
+            client = self.client(name, table, prefix_names, auth_names)
             if client is not None:
                 clients[name] = client
         keys: dict[Secret, str] = {}
@@ -136,7 +152,7 @@ class _Checker(Checks):
                 self.fail(f"clients.{name}.key", f"same key as clients.{keys[client.key]}")
             keys[client.key] = name
         admin = server.admin_access.client
-        if admin is not None and admin not in clients:
+        if admin is not None and _Names(clients_raw, top_whole).unknown(admin):
             self.fail("server.admin_access", f"no [clients.{admin}]")
         state = STATE(self, raw.get("state", {}), "state", StateConfig())
         return Config(
@@ -149,56 +165,66 @@ class _Checker(Checks):
         )
 
     def client(
-        self, name: str, raw: Any, prefixes: set[str], auth_tables: Collection[str]
+        self, name: str, raw: Any, prefixes: _Names, auth_tables: _Names
     ) -> ClientConfig | None:
         key = f"clients.{name}"
         values = read(self, ClientConfig, raw, key)
         routes: tuple[str, ...] | None = values["routes"]
         if routes is not None:
-            unknown = [p for p in routes if p not in prefixes]
+            unknown = [p for p in routes if prefixes.unknown(p)]
             if unknown:
                 self.fail(f"{key}.routes", f"no such route prefix: {', '.join(unknown)}")
         overrides: dict[str, str] = {}
         for prefix, value in values["auth"].items():
             path = f"{key}.auth.{prefix!r}"
-            if prefix not in prefixes:
+            if prefixes.unknown(prefix):
                 self.fail(path, "no such route prefix")
-            elif not isinstance(value, str) or value not in auth_tables:
+            elif not isinstance(value, str) or auth_tables.unknown(value):
                 self.fail(path, f"no [auth.{value}] table")
             else:
                 overrides[prefix] = value
         values["auth"] = overrides
         return build(ClientConfig, values, name=name)
 
-    def route_key(self, raw: Any, index: int, seen: Collection[str]) -> str:
-        """How problems name a route: by its prefix (``routes[/travtus]``), which says more
-        than its place in the file; by its place when the prefix is bad or taken already."""
+    def prefix_of(self, raw: Any) -> str | None:
+        """A route table's prefix when it is a good one, problems left for its check; how
+        problems name the route (``routes[/travtus]`` says more than its place)."""
         prefix = raw.get("prefix") if isinstance(raw, dict) else None
-        if isinstance(prefix, str):
-            resolved = self.references.substitute(prefix)[0]  # its problems come later
-            try:
-                name = None if resolved is None else route_prefix(resolved)
-            except ValueError:
-                name = None
-            if name is not None and name not in seen:
-                return f"routes[{name}]"
-        return f"routes[{index}]"
+        if not isinstance(prefix, str):
+            return None
+        resolved = self.references.substitute(prefix)[0]
+        try:
+            return None if resolved is None else route_prefix(resolved)
+        except ValueError:
+            return None
 
-    def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
+    def route(self, raw: Any, key: str, auth_tables: _Names) -> RouteConfig | None:
         values = read(self, RouteConfig, raw, key)
         auth = values["auth"]
-        if auth is not None and auth not in auth_tables:
-            known = ", ".join(sorted(auth_tables)) or "none defined"
+        if auth is not None and auth_tables.unknown(auth):
+            known = ", ".join(sorted(auth_tables.names)) or "none defined"
             self.fail(f"{key}.auth", f"no [auth.{auth}] table (defined: {known})")
         return build(RouteConfig, values)
 
-    def auth(self, name: str, raw: Any, defined: set[str]) -> AuthConfig | None:
-        """The [auth.NAME] table, when every key is good. It counts as defined (``defined``)
-        with a scheme's key missing or refused, so that clients naming it hear only about
-        that key."""
+    def auth(self, name: str, raw: Any) -> AuthConfig | None:
+        """The [auth.NAME] table, when every key is good."""
         scheme, values = AUTH.read(self, raw, f"auth.{name}")
         if scheme is None:
             return None
-        defined.add(name)
         built: AuthConfig | None = build(scheme, values, name=name)
         return built
+
+
+class _Names:
+    """What a reference between tables may name, and whether that is all of them: when a
+    table (or the key holding them) was misspelt or its name refused, a reference to it
+    would only repeat that problem, so it is not reported."""
+
+    __slots__ = ("names", "whole")
+
+    def __init__(self, names: Collection[str] | Any, whole: bool) -> None:
+        self.names = set(names) if isinstance(names, dict | set) else set()
+        self.whole = whole and isinstance(names, dict | set)
+
+    def unknown(self, name: str) -> bool:
+        return self.whole and name not in self.names

@@ -101,7 +101,7 @@ def read(
             values[f.name] = _run(f, cls, checks, table[f.name], path, default)
             continue
         if defaults is None and _required(f):
-            checks.fail(path, "is required")
+            checks.missing(path)
         values[f.name] = default
     return values
 
@@ -204,7 +204,7 @@ class OneOf:
                 self._tag_check(checks, table[self.tag], f"{key}.{self.tag}", None)
             )
         else:
-            checks.fail(f"{key}.{self.tag}", "is required")
+            checks.missing(f"{key}.{self.tag}")
         own = {} if picked is None else self._fields[picked]
         values: dict[str, Any] = {}
         for name in self.keys[1:]:
@@ -220,7 +220,7 @@ class OneOf:
                 )
             else:
                 if (name in own and _required(f)) or (picked is None and name in self._needed):
-                    checks.fail(f"{key}.{name}", "is required")
+                    checks.missing(f"{key}.{name}")
                 value = _default(f)
             if name in own:
                 values[name] = value

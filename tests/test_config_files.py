@@ -5,7 +5,10 @@ taken up by a SIGHUP of a real `serve`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -427,3 +430,74 @@ def test_routes_are_named_by_prefix_unless_the_prefix_is_bad_or_taken() -> None:
         "routes[1].upstream: must be an http:// or https:// URL, got 'ftp://x'",
         "routes[2].prefix: duplicate prefix '/a' (also routes[0])",
     ]
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def test_check_prints_the_listen_address_clients_and_limits(tmp_path: Path) -> None:
+    """`python -m proxy check` says where the proxy listens, which clients it knows and how
+    they authenticate, and every limit with its scope; no key or secret, from a file or not."""
+    write(tmp_path / "secrets", f"{FILE_SECRET}\n", "crm")
+    write(tmp_path / "secrets", f"{ROTATED}\n", "travtus")
+    text = DEMO.replace("port = 8080\n", 'port = 0\nworkers = "${WORKERS:-1}"\n')
+    text = text.replace('"crm-key-0123456789abcdef"', '"${file:secrets/crm}"')
+    text = text.replace('"sandbox-travtus-secret"', '"${file:secrets/travtus}"')
+    text = text.replace(
+        'key = "${file:secrets/crm}"\n',
+        'key = "${file:secrets/crm}"\nrate_limit = { rate = 5, scope = "process" }\n',
+    )
+    text = text.replace(
+        'prefix = "/travis"\n',
+        'prefix = "/travis"\nrate_limit = { rate = 20, per = 2, burst = 30, max_wait = 0 }\n',
+    )
+    config = write(tmp_path, text)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WORKERS": "3"},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("valid, 3 route(s), 3 auth table(s), 2 client(s)")
+    expected = [
+        "  listen: 127.0.0.1:0 (any free port), 3 worker processes sharing the port (workers = 3)",
+        "  /travis -> http://127.0.0.1:9000/travis (auth=travis)",
+        "  admin endpoints (/-/metrics, /-/status): client ops",
+        "  clients: 2, each sending its key in X-Proxy-Key",
+        "    crm: key set, routes /travtus, /travis; auth travis on /travis",
+        "    ops: key set, every route",
+        "  limits:",
+        "    route /travis: 20 per 2 s, burst 30, max_wait 0 s, scope global",
+        "    auth travtus: 10000 per 1 s, burst 5000, max_wait 5 s, scope global",
+        "    client crm: 5 per 1 s, burst 5, max_wait 5 s, scope process",
+        "    auth travelyzer token requests: at most 100 per 60 s",
+    ]
+    assert [line for line in lines if line in expected] == expected
+    for secret in (FILE_SECRET, ROTATED, "ops-key-0123456789abcdef", "sandbox-travis-password"):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_check_says_when_no_client_is_configured(tmp_path: Path) -> None:
+    """Without [clients], check says anyone who reaches the address may use every route, and
+    that there are no limits."""
+    config = write(
+        tmp_path, '[server]\nhost = "::1"\n[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "  listen: [::1]:8080, one process (workers = 1)\n" in result.stdout
+    assert (
+        "  clients: none (anyone who can reach the listen address may use every route)\n"
+        in result.stdout
+    )
+    assert "  limits: none\n" in result.stdout

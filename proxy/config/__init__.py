@@ -1,7 +1,8 @@
 """routes.toml -> frozen dataclasses.
 
 Loading happens once, at start-up (and on reload): ``${VAR}`` references are resolved from
-the environment, every table is checked, and *all* problems are reported together in one
+the environment and ``${file:PATH}`` ones from files (read again on every load), every
+table is checked, and *all* problems are reported together in one
 ConfigError whose lines name the dotted key (``routes[/travtus].upstream``), the bad value and what
 is allowed.
 """

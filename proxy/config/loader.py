@@ -1,8 +1,11 @@
-"""Loading routes.toml: resolve ${VAR} references, check every key, report every problem.
+"""Loading routes.toml: resolve ${VAR} and ${file:PATH} references, check every key, report
+every problem.
 
 Each table's keys and their checks are declared on its dataclass (model.py); this walks the
 file, reads each table against its dataclass and checks what spans tables: references
-between routes, auth tables and clients, duplicate prefixes and keys.
+between routes, auth tables and clients (not reported while the table referred to may be
+one whose name was misspelt or refused: that one problem says it), duplicate prefixes and
+keys. Routes are named by prefix in problems (``routes[/travtus].upstream``).
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def _decode(data: bytes, path: str) -> str:
 
 
 def loads(text: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
-    """Like :func:`load`, from TOML text; relative ``ca_file`` paths resolve against base_dir.
+    """Like :func:`load`, from TOML text; relative ``ca_file`` and ``${file:PATH}`` paths
+    resolve against base_dir.
     A leading byte-order mark (as Windows editors write one) is skipped."""
     try:
         raw = tomllib.loads(text.removeprefix("\ufeff"))

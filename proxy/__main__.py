@@ -17,10 +17,10 @@ from . import arguments
 from . import config as config_module
 from .access import is_loopback
 from .app import STATE, build_app, own_view, start
-from .config import Config, StateConfig
+from .check import render, route_summary
+from .config import Config
 from .errors import ConfigError, ListenError
 from .observe import logs
-from .state.redis_link import shown_url
 from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
 EXIT_CONFIG: int = 2
@@ -77,40 +77,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _route_summary(config: Config) -> list[str]:
-    lines = []
-    for route in config.routes:
-        auth = f"auth={route.auth}" if route.auth else "no auth"
-        lines.append(f"{route.prefix} -> {route.upstream.url} ({auth})")
-    return lines
-
-
 def _check(path: str) -> int:
     try:
         config = config_module.load(path)
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{path}: valid, {len(config.routes)} route(s), {len(config.auth)} auth table(s)")
-    for line in _route_summary(config):
-        print(f"  {line}")
-    for name, auth in sorted(config.auth.items()):
-        print(f"  auth {name}: {auth.type} via {auth.token_url}")
-    print(f"  {_state_summary(config.state)}")
+    print("\n".join(render(path, config)))
     return 0
-
-
-def _state_summary(state: StateConfig) -> str:
-    """The [state] line of ``check``: the URL without its password, never the key."""
-    if state.backend == "local":
-        return "state: local (this process's memory; --workers N divides every limit)"
-    url = "none" if state.url is None else shown_url(state.url.reveal())
-    share = "auto" if state.fallback_share is None else state.fallback_share
-    return (
-        f"state: redis at {url}, key_prefix {state.key_prefix!r}, timeout {state.timeout} s, "
-        f"lease {state.lease} s, on_failure {state.on_failure}, fallback_share {share}, "
-        f"encryption_key {'set' if state.encryption_key is not None else 'not set'}"
-    )
 
 
 async def _serve(
@@ -172,7 +146,7 @@ async def _serve(
         log.info("worker_started", addresses=shown, pid=os.getpid())
         announce_ready(shown)
     else:
-        log.info("proxy_started", addresses=shown, routes=_route_summary(config), pid=os.getpid())
+        log.info("proxy_started", addresses=shown, routes=route_summary(config), pid=os.getpid())
         if not config.clients and not _is_local(host):
             log.warning(
                 "proxy_open",
@@ -255,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--log-format",
                 args.log_format,
             ]
-            return asyncio.run(supervise(argv, host, port, workers, _route_summary(config)))
+            return asyncio.run(supervise(argv, host, port, workers, route_summary(config)))
         access_log = logs.access_log(args.log_level, args.log_format, redactor, out, worker)
         group = (
             GroupLink(args.group_dir, args.worker_index, args.worker_of)

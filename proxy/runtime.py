@@ -43,7 +43,7 @@ def _trust_stores(config: Config) -> dict[str | None, ssl.SSLContext | None]:
     """One TLS context per ca_file (None: the system trust store). The loader checked each
     file, but it may have changed since: one no longer usable is a ConfigError naming its
     key, never an OSError, which serve would report as "cannot listen"."""
-    files = [(f"routes[{i}].ca_file", route.ca_file) for i, route in enumerate(config.routes)]
+    files = [(f"routes[{route.prefix}].ca_file", route.ca_file) for route in config.routes]
     files += [(f"auth.{name}.ca_file", auth.ca_file) for name, auth in config.auth.items()]
     stores: dict[str | None, ssl.SSLContext | None] = {None: None}
     problems = []
@@ -269,6 +269,7 @@ class Runtime:
         if state.url is not None:
             url = URL(state.url.reveal())
             values.extend(part for part in (url.user, url.password) if part)
+        values.extend(secret.reveal() for secret in self.config.from_files)
         return values
 
     def pauses(self) -> list[tuple[str, float, float | None]]:

@@ -73,7 +73,9 @@ def test_check_invalid_config_exits_2_naming_keys() -> None:
     """check exits 2 and lists every problem with its key."""
     result = run_check("--config", str(ROOT / "routes.toml"), env={})
     assert result.returncode == 2
-    assert "routes[1].upstream: environment variable TRAVIS_API_URL is not set" in result.stderr
+    assert (
+        "routes[/travis].upstream: environment variable TRAVIS_API_URL is not set" in result.stderr
+    )
     assert "auth.travtus.client_secret: environment variable TRAVTUS_CLIENT_SECRET" in result.stderr
 
 
@@ -224,14 +226,14 @@ async def test_sighup_with_a_utf16_file_logs_the_problem_and_keeps_serving(
 
 @pytest.mark.parametrize("command", ["check", "serve"])
 def test_ca_file_that_is_not_pem_exits_2_naming_the_key(tmp_path: Path, command: str) -> None:
-    """check and serve exit 2 naming routes[N].ca_file when the file is not PEM; serve never
+    """check and serve exit 2 naming routes[PREFIX].ca_file when the file is not PEM; serve never
     calls it "cannot listen"."""
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     config = tmp_path / "routes.toml"
     config.write_text('[[routes]]\nprefix = "/a"\nupstream = "https://h"\nca_file = "ca.pem"\n')
     result = run_check("--config", str(config)) if command == "check" else _run_serve(config)
     assert result.returncode == 2
-    assert "routes[0].ca_file: not a PEM file of CA certificates: 'ca.pem'" in result.stderr
+    assert "routes[/a].ca_file: not a PEM file of CA certificates: 'ca.pem'" in result.stderr
     assert "cannot listen" not in result.stderr
 
 
@@ -253,7 +255,7 @@ async def test_a_ca_file_spoiled_after_loading_is_a_config_error_not_a_listen_fa
     with pytest.raises(ConfigError) as info:
         await start(build_app(loaded, access_log=None), "127.0.0.1", 0)
     assert info.value.problems == [
-        f"routes[0].ca_file: not a PEM file of CA certificates: {str(ca_file)!r}",
+        f"routes[/a].ca_file: not a PEM file of CA certificates: {str(ca_file)!r}",
         f"auth.t.ca_file: not a PEM file of CA certificates: {str(ca_file)!r}",
     ]
 

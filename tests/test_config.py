@@ -122,7 +122,7 @@ def test_missing_env_names_variable_and_key() -> None:
     """A missing variable names itself and where it was used."""
     text = ROUTE + '[[routes]]\nprefix = "/b"\nupstream = "${TRAVIS_API_URL}"\n'
     assert problems(text) == [
-        "routes[1].upstream: environment variable TRAVIS_API_URL is not set "
+        "routes[/b].upstream: environment variable TRAVIS_API_URL is not set "
         "(write ${TRAVIS_API_URL:-default} to make it optional)"
     ]
 
@@ -210,7 +210,7 @@ def test_rate_limit_scope() -> None:
     assert limit is not None
     assert limit.scope == "process"
     assert problems(text.replace("5 }", '5, scope = "fleet" }')) == [
-        "routes[0].rate_limit.scope: must be one of global, process, got 'fleet'"
+        "routes[/a].rate_limit.scope: must be one of global, process, got 'fleet'"
     ]
 
 
@@ -268,7 +268,7 @@ def test_upstream_parts() -> None:
         ("routes = 3\n", "routes: must be an array of tables ([[routes]]), got an integer"),
         ("[other]\n", "other: unknown key (allowed: server, routes, auth, clients, state)"),
         ('[[routes]]\nupstream = "http://h"\n', "routes[0].prefix: is required"),
-        ('[[routes]]\nprefix = "/a"\n', "routes[0].upstream: is required"),
+        ('[[routes]]\nprefix = "/a"\n', "routes[/a].upstream: is required"),
         (
             ROUTE.replace('"/a"', '"a"'),
             "routes[0].prefix: must start with '/', got 'a'",
@@ -289,217 +289,217 @@ def test_upstream_parts() -> None:
         (ROUTE + ROUTE, "routes[1].prefix: duplicate prefix '/a' (also routes[0])"),
         (
             ROUTE.replace("http://127.0.0.1:9000", "127.0.0.1:9000"),
-            "routes[0].upstream: must be an http:// or https:// URL, got '127.0.0.1:9000'",
+            "routes[/a].upstream: must be an http:// or https:// URL, got '127.0.0.1:9000'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "ftp://h"),
-            "routes[0].upstream: must be an http:// or https:// URL, got 'ftp://h'",
+            "routes[/a].upstream: must be an http:// or https:// URL, got 'ftp://h'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http:///path"),
-            "routes[0].upstream: has no host: 'http:///path'",
+            "routes[/a].upstream: has no host: 'http:///path'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/p?x=1"),
-            "routes[0].upstream: must not have a query or fragment: 'http://h/p?...'",
+            "routes[/a].upstream: must not have a query or fragment: 'http://h/p?...'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h:port"),
-            "routes[0].upstream: invalid URL 'http://h:port': Port could not be cast to "
+            "routes[/a].upstream: invalid URL 'http://h:port': Port could not be cast to "
             "integer value as 'port'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://u:p@h"),
-            "routes[0].upstream: must not carry user:password@ (configure an auth table instead)",
+            "routes[/a].upstream: must not carry user:password@ (configure an auth table instead)",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/a/../b"),
-            "routes[0].upstream: base path must not contain '.' or '..' segments: "
+            "routes[/a].upstream: base path must not contain '.' or '..' segments: "
             "'http://h/a/../b'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/p#top"),
-            "routes[0].upstream: must not have a query or fragment: 'http://h/p#...'",
+            "routes[/a].upstream: must not have a query or fragment: 'http://h/p#...'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/a b"),
-            "routes[0].upstream: must not contain white space or control characters: "
+            "routes[/a].upstream: must not contain white space or control characters: "
             "'http://h/a b'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/a\\tb"),
-            "routes[0].upstream: must not contain white space or control characters: "
+            "routes[/a].upstream: must not contain white space or control characters: "
             "'http://h/a\\tb'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/café"),
-            "routes[0].upstream: base path has characters that must be percent-encoded: '/café'",
+            "routes[/a].upstream: base path has characters that must be percent-encoded: '/café'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/v1/[x]"),
-            "routes[0].upstream: base path has characters that must be percent-encoded: '/v1/[x]'",
+            "routes[/a].upstream: base path has characters that must be percent-encoded: '/v1/[x]'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/%zz"),
-            "routes[0].upstream: base path has a '%' that is not followed by two hex digits: "
+            "routes[/a].upstream: base path has a '%' that is not followed by two hex digits: "
             "'/%zz'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h/a%2"),
-            "routes[0].upstream: base path has a '%' that is not followed by two hex digits: "
+            "routes[/a].upstream: base path has a '%' that is not followed by two hex digits: "
             "'/a%2'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h\\\\evil/x"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'h\\\\evil'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h%41"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'h%41'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://-h"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'-h'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://a..b"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'a..b'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://999.1.1.1"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'999.1.1.1'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://0x7f.1"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'0x7f.1'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://[::1]x:80"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'[::1]x:80'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://[v1.x]"),
-            "routes[0].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
+            "routes[/a].upstream: host is not a valid host name, IPv4 address or [IPv6] literal: "
             "'[v1.x'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://h:0/v1"),
-            "routes[0].upstream: port must be from 1 to 65535, got 0: 'http://h:0/v1'",
+            "routes[/a].upstream: port must be from 1 to 65535, got 0: 'http://h:0/v1'",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://u:p@h:port"),
-            "routes[0].upstream: must not carry user:password@ (configure an auth table instead)",
+            "routes[/a].upstream: must not carry user:password@ (configure an auth table instead)",
         ),
         (
             ROUTE.replace("http://127.0.0.1:9000", "http://u:p@[::1"),
-            "routes[0].upstream: invalid URL: Invalid IPv6 URL",
+            "routes[/a].upstream: invalid URL: Invalid IPv6 URL",
         ),
-        (ROUTE + 'auth = ""\n', "routes[0].auth: must not be empty"),
+        (ROUTE + 'auth = ""\n', "routes[/a].auth: must not be empty"),
         (
             ROUTE + 'auth = "nope"\n',
-            "routes[0].auth: no [auth.nope] table (defined: none defined)",
+            "routes[/a].auth: no [auth.nope] table (defined: none defined)",
         ),
-        (ROUTE + "timeout = 5\n", "routes[0].timeout: must be a table, got an integer"),
+        (ROUTE + "timeout = 5\n", "routes[/a].timeout: must be a table, got an integer"),
         (
             ROUTE + "timeout = { read = 0 }\n",
-            "routes[0].timeout.read: must be greater than 0, got 0",
+            "routes[/a].timeout.read: must be greater than 0, got 0",
         ),
         (
             ROUTE + "timeout = { read = nan }\n",
-            "routes[0].timeout.read: must be a finite number, got nan",
+            "routes[/a].timeout.read: must be a finite number, got nan",
         ),
         (
             ROUTE + "timeout = { connect = inf }\n",
-            "routes[0].timeout.connect: must be a finite number, got inf",
+            "routes[/a].timeout.connect: must be a finite number, got inf",
         ),
         (
             ROUTE + f"timeout = {{ read = {10**400} }}\n",
-            "routes[0].timeout.read: must be a finite number, got 10000000000000000...",
+            "routes[/a].timeout.read: must be a finite number, got 10000000000000000...",
         ),
         (
             ROUTE + 'timeout = { connect = "1s" }\n',
-            "routes[0].timeout.connect: must be a number, got a string",
+            "routes[/a].timeout.connect: must be a number, got a string",
         ),
         (
             ROUTE + "timeout = { idle = 1 }\n",
-            "routes[0].timeout.idle: unknown key (allowed: connect, read)",
+            "routes[/a].timeout.idle: unknown key (allowed: connect, read)",
         ),
         (
             ROUTE + "retries = 1\n",
-            "routes[0].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
+            "routes[/a].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
             "rate_limit, retry, request_buffering, rewrite_location)",
         ),
         (
             ROUTE + 'request_buffering = "yes"\n',
-            "routes[0].request_buffering: must be true or false, got 'yes'",
+            "routes[/a].request_buffering: must be true or false, got 'yes'",
         ),
         (
             ROUTE + "rewrite_location = 1\n",
-            "routes[0].rewrite_location: must be true or false, got 1",
+            "routes[/a].rewrite_location: must be true or false, got 1",
         ),
         (
             "[server]\nvia = true\n" + ROUTE,
             "server.via: must be a name, or false to send no Via, got true",
         ),
-        (ROUTE + "rate_limit = { per = 1 }\n", "routes[0].rate_limit.rate: is required"),
+        (ROUTE + "rate_limit = { per = 1 }\n", "routes[/a].rate_limit.rate: is required"),
         (
             ROUTE + "rate_limit = { rate = 10, burst = 0.5 }\n",
-            "routes[0].rate_limit.burst: must be at least 1, got 0.5",
+            "routes[/a].rate_limit.burst: must be at least 1, got 0.5",
         ),
         (
             ROUTE + "rate_limit = { rate = 10, max_wait = -1 }\n",
-            "routes[0].rate_limit.max_wait: must be a number of at least 0, got -1",
+            "routes[/a].rate_limit.max_wait: must be a number of at least 0, got -1",
         ),
         (
             ROUTE + "rate_limit = { rate = 10, max_wait = inf }\n",
-            "routes[0].rate_limit.max_wait: must be a finite number, got inf",
+            "routes[/a].rate_limit.max_wait: must be a finite number, got inf",
         ),
         (
             ROUTE + "rate_limit = { rate = 10, burst = nan }\n",
-            "routes[0].rate_limit.burst: must be a finite number, got nan",
+            "routes[/a].rate_limit.burst: must be a finite number, got nan",
         ),
         (
             ROUTE + "retry = { backoff = nan }\n",
-            "routes[0].retry.backoff: must be a finite number, got nan",
+            "routes[/a].retry.backoff: must be a finite number, got nan",
         ),
         (
             ROUTE + "retry = { max_backoff = inf }\n",
-            "routes[0].retry.max_backoff: must be a finite number, got inf",
+            "routes[/a].retry.max_backoff: must be a finite number, got inf",
         ),
         (
             ROUTE + "retry = { max_wait = -inf }\n",
-            "routes[0].retry.max_wait: must be a finite number, got -inf",
+            "routes[/a].retry.max_wait: must be a finite number, got -inf",
         ),
         (
             ROUTE + "retry = { budget = nan }\n",
-            "routes[0].retry.budget: must be a finite number, got nan",
+            "routes[/a].retry.budget: must be a finite number, got nan",
         ),
         (
             ROUTE + "retry = { attempts = 0 }\n",
-            "routes[0].retry.attempts: must be a whole number of at least 1, got 0",
+            "routes[/a].retry.attempts: must be a whole number of at least 1, got 0",
         ),
         (
             ROUTE + "retry = { on = [500] }\n",
-            "routes[0].retry.on: must be a list of statuses from 429, 503, got [500]",
+            "routes[/a].retry.on: must be a list of statuses from 429, 503, got [500]",
         ),
         (
             ROUTE + "retry = { budget = 2 }\n",
-            "routes[0].retry.budget: must be a share between 0 and 1, got 2",
+            "routes[/a].retry.budget: must be a share between 0 and 1, got 2",
         ),
         (
             ROUTE + "retry = { max_body = 1.5 }\n",
-            "routes[0].retry.max_body: must be a whole number of bytes, got 1.5",
+            "routes[/a].retry.max_body: must be a whole number of bytes, got 1.5",
         ),
         (
             ROUTE + 'ca_file = "/nonexistent/ca.pem"\n',
-            "routes[0].ca_file: file not found: '/nonexistent/ca.pem'",
+            "routes[/a].ca_file: file not found: '/nonexistent/ca.pem'",
         ),
         ("= broken", "invalid TOML: Invalid statement (at line 1, column 1)"),
     ],
@@ -917,7 +917,7 @@ def _not_ca_files(ca: trustme.CA) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("table", "key"),
     [
-        (ROUTE + 'ca_file = "ca.pem"\n', "routes[0].ca_file"),
+        (ROUTE + 'ca_file = "ca.pem"\n', "routes[/a].ca_file"),
         (
             ROUTE + AUTH + 'client_id = "i"\nclient_secret = "s"\nca_file = "ca.pem"\n',
             "auth.x.ca_file",
@@ -1163,11 +1163,11 @@ RATE_RANGE = "rate / per must come to a finite number of requests a second above
     [
         (
             ROUTE + "rate_limit = { rate = 1e200, per = 1e-200 }\n",
-            f"routes[0].rate_limit: {RATE_RANGE}1e+200 / 1e-200",
+            f"routes[/a].rate_limit: {RATE_RANGE}1e+200 / 1e-200",
         ),
         (
             ROUTE + "rate_limit = { rate = 1e-300, per = 1e100, burst = 1 }\n",
-            f"routes[0].rate_limit: {RATE_RANGE}1e-300 / 1e+100",
+            f"routes[/a].rate_limit: {RATE_RANGE}1e-300 / 1e+100",
         ),
         (
             ROUTE + AUTH_OK + "rate_limit = { rate = 1e300, per = 1e-10 }\n",

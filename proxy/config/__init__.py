@@ -1,8 +1,9 @@
 """routes.toml -> frozen dataclasses.
 
 Loading happens once, at start-up (and on reload): ``${VAR}`` references are resolved from
-the environment, every table is checked, and *all* problems are reported together in one
-ConfigError whose lines name the dotted key (``routes[1].upstream``), the bad value and what
+the environment and ``${file:PATH}`` ones from files (read again on every load), every
+table is checked, and *all* problems are reported together in one
+ConfigError whose lines name the dotted key (``routes[/travtus].upstream``), the bad value and what
 is allowed.
 """
 

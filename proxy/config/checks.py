@@ -1,19 +1,22 @@
 """The checks every table is built from: each takes a value as written at its dotted path
 and records a problem (naming the dotted key) instead of raising; strings have their
-${VAR} references resolved. The checks that model fields name (rules.py) are built on them."""
+${VAR} and ${file:PATH} references resolved (references.py). The checks that model fields
+name (rules.py) are built on them."""
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+from .references import Reference, References
 
+# Shorter values are not scrubbed from problems: "on" or "1" would blank whole messages.
+_MIN_SCRUBBED: Final = 4
 D = TypeVar("D")  # what a check gives back for a refused value
 
 
@@ -23,9 +26,18 @@ class Checks:
     def __init__(self, env: Mapping[str, str], base_dir: Path) -> None:
         self.env = env
         self.base_dir = base_dir
+        self.references = References(env, base_dir)
         self.problems: list[str] = []
+        # What string keys took from files: secrets as far as logs and problems go.
+        self.from_files: list[str] = []
+        # Keys an unknown key was taken for a misspelling of.
+        self.misspelt: set[str] = set()
 
     def fail(self, key: str, message: str) -> None:
+        # A check may echo the value it refuses; one read from a file is never shown.
+        for value in self.from_files:
+            if len(value) >= _MIN_SCRUBBED:
+                message = message.replace(value, "***")
         self.problems.append(f"{key}: {message}")
 
     # -- primitives ---------------------------------------------------------------------
@@ -36,8 +48,21 @@ class Checks:
             return {}
         for name in raw:
             if name not in allowed:
-                self.fail(_join(key, name), f"unknown key (allowed: {', '.join(allowed)})")
+                message = f"unknown key (allowed: {', '.join(allowed)})"
+                meant = [
+                    k for k in get_close_matches(name, allowed, n=1, cutoff=0.8) if k not in raw
+                ]
+                if meant:
+                    message += f"; did you mean {meant[0]}?"
+                    self.misspelt.add(_join(key, meant[0]))
+                self.fail(_join(key, name), message)
         return raw
+
+    def missing(self, path: str) -> None:
+        """A required key is not there: a problem, unless a misspelling of it was reported
+        already (that one line says it all)."""
+        if path not in self.misspelt:
+            self.fail(path, "is required")
 
     def text(
         self, value: Any, path: str, *, secret: bool = False, allow_empty: bool = False
@@ -94,25 +119,21 @@ class Checks:
         return number
 
     def interpolate(self, value: str, key: str) -> str | None:
-        missing: list[str] = []
+        """``value`` with its references resolved; None (each problem recorded) when one
+        cannot be."""
+        resolved, problems, files = self.references.substitute(value)
+        for problem in problems:
+            self.fail(key, problem)
+        self.from_files.extend(files)
+        return resolved
 
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        resolved = _ENV_REF.sub(replace, value)
-        for name in missing:
-            self.fail(
-                key,
-                f"environment variable {name} is not set "
-                f"(write ${{{name}:-default}} to make it optional)",
-            )
-        return None if missing else resolved
+    def reference(self, value: Any, key: str) -> Reference | None:
+        """The reference a string wholly is, resolved (a problem recorded when it cannot
+        be); None for any other value."""
+        found = self.references.whole(value) if isinstance(value, str) else None
+        if found is not None and found.problem is not None:
+            self.fail(key, found.problem)
+        return found
 
     def trusted_cas(self, value: Any, path: str) -> str | None:
         """A PEM file of CA certificates (relative paths as for :meth:`existing`), loaded here as

@@ -316,3 +316,6 @@ class Config:
     auth: Mapping[str, AuthConfig]
     clients: Mapping[str, ClientConfig] = field(default_factory=dict)
     state: StateConfig = field(default_factory=StateConfig)
+    # What string keys read from files (${file:PATH}): the log redactor treats each as a
+    # secret, whatever the key.
+    from_files: tuple[Secret, ...] = field(default=(), repr=False, compare=False)

@@ -33,6 +33,13 @@ D = TypeVar("D")
 # required key has no default: its check is given None.
 Check: TypeAlias = Callable[[Checks, Any, str, T], T]
 
+# Field types a whole-string reference is converted to, as annotations spell them (with
+# postponed evaluation) or as the types themselves.
+_SCALARS: Final[Mapping[object, type[int] | type[float] | type[bool]]] = {
+    **{t: t for t in (int, float, bool)},
+    **{f"{t.__name__}{none}": t for t in (int, float, bool) for none in ("", " | None")},
+}
+
 _CHECK: Final = "check"  # the field metadata entry that holds the check
 _MAKE: Final = "make_check"  # or the one that makes it for the dataclass a table is read as
 
@@ -91,10 +98,10 @@ def read(
         path = f"{key}.{f.name}"
         default = _default(f) if defaults is None else getattr(defaults, f.name)
         if f.name in table:
-            values[f.name] = _check(f, cls)(checks, table[f.name], path, default)
+            values[f.name] = _run(f, cls, checks, table[f.name], path, default)
             continue
         if defaults is None and _required(f):
-            checks.fail(path, "is required")
+            checks.missing(path)
         values[f.name] = default
     return values
 
@@ -197,18 +204,23 @@ class OneOf:
                 self._tag_check(checks, table[self.tag], f"{key}.{self.tag}", None)
             )
         else:
-            checks.fail(f"{key}.{self.tag}", "is required")
+            checks.missing(f"{key}.{self.tag}")
         own = {} if picked is None else self._fields[picked]
         values: dict[str, Any] = {}
         for name in self.keys[1:]:
             f = own.get(name, self._first[name])
             if name in table:
-                value = _check(f, picked if name in own else None)(
-                    checks, table[name], f"{key}.{name}", _default(f)
+                value = _run(
+                    f,
+                    picked if name in own else None,
+                    checks,
+                    table[name],
+                    f"{key}.{name}",
+                    _default(f),
                 )
             else:
                 if (name in own and _required(f)) or (picked is None and name in self._needed):
-                    checks.fail(f"{key}.{name}", "is required")
+                    checks.missing(f"{key}.{name}")
                 value = _default(f)
             if name in own:
                 values[name] = value
@@ -224,6 +236,34 @@ class OneOf:
 
 def _declared(cls: type[Any]) -> tuple[Field[Any], ...]:
     return tuple(f for f in fields(cls) if _CHECK in f.metadata or _MAKE in f.metadata)
+
+
+def _run(
+    f: Field[Any], cls: type[Any] | None, checks: Checks, value: Any, path: str, default: Any
+) -> Any:
+    """The field's check of ``value``; a string that is wholly one reference, for a key
+    typed as a number or a boolean, is first turned into one (the check then applies its
+    range as to a value written in TOML). A literal string stays what it is: TOML has
+    numbers and booleans, so a quoted one is refused by the key's check."""
+    check = _check(f, cls)
+    kind = _SCALARS.get(f.type)
+    reference = None if kind is None else checks.reference(value, path)
+    if kind is None or reference is None:
+        return check(checks, value, path, default)
+    if reference.text is None:  # the variable or file is the problem, reported already
+        return default
+    try:
+        typed = reference.convert(kind)
+    except ValueError as exc:
+        # A key may take a word besides its numbers (fleet_share = "auto"): its check says.
+        before = len(checks.problems)
+        found = check(checks, reference.text, path, default)
+        if len(checks.problems) == before:
+            return found
+        del checks.problems[before:]
+        checks.fail(path, str(exc))
+        return default
+    return check(checks, typed, path, default)
 
 
 def _check(f: Field[Any], cls: type[Any] | None) -> Check[Any]:

@@ -91,7 +91,9 @@ _LAYERS = {
     "auth": 5,
     "upstream": 6,
     "forward": 6,
-    **dict.fromkeys(("runtime", "app", "workers", "fds", "arguments", "__main__", "demo"), 7),
+    **dict.fromkeys(
+        ("runtime", "app", "workers", "fds", "notify", "arguments", "__main__", "demo"), 7
+    ),
     "sandbox": 7,
 }
 

@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# The proxy in front of the built-in vendor sandbox: no credentials needed.
+# The proxy in front of the built-in vendor sandbox: no credentials needed. Other ports:
+# make demo PORT=8081 SANDBOX_PORT=9001 (0: any free one).
+PORT ?= 8080
+SANDBOX_PORT ?= 9000
 demo: $(STAMP)
-	$(BIN)/python -m proxy demo
+	$(BIN)/python -m proxy demo --port $(PORT) --sandbox-port $(SANDBOX_PORT)
 
 # The tests, then the coverage of proxy/ (lines and branches; fully covered files left
 # out). Proxy subprocesses are not measured: what runs only there (__main__, workers,

@@ -16,7 +16,8 @@ The layers, bottom up; a module imports only from its own layer and those below 
                  exchange -> stream back)
     process      runtime.py (the composition root: builds all of the above from one
                  config), app.py (lifecycle, reload, /-/ endpoints), workers/, fds.py,
-                 arguments.py, __main__.py (the command line), demo.py
+                 notify.py (systemd readiness), arguments.py, __main__.py (the command
+                 line), demo.py
     sandbox/     the simulated vendors, imported only when their command runs
 """
 

@@ -5,25 +5,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
+import errno
 import functools
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 import structlog
 
 from . import arguments
 from . import config as config_module
 from .access import is_loopback
-from .app import STATE, build_app, own_view, start
+from .app import STATE, ProxyApp, ProxyState, build_app, own_view, start
 from .check import render, route_summary
 from .config import Config
 from .errors import ConfigError, ListenError
+from .notify import Notifier, notifier
 from .observe import logs
 from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
 EXIT_CONFIG: int = 2
+SERVE_PORT_HINT: Final = "choose another with --port (or [server] port in the config)"
+DEMO_PORTS_HINT: Final = (
+    "choose free ports: make demo PORT=8081 SANDBOX_PORT=9001 "
+    "(or python -m proxy demo --port 8081 --sandbox-port 9001)"
+)
 
 
 def _config_path(given: str | None) -> str:
@@ -54,6 +63,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--group-dir", help=argparse.SUPPRESS)
+    # The listener keys the group's own command line set, which a worker's reload ignores.
+    serve.add_argument("--pinned", default="", help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate the config and print the routes")
     check.add_argument("--config", help="routes.toml path (default: $PROXY_CONFIG, ./routes.toml)")
@@ -96,44 +107,52 @@ async def _serve(
     redactor: logs.Redactor,
     access_log: logs.AccessLog | None,
     group: GroupLink | None = None,
+    pinned: frozenset[str] = frozenset(),
+    notify: Notifier | None = None,
 ) -> None:
-    """One serving process: until SIGTERM/SIGINT; SIGHUP reloads the config file.
-    ``group``: this process is that worker of a group (serve --workers N)."""
+    """One serving process: until SIGTERM/SIGINT, then a drain (see _drain); SIGHUP reloads
+    the config file. ``group``: this process is that worker of a group (serve --workers N);
+    ``pinned``: listener keys the command line set; ``notify``: systemd's socket."""
     log = structlog.get_logger("proxy")
     _loaded(log, path, config)
     app = build_app(
         config, on_secrets=redactor.update, access_log=access_log, workers=workers, group=group
     )
+    # Bound before any token is asked for: a start that cannot listen spends none.
     runner, addresses = await start(
-        app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
+        app,
+        host,
+        port,
+        shutdown_timeout=config.server.shutdown_grace,
+        reuse_port=workers > 1,
+        pinned=pinned,
     )
     views: asyncio.Server | None = None
     if group is not None:
         own = functools.partial(own_view, app[STATE])
         views = await serve_own_views(group.directory, group.index, own)
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second SIGTERM/SIGINT: the drain ends at once
+
+    def stopping() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
 
     reloading = asyncio.Lock()  # SIGHUPs in quick succession apply in turn
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
-        # Either failure keeps the running config; the problems never hold secret values.
         async with reloading:
+            if notify is not None:
+                notify.reloading()
             try:
-                fresh = config_module.load(path)
-            except ConfigError as exc:
-                log.error("config_reload_failed", path=path, problems=exc.problems)
-                return
-            _loaded(log, path, fresh)
-            proxy = app[STATE]
-            await proxy.runtime.state.prepare(fresh.auth.values())
-            try:
-                proxy.reload(fresh)
-            except ConfigError as exc:  # a ca_file changed between loading and use
-                log.error("config_reload_failed", path=path, problems=exc.problems)
+                await _reload(log, path, app)
+            finally:
+                if notify is not None and not stop.is_set():
+                    notify.ready()
 
     def hangup() -> None:
         task = loop.create_task(reload())
@@ -154,8 +173,13 @@ async def _serve(
                 reason="no [clients] are configured: anyone who can reach this "
                 "address can use the proxy's credentials",
             )
+    if notify is not None:
+        notify.ready()
     try:
         await stop.wait()
+        if notify is not None:
+            notify.stopping()
+        await _drain(log, app[STATE], hurry)
     finally:
         # Stop listening, let requests in flight finish (shutdown_grace), then close.
         log.info("proxy_stopping")
@@ -163,6 +187,36 @@ async def _serve(
             views.close()
         await runner.cleanup()
         log.info("proxy_stopped")
+
+
+async def _reload(log: structlog.typing.FilteringBoundLogger, path: str, app: ProxyApp) -> None:
+    # Either failure keeps the running config; the problems never hold secret values.
+    try:
+        fresh = config_module.load(path)
+    except ConfigError as exc:
+        log.error("config_reload_failed", path=path, problems=exc.problems)
+        return
+    _loaded(log, path, fresh)
+    proxy = app[STATE]
+    await proxy.runtime.state.prepare(fresh.auth.values())
+    try:
+        proxy.reload(fresh)
+    except ConfigError as exc:  # a ca_file changed between loading and use
+        log.error("config_reload_failed", path=path, problems=exc.problems)
+
+
+async def _drain(
+    log: structlog.typing.FilteringBoundLogger, proxy: ProxyState, hurry: asyncio.Event
+) -> None:
+    """The Kubernetes way to stop: /-/ready says 503 at once, while connections are still
+    accepted and served for server.drain_delay seconds, the time a load balancer or an
+    Endpoints update takes to stop sending here; a second signal cuts it short."""
+    delay = proxy.runtime.config.server.drain_delay
+    proxy.draining = True
+    log.info("proxy_draining", drain_delay=delay, hint="a second SIGTERM or SIGINT skips it")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await hurry.wait()
 
 
 def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Config) -> None:
@@ -179,6 +233,13 @@ def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Confi
 def _is_local(host: str) -> bool:
     """Is ``host`` (a listen address, or a host name) reachable from this machine only?"""
     return host == "localhost" or is_loopback(host)
+
+
+def _listen_problem(exc: ListenError, hint: str) -> str:
+    """One line: why the port could not be had, and how to pick another when it is taken."""
+    if exc.reason == os.strerror(errno.EADDRINUSE):
+        return f"{exc}; {hint}"
+    return str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        except ListenError as exc:
+            print(_listen_problem(exc, DEMO_PORTS_HINT), file=sys.stderr)
+            return 1
         return 0
     try:
         config = config_module.load(path)
@@ -218,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = config.server.workers if args.workers is None else args.workers
     if not config.clients and not _is_local(host) and workers > 1:
         structlog.get_logger("proxy").warning("proxy_open", host=host)
+    if args.worker_of:
+        pinned = frozenset(filter(None, args.pinned.split(",")))
+    else:
+        pinned = frozenset(k for k in ("host", "port", "workers") if getattr(args, k) is not None)
+    # Only the process systemd started speaks to it; a group's workers stay silent.
+    notify = None if args.worker_of else notifier(os.environ)
     try:
         if workers > 1 and not args.worker_of:
             argv = [
@@ -228,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.log_level,
                 "--log-format",
                 args.log_format,
+                "--pinned",
+                ",".join(sorted(pinned)),
             ]
-            return asyncio.run(supervise(argv, host, port, workers, route_summary(config)))
+            return asyncio.run(supervise(argv, host, port, workers, route_summary(config), notify))
         access_log = logs.access_log(args.log_level, args.log_format, redactor, out, worker)
         group = (
             GroupLink(args.group_dir, args.worker_index, args.worker_of)
@@ -237,13 +309,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             else None
         )
         asyncio.run(
-            _serve(path, config, host, port, args.worker_of or 1, redactor, access_log, group)
+            _serve(
+                path,
+                config,
+                host,
+                port,
+                args.worker_of or 1,
+                redactor,
+                access_log,
+                group,
+                pinned,
+                notify,
+            )
         )
     except ConfigError as exc:  # a ca_file changed between loading and use
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ListenError as exc:
-        print(exc, file=sys.stderr)
+        print(_listen_problem(exc, SERVE_PORT_HINT), file=sys.stderr)
         return 1
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -40,8 +41,10 @@ class ProxyState:
         "_retiring",
         "access_log",
         "accounting",
+        "draining",
         "errors",
         "group",
+        "listener",
         "metrics",
         "on_secrets",
         "request_ids",
@@ -68,6 +71,12 @@ class ProxyState:
         self.on_secrets: Callable[[list[str]], None] | None = None
         # Set in a worker of serve --workers N: /-/metrics and /-/status answer for all.
         self.group: GroupLink | None = None
+        # Set on SIGTERM: /-/ready says 503 so load balancers stop sending, while requests
+        # are still served until the listener closes.
+        self.draining = False
+        # What the listener really runs on, by [server] key (start() fills it in); keys
+        # the command line set are left out, as a file cannot change them anyway.
+        self.listener: dict[str, object] = {}
         self._watch()
 
     def _watch(self) -> None:
@@ -81,14 +90,14 @@ class ProxyState:
     def reload(self, config: Config) -> None:
         """Serve new requests from ``config``; retire the old Runtime once it is idle."""
         old = self.runtime
-        if (config.server.host, config.server.port, config.server.workers) != (
-            old.config.server.host,
-            old.config.server.port,
-            old.config.server.workers,
-        ):
+        # Against the listener, not the previous config: after a port changes and changes
+        # back, the file again says what the listener runs on.
+        fixed = sorted(k for k, v in self.listener.items() if getattr(config.server, k) != v)
+        if fixed:
             log.warning(
                 "config_reload_keeps_listener",
-                reason="host, port and workers change only on restart",
+                keys=fixed,
+                reason="the listener's settings change only on restart",
             )
         self.runtime = Runtime(config, self.metrics, self.access_log, previous=old)
         self.runtime.start()
@@ -132,6 +141,8 @@ async def _health(request: Request, state: ProxyState) -> Reply:
 
 async def _ready(request: Request, state: ProxyState) -> Reply:
     """200 once every auth table in use holds a valid token, 503 naming those that do not."""
+    if state.draining:
+        return _json({"status": "draining", "reason": "the proxy is shutting down"}, 503)
     tokens = state.runtime.tokens
     failing = sorted(name for name, manager in tokens.items() if not manager.ready)
     body = {
@@ -297,6 +308,10 @@ class ProxyApp:
     def config(self) -> Config:
         return self._config
 
+    @property
+    def workers(self) -> int:
+        return self._workers
+
     def __getitem__(self, key: _StateKey) -> ProxyState:
         if self._state is None:
             raise LookupError("the proxy is not started")
@@ -309,7 +324,11 @@ class ProxyApp:
         state._watch()
         self._state = state
         await state.runtime.state.start()
-        state.runtime.start()  # fetch tokens now, so /-/ready turns green before traffic
+
+    def begin(self) -> None:
+        """Fetch tokens now, so /-/ready turns green before traffic; called once the port
+        is bound, so a start that fails to listen has spent no token request."""
+        self[STATE].runtime.start()
 
     def refusal(self, error: ProxyError) -> Reply:
         """The server's own refusals (before any handler: malformed, too large, too slow,
@@ -363,6 +382,18 @@ class Runner:
             await self.app.close()
 
 
+# The [server] keys a reload cannot change: the listener is built from them once.
+LISTENER_KEYS: Final = (
+    "host",
+    "port",
+    "workers",
+    "header_timeout",
+    "idle_timeout",
+    "max_connections",
+    "max_in_flight",
+)
+
+
 async def start(
     app: ProxyApp,
     host: str,
@@ -370,13 +401,15 @@ async def start(
     *,
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
+    pinned: frozenset[str] = frozenset(),
 ) -> tuple[Runner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound. Raises
     ListenError when it cannot listen, ConfigError when a file the config names (ca_file)
-    has become unusable since it was loaded."""
+    has become unusable since it was loaded. ``pinned``: the listener keys the command
+    line set (host, port, workers), which a reload of the file does not compare."""
     await app.open()
     settings = app.config.server  # listener settings: a reload does not change them
-    cap, fd_limit = connection_cap(settings.max_connections)
+    cap, fd_limit = connection_cap(settings.max_connections, settings.max_in_flight)
     if cap < settings.max_connections:
         log.warning(
             "fd_limit_low",
@@ -399,5 +432,19 @@ async def start(
     except OSError as exc:
         await server.stop(0)
         await app.close()
-        raise ListenError(host, port, exc.strerror or str(exc)) from exc
+        raise ListenError(host, port, _reason(exc)) from exc
+    # The port asked for (0 stays 0), and in a worker the group's size and address even
+    # when the file said otherwise as it started (a worker restarted after an edit).
+    running = {key: getattr(settings, key) for key in LISTENER_KEYS}
+    running.update(host=host, port=port, workers=app.workers)
+    app[STATE].listener = {k: v for k, v in running.items() if k not in pinned}
+    app.begin()
     return Runner(app, server, shutdown_timeout), [(str(a[0]), int(a[1])) for a in addresses]
+
+
+def _reason(exc: OSError) -> str:
+    """The system's word for a failed bind ("Address already in use"), without the
+    address asyncio repeats in its message."""
+    if exc.errno is not None:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)

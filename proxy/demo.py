@@ -18,6 +18,7 @@ from aiohttp import web
 
 from . import config as config_module
 from .app import STATE, build_app, start
+from .errors import ListenError
 from .sandbox import build_sandbox_app
 
 READY_TIMEOUT = 10.0
@@ -33,16 +34,28 @@ def _curl_lines(base: str) -> list[str]:
     ]
 
 
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno is not None else str(exc)
+
+
 async def run_demo(config_path: str, host: str, proxy_port: int, sandbox_port: int) -> None:
     log = structlog.get_logger("proxy.demo")
     sandbox = web.AppRunner(build_sandbox_app(), access_log=None)
     await sandbox.setup()
-    await web.TCPSite(sandbox, "127.0.0.1", sandbox_port).start()
-    sandbox_host, bound_sandbox_port = sandbox.addresses[0][:2]
-    sandbox_url = f"http://{sandbox_host}:{bound_sandbox_port}"
-    cfg = config_module.load(config_path, {**os.environ, "SANDBOX_URL": sandbox_url})
-    app = build_app(cfg)
-    runner, addresses = await start(app, host, proxy_port)
+    try:
+        try:
+            await web.TCPSite(sandbox, "127.0.0.1", sandbox_port).start()
+        except OSError as exc:
+            raise ListenError("127.0.0.1", sandbox_port, _reason(exc)) from exc
+        sandbox_host, bound_sandbox_port = sandbox.addresses[0][:2]
+        sandbox_url = f"http://{sandbox_host}:{bound_sandbox_port}"
+        cfg = config_module.load(config_path, {**os.environ, "SANDBOX_URL": sandbox_url})
+        app = build_app(cfg)
+        pinned = frozenset({"host", "port"})  # the demo's options, not the file, say where
+        runner, addresses = await start(app, host, proxy_port, pinned=pinned)
+    except BaseException:
+        await sandbox.cleanup()
+        raise
     proxy_host, port = addresses[0]
     proxy_url = f"http://{proxy_host}:{port}"
     # Ask for the three tokens first, so the first curl line already works.

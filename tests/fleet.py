@@ -92,6 +92,7 @@ class Member:
         waits for the pipe as well as the process."""
         if self.process.returncode is None:
             self.process.terminate()
+            self.process.send_signal(signal.SIGINT)  # the second signal skips the drain
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import resource
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,8 +85,11 @@ class ProxyProcess:
         raise AssertionError(f"{field_name} not in /proc/{self.pid}/status")
 
     async def stop(self) -> int:
+        """SIGTERM, and SIGINT after it to skip the drain (server.drain_delay), as an
+        operator in a hurry would; in-flight requests still get shutdown_grace."""
         if self.process.returncode is None:
             self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:

@@ -237,9 +237,9 @@ def test_upstream_parts() -> None:
         (
             "[server]\nbind = 1\n",
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
-            "admin_access, shutdown_grace, workers, trusted_proxies, via, header_timeout, "
-            "idle_timeout, max_connections, max_in_flight, spool_dir, max_buffered_body, "
-            "max_spooled_total, hosts)",
+            "admin_access, shutdown_grace, drain_delay, workers, trusted_proxies, via, "
+            "header_timeout, idle_timeout, max_connections, max_in_flight, spool_dir, "
+            "max_buffered_body, max_spooled_total, hosts)",
         ),
         (
             '[server]\nhosts = ["proxy.internal", "bad host", "h:99999", "[::1"]\n',
@@ -1292,6 +1292,9 @@ def test_server_keys_load() -> None:
             "shutdown_grace = true\n",
             "server.shutdown_grace: must be a number of at least 0, got True",
         ),
+        ("drain_delay = -1\n", "server.drain_delay: must be a number of at least 0, got -1"),
+        ('drain_delay = "5s"\n', "server.drain_delay: must be a number of at least 0, got '5s'"),
+        ("drain_delay = nan\n", "server.drain_delay: must be a finite number, got nan"),
         ("workers = 0\n", "server.workers: must be a whole number of at least 1, got 0"),
         ("workers = -2\n", "server.workers: must be a whole number of at least 1, got -2"),
         ("workers = 2.0\n", "server.workers: must be a whole number of at least 1, got 2.0"),

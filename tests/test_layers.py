@@ -92,7 +92,8 @@ _LAYERS = {
     "upstream": 6,
     "forward": 6,
     **dict.fromkeys(
-        ("runtime", "app", "workers", "fds", "arguments", "__main__", "check", "demo"), 7
+        ("runtime", "app", "workers", "fds", "notify", "arguments", "__main__", "check", "demo"),
+        7,
     ),
     "sandbox": 7,
 }

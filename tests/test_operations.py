@@ -256,7 +256,10 @@ async def test_sigterm_drains_a_slow_request_then_exits_0(
     """On SIGTERM the port refuses new connections while a request in flight still gets its
     whole answer, then the process ends."""
     config = tmp_path / "routes.toml"
-    config.write_text(f'[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n')
+    # No drain (tests/test_lifecycle.py has it): the listener closes at once.
+    config.write_text(
+        f'[server]\ndrain_delay = 0\n[[routes]]\nprefix = "/v"\nupstream = "{upstream.url}"\n'
+    )
     proxy = await start_proxy(config)
     host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
     try:

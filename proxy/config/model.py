@@ -246,8 +246,12 @@ class ServerConfig:
     client_key_header: str = setting(header_name, default="X-Proxy-Key")
     # Who may read /-/metrics and /-/status: "any", "loopback" or "client:NAME".
     admin_access: AdminAccess = setting(parsed(AdminAccess.parse), default=AdminAccess())
-    # Seconds in-flight requests get to finish on stop/reload.
-    shutdown_grace: float = setting(non_negative, default=30.0)
+    # Seconds in-flight requests get to finish on stop (after drain_delay) and reload.
+    # 5 + 20 ends before Kubernetes' 30 s terminationGracePeriodSeconds sends SIGKILL.
+    shutdown_grace: float = setting(non_negative, default=20.0)
+    # Seconds from SIGTERM to closing the listener: /-/ready says 503 meanwhile, so load
+    # balancers take the process out before it stops accepting.
+    drain_delay: float = setting(non_negative, default=5.0)
     workers: int = setting(whole, default=1)
     # Peers whose X-Forwarded-For / Forwarded we extend instead of replacing.
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = setting(networks, default=())

@@ -28,6 +28,7 @@ from typing import Final
 import structlog
 
 from ..errors import ListenError
+from ..notify import Notifier
 from .member import READY_FD_ENV, supervisor_socket
 from .view import GroupView
 
@@ -101,7 +102,10 @@ class Worker:
 class Group:
     """N workers running ``command`` (plus each one's --worker-index)."""
 
-    def __init__(self, command: Sequence[str], n: int, directory: str) -> None:
+    def __init__(
+        self, command: Sequence[str], n: int, directory: str, notify: Notifier | None = None
+    ) -> None:
+        self._notify = notify
         self._command = list(command)
         self._workers = [Worker(index) for index in range(n)]
         self._view = GroupView(directory, self._workers)
@@ -230,6 +234,8 @@ class Group:
                 )
 
     def _stop(self, sig: signal.Signals) -> None:
+        if self._notify is not None and not self._stopping.is_set():
+            self._notify.stopping()
         self._stopping.set()
         for worker in self._workers:
             worker.signal(sig)
@@ -277,8 +283,16 @@ def _private_directory() -> str:
     return directory
 
 
-async def supervise(argv: Sequence[str], host: str, port: int, n: int, routes: list[str]) -> int:
-    """Run n workers of ``python -m proxy serve`` (argv without host/port/workers)."""
+async def supervise(
+    argv: Sequence[str],
+    host: str,
+    port: int,
+    n: int,
+    routes: list[str],
+    notify: Notifier | None = None,
+) -> int:
+    """Run n workers of ``python -m proxy serve`` (argv without host/port/workers);
+    ``notify`` (systemd) hears READY=1 once all listen, STOPPING=1 on SIGTERM/SIGINT."""
     reserved, port = _reserve_port(host, port)
     directory = _private_directory()
     command = [
@@ -295,7 +309,7 @@ async def supervise(argv: Sequence[str], host: str, port: int, n: int, routes: l
         "--group-dir",
         directory,
     ]
-    group = Group(command, n, directory)
+    group = Group(command, n, directory, notify)
     shown = f"[{host}]" if ":" in host else host
 
     def started(pids: list[int]) -> None:
@@ -307,6 +321,8 @@ async def supervise(argv: Sequence[str], host: str, port: int, n: int, routes: l
             workers=n,
             worker_pids=pids,
         )
+        if notify is not None:
+            notify.ready()
 
     try:
         return await group.run(started)

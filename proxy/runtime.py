@@ -104,19 +104,25 @@ def _token_session(
     and no cookie set by an identity provider is kept. ``via``: the egress proxy the token
     endpoint is reached through (chosen by the caller; aiohttp's own reading of the
     environment stays off, as NO_PROXY must be read as for the upstreams)."""
-    proxy = proxy_auth = None
+    proxy = None
     if via is not None:
-        host = f"[{via.host}]" if ":" in via.host else via.host
-        proxy = f"http://{host}:{via.port}"
-        if via.authorization is not None:
-            proxy_auth = aiohttp.BasicAuth.decode(via.authorization)
+        # Credentials in the proxy URL: aiohttp sends them as Proxy-Authorization (its
+        # proxy_auth argument is deprecated). The endpoint logs error types only, never
+        # aiohttp's exceptions, which would show this URL.
+        auth = aiohttp.BasicAuth.decode(via.authorization) if via.authorization else None
+        proxy = URL.build(
+            scheme="http",
+            host=via.host,
+            port=via.port,
+            user=auth.login if auth else None,
+            password=auth.password if auth else None,
+        )
     return aiohttp.ClientSession(
         # True: verification on, against the system trust store.
         connector=aiohttp.TCPConnector(limit=8, ssl=tls or True),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         proxy=proxy,
-        proxy_auth=proxy_auth,
     )
 
 

@@ -143,6 +143,7 @@ class Runtime:
     """The proxy as one config describes it; handlers read it once per request."""
 
     __slots__ = (
+        "_egress",
         "_handed_limits",
         "_handed_over",
         "_handed_routes",
@@ -172,7 +173,7 @@ class Runtime:
     ) -> None:
         # First: a ca_file that fails leaves nothing opened or handed over to close again.
         stores = _trust_stores(config)
-        outbound = egress(config)
+        outbound = self._egress = egress(config)
         # What processes will share, kept across reloads: one per process. A reload keeps
         # it whatever [state] now says (app.py warns): the backend changes on restart.
         self.state: State = previous.state if previous is not None else open_state(config, workers)
@@ -193,15 +194,19 @@ class Runtime:
         self.tokens: dict[str, TokenProvider] = {}
         for name in sorted(used):
             auth = config.auth[name]
-            if previous is not None and previous.config.auth.get(name) == auth:
+            via = _token_via(outbound, auth.token_url)
+            if (
+                previous is not None
+                and previous.config.auth.get(name) == auth
+                # A session's egress is fixed: a changed egress_proxy needs a new one.
+                and _token_via(previous._egress, auth.token_url) == via
+            ):
                 # Same settings: keep the cached token (and its refresh token) across reload.
                 self.tokens[name] = previous.tokens[name]
                 self._token_sessions[name] = previous._token_sessions[name]
                 previous._handed_over.add(name)
                 continue
-            session = self._token_sessions[name] = _token_session(
-                stores[auth.ca_file], _token_via(outbound, auth.token_url)
-            )
+            session = self._token_sessions[name] = _token_session(stores[auth.ca_file], via)
             manager = token_provider(
                 auth, session, observer=metrics, store=self.state.token_store(auth)
             )
@@ -329,7 +334,7 @@ class Runtime:
         if state.url is not None:
             url = URL(state.url.reveal())
             values.extend(part for part in (url.user, url.password) if part)
-        outbound = egress(self.config)
+        outbound = self._egress
         for via in {outbound.http, outbound.https} if outbound is not None else ():
             if via is not None and via.authorization is not None:
                 values.append(via.authorization.removeprefix("Basic "))

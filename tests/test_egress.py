@@ -22,6 +22,9 @@ from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
+from proxy import config
+from proxy.__main__ import main
+from proxy.errors import ConfigError
 from proxy.http.client import Pool
 from proxy.http.egress import EgressError, NoProxy, parse_proxy_url
 from proxy.sandbox import SandboxSettings, build_sandbox_app
@@ -430,3 +433,57 @@ def test_proxy_urls_never_show_the_password(
         with pytest.raises(ValueError, match="^" + re.escape(problem)) as caught:
             parse_proxy_url(url)
         assert "secret" not in str(caught.value)
+
+
+# -- the setting -----------------------------------------------------------------------------
+
+
+def test_check_shows_the_egress_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: pytest.MonkeyPatch
+) -> None:
+    """`check` prints where upstreams go: direct without the key (whatever HTTPS_PROXY
+    says), the proxy with its password as *** with it, and refuses a variable that holds
+    no usable proxy URL, naming it."""
+    path = tmp_path / "routes.toml"
+    routes = '[[routes]]\nprefix = "/a"\nupstream = "https://vendor.example"\n'
+    clean_env.setenv("HTTPS_PROXY", f"http://{USER}:{PASSWORD}@corp.example:3128")
+    clean_env.setenv("no_proxy", ".internal")
+    outputs = []
+    for server in ("", 'egress_proxy = "env"', f'egress_proxy = "http://{USER}:{PASSWORD}@c:1"'):
+        path.write_text(f"[server]\n{server}\n{routes}")
+        assert main(["check", "--config", str(path)]) == 0
+        outputs.append(capsys.readouterr().out.splitlines()[-1])
+    assert outputs == [
+        "  egress: direct (server.egress_proxy not set: HTTPS_PROXY and the like ignored)",
+        "  egress: from the environment: http direct, "
+        f"https via http://{USER}:***@corp.example:3128, NO_PROXY '.internal'",
+        f"  egress: via http://{USER}:***@c:1",
+    ]
+    clean_env.setenv("https_proxy", f"https://{USER}:{PASSWORD}@corp.example:3128")
+    path.write_text(f'[server]\negress_proxy = "env"\n{routes}')
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "server.egress_proxy: https_proxy: must be an http:// proxy URL, got https://" in err
+    assert PASSWORD not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"socks5://u:hidden@corp:1080"', "must be an http:// proxy URL, got socks5://"),
+        ('"http://u:hidden@:3128"', "must name the proxy's host"),
+        ("true", "must be a string, got a boolean"),
+    ],
+)
+def test_a_bad_egress_proxy_is_a_config_error_without_its_password(
+    value: str, problem: str
+) -> None:
+    """server.egress_proxy takes "env" or an http:// URL; a problem names the key and
+    never shows the password."""
+    toml = f'[server]\negress_proxy = {value}\n[[routes]]\nprefix = "/a"\nupstream = "http://x"\n'
+    with pytest.raises(ConfigError) as caught:
+        config.loads(toml, {})
+    assert any(
+        p.startswith("server.egress_proxy: ") and problem in p for p in caught.value.problems
+    )
+    assert "hidden" not in str(caught.value)

@@ -4,6 +4,7 @@ CONNECT proxy (Debian's tinyproxy, `make tools` installs it), shown by its own l
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import shutil
 import socket
@@ -29,11 +30,12 @@ from proxy.http.client import Pool
 from proxy.http.egress import EgressError, NoProxy, parse_proxy_url
 from proxy.sandbox import SandboxSettings, build_sandbox_app
 
-from .conftest import LEAK_WATCH, ProxyFactory
+from .conftest import LEAK_WATCH, ProxyFactory, Upstream
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
 USER, PASSWORD = "egress-user", "egress-pass-5f1c9e"
 LEAK_WATCH.add(PASSWORD)
+LEAK_WATCH.add(base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 
 
 def _free_port() -> int:
@@ -167,35 +169,45 @@ async def test_upstream_and_token_endpoint_go_through_the_egress_proxy(
 ) -> None:
     """With egress_proxy set to a URL with credentials, the https upstream is reached
     through a CONNECT tunnel and the token endpoint through the same proxy: its log shows
-    both, and the answer is the upstream's, with a token fetched through the proxy."""
+    both, the answers are the upstream's, with a token fetched through the proxy, and the
+    tunnel is a pooled connection that later requests reuse."""
     proxy = await make_proxy(_config(f'egress_proxy = "{tinyproxy.url()}"', tls_upstream, sandbox))
-    status, _, body = await _get(f"{proxy}/api/hello")
-    assert status == 200, body
-    assert body == b'{"tls": true, "bearer": true}'
-    seen = tinyproxy.requests()
-    assert f"CONNECT 127.0.0.1:{tls_upstream.port} HTTP/1.1" in seen
-    assert f"POST {sandbox}/cognito/oauth2/token HTTP/1.1" in seen
+    for _ in range(3):
+        status, _, body = await _get(f"{proxy}/api/hello")
+        assert status == 200, body
+        assert body == b'{"tls": true, "bearer": true}'
+    assert sorted(tinyproxy.requests()) == [
+        f"CONNECT 127.0.0.1:{tls_upstream.port} HTTP/1.1",
+        f"POST {sandbox}/cognito/oauth2/token HTTP/1.1",
+    ]
 
 
+@pytest.mark.parametrize("mode", ["env", "url"])
 async def test_no_proxy_exempts_a_host(
     tinyproxy: TinyProxy,
     tls_upstream: TlsUpstream,
     sandbox: str,
     make_proxy: ProxyFactory,
     clean_env: pytest.MonkeyPatch,
+    mode: str,
 ) -> None:
-    """egress_proxy = "env" reads HTTPS_PROXY / http_proxy / NO_PROXY: an upstream named
-    localhost (exempt) goes direct, the token endpoint on 127.0.0.1 through the proxy."""
-    clean_env.setenv("HTTPS_PROXY", tinyproxy.url())
-    clean_env.setenv("http_proxy", tinyproxy.url())
-    clean_env.setenv("NO_PROXY", "example.com, .localhost,10.0.0.0/8")
-    proxy = await make_proxy(
-        _config('egress_proxy = "env"', tls_upstream, sandbox, host="localhost")
-    )
+    """An exempt host is reached directly: with egress_proxy = "env" as NO_PROXY says
+    (HTTPS_PROXY / http_proxy name the proxy), with a URL as egress_no_proxy says. The
+    upstream named localhost goes direct, the token endpoint on 127.0.0.1 through the
+    proxy."""
+    exempt = "example.com, .localhost,10.0.0.0/8"
+    if mode == "env":
+        clean_env.setenv("HTTPS_PROXY", tinyproxy.url())
+        clean_env.setenv("http_proxy", tinyproxy.url())
+        clean_env.setenv("NO_PROXY", exempt)
+        server = 'egress_proxy = "env"'
+    else:
+        clean_env.setenv("NO_PROXY", "*")  # read only with "env"
+        server = f'egress_proxy = "{tinyproxy.url()}"\negress_no_proxy = "{exempt}"'
+    proxy = await make_proxy(_config(server, tls_upstream, sandbox, host="localhost"))
     status, _, body = await _get(f"{proxy}/api/hello")
     assert status == 200, body
-    seen = tinyproxy.requests()
-    assert seen == [f"POST {sandbox}/cognito/oauth2/token HTTP/1.1"]
+    assert tinyproxy.requests() == [f"POST {sandbox}/cognito/oauth2/token HTTP/1.1"]
 
 
 async def test_without_the_key_the_environment_is_ignored(
@@ -214,6 +226,49 @@ async def test_without_the_key_the_environment_is_ignored(
     status, _, body = await _get(f"{proxy}/api/hello")
     assert status == 200, body
     assert tinyproxy.requests() == []
+
+
+async def test_a_plain_http_upstream_is_tunnelled_too(
+    tinyproxy: TinyProxy,
+    upstream: Upstream,
+    make_proxy: ProxyFactory,
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """An http:// upstream goes through a CONNECT tunnel as well (not absolute-form), and
+    its request arrives as on a direct connection: origin-form target, our Host, no
+    Proxy-Authorization."""
+    proxy = await make_proxy(
+        f'[server]\negress_proxy = "{tinyproxy.url()}"\n'
+        f'[[routes]]\nprefix = "/api"\nupstream = "{upstream.url}"\n'
+    )
+    status, _, _ = await _get(f"{proxy}/api/some/path?q=1")
+    assert status == 200
+    assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
+    seen = upstream.last
+    assert seen.raw_path == "/some/path?q=1"
+    assert seen.header("Host") == f"127.0.0.1:{upstream.port}"
+    assert seen.header("Proxy-Authorization") is None
+
+
+async def test_an_unreachable_egress_proxy_is_named(
+    tls_upstream: TlsUpstream, make_proxy: ProxyFactory, clean_env: pytest.MonkeyPatch
+) -> None:
+    """An egress proxy that is not listening gives a 502 whose log line names it (without
+    its password), not the upstream alone."""
+    port = _free_port()
+    proxy = await make_proxy(
+        f'[server]\negress_proxy = "http://{USER}:{PASSWORD}@127.0.0.1:{port}"\n'
+        f'[[routes]]\nprefix = "/api"\nupstream = "https://127.0.0.1:{tls_upstream.port}"\n'
+        f'ca_file = "{tls_upstream.ca_file}"\n'
+    )
+    with capture_logs() as events:
+        status, headers, body = await _get(f"{proxy}/api/hello")
+    assert (status, headers["X-Proxy-Error"]) == (502, "upstream_unreachable")
+    assert b"through the egress proxy" in body
+    [event] = [e for e in events if e["event"] == "upstream_unreachable"]
+    assert event["egress_proxy"] == f"http://{USER}:***@127.0.0.1:{port}"
+    assert event["egress_status"] is None
+    assert PASSWORD not in repr(events)
 
 
 @pytest.mark.parametrize(

@@ -337,8 +337,10 @@ class Runtime:
         outbound = self._egress
         for via in {outbound.http, outbound.https} if outbound is not None else ():
             if via is not None and via.authorization is not None:
+                password = aiohttp.BasicAuth.decode(via.authorization).password
                 values.append(via.authorization.removeprefix("Basic "))
-                values.append(aiohttp.BasicAuth.decode(via.authorization).password)
+                if password:
+                    values.append(password)
         return values
 
     def pauses(self) -> list[tuple[str, float, float | None]]:

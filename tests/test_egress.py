@@ -28,6 +28,8 @@ from proxy.__main__ import main
 from proxy.errors import ConfigError
 from proxy.http.client import Pool
 from proxy.http.egress import EgressError, NoProxy, parse_proxy_url
+from proxy.observe.metrics import Metrics
+from proxy.runtime import Runtime
 from proxy.sandbox import SandboxSettings, build_sandbox_app
 
 from .conftest import LEAK_WATCH, ProxyFactory, Upstream
@@ -542,3 +544,52 @@ def test_a_bad_egress_proxy_is_a_config_error_without_its_password(
         p.startswith("server.egress_proxy: ") and problem in p for p in caught.value.problems
     )
     assert "hidden" not in str(caught.value)
+
+
+async def test_the_log_redactor_learns_the_proxy_password(clean_env: pytest.MonkeyPatch) -> None:
+    """The egress proxy's password (and its Basic token) are among the secrets the log
+    redactor hides, as the config's other credentials are; a user without a password adds
+    no empty string."""
+    for user, hidden in ((f"{USER}:{PASSWORD}", [PASSWORD]), (USER, [])):
+        toml = (
+            f'[server]\negress_proxy = "http://{user}@corp.example:3128"\n'
+            '[[routes]]\nprefix = "/a"\nupstream = "https://vendor.example"\n'
+        )
+        runtime = Runtime(config.loads(toml, {}), Metrics())
+        try:
+            token = base64.b64encode(f"{user}{'' if hidden else ':'}".encode()).decode()
+            assert runtime.secrets() == [token, *hidden]
+        finally:
+            await runtime.close()
+            await runtime.state.close()
+
+
+async def test_a_reload_that_changes_egress_renews_the_token_session(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    """A reload keeps an unchanged auth table's token manager only while its token
+    endpoint's egress is unchanged too: the session under it is bound to one proxy."""
+
+    def loaded(server: str) -> config.Config:
+        return config.loads(
+            f"[server]\n{server}\n"
+            '[auth.a]\ntype = "client_credentials"\ntoken_url = "https://idp.example/t"\n'
+            'client_id = "id"\nclient_secret = "secret"\n'
+            '[[routes]]\nprefix = "/a"\nupstream = "https://vendor.example"\nauth = "a"\n',
+            {},
+        )
+
+    metrics = Metrics()
+    first = Runtime(loaded(""), metrics)
+    same = Runtime(loaded('egress_proxy = "env"'), metrics, previous=first)  # no variables
+    proxied = Runtime(loaded('egress_proxy = "http://corp:3128"'), metrics, previous=same)
+    exempt = 'egress_proxy = "http://corp:3128"\negress_no_proxy = ".example"'
+    direct = Runtime(loaded(exempt), metrics, previous=proxied)
+    try:
+        assert same.tokens["a"] is first.tokens["a"]
+        assert proxied.tokens["a"] is not same.tokens["a"]
+        assert direct.tokens["a"] is not proxied.tokens["a"]
+    finally:
+        for runtime in (first, same, proxied, direct):
+            await runtime.close()
+        await first.state.close()

@@ -437,7 +437,8 @@ def _orderly_end(transport: asyncio.Transport | None) -> bool:
 
 
 class Pool:
-    """Keep-alive connections to one upstream origin (scheme, host, port, trust store)."""
+    """Keep-alive connections to one upstream origin (scheme, host, port, trust store),
+    opened directly or, given a ``dialer``, through it (an egress proxy's tunnel)."""
 
     __slots__ = (
         "_count",

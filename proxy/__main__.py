@@ -25,6 +25,7 @@ from .config import Config
 from .errors import ConfigError, ListenError
 from .notify import Notifier, notifier
 from .observe import logs
+from .runtime import egress_summary
 from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
 EXIT_CONFIG: int = 2
@@ -91,10 +92,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 def _check(path: str) -> int:
     try:
         config = config_module.load(path)
+        egress = egress_summary(config)  # reads the environment, as serve will
     except ConfigError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print("\n".join(render(path, config)))
+    print("\n".join([*render(path, config), f"  {egress}"]))
     return 0
 
 

@@ -8,7 +8,9 @@ of auth tables whose settings did not change move to the new Runtime with their 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
@@ -23,6 +25,7 @@ from .errors import ConfigError
 from .forward import Forwarder
 from .headers import HeaderPolicy
 from .http.client import Pool
+from .http.egress import Egress, EgressProxy, NoProxy, egress_from
 from .limits import Limit, RateLimit
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
@@ -36,7 +39,7 @@ log = structlog.get_logger("proxy.runtime")
 
 # Enough pooled connections for thousands of requests a second per upstream.
 POOL_LIMIT: Final = 1024
-SessionKey = tuple[str, str, int, str | None]
+SessionKey = tuple[str, str, int, str | None, EgressProxy | None]
 
 
 def _trust_stores(config: Config) -> dict[str | None, ssl.SSLContext | None]:
@@ -59,33 +62,88 @@ def _trust_stores(config: Config) -> dict[str | None, ssl.SSLContext | None]:
     return stores
 
 
-def _upstream_pool(route: RouteConfig, tls: ssl.SSLContext | None) -> Pool:
+def egress(config: Config, environ: Mapping[str, str] | None = None) -> Egress | None:
+    """The egress ``[server] egress_proxy`` asks for (None: direct). Only the key turns it
+    on: a gateway whose egress changed because it inherited HTTPS_PROXY from a shell or a
+    base image would surprise its operator, so without the key the variables are ignored.
+    A variable that holds no usable proxy URL is a ConfigError."""
+    server = config.server
+    setting = server.egress_proxy
+    try:
+        found = egress_from(
+            None if setting is None else setting.reveal(),
+            os.environ if environ is None else environ,
+        )
+    except ValueError as exc:
+        raise ConfigError([f"server.egress_proxy: {exc}"]) from None
+    if found is not None and server.egress_no_proxy:
+        exempt = ",".join(part for part in (found.no_proxy.text, server.egress_no_proxy) if part)
+        found = Egress(found.http, found.https, NoProxy(exempt), found.source)
+    return found
+
+
+def egress_summary(config: Config) -> str:
+    """The egress line of ``check``: the proxy without its password."""
+    found = egress(config)
+    if found is None:
+        return "egress: direct (server.egress_proxy not set: HTTPS_PROXY and the like ignored)"
+    return found.describe()
+
+
+def _upstream_pool(route: RouteConfig, tls: ssl.SSLContext | None, via: EgressProxy | None) -> Pool:
     # Idle connections are dropped after 4 s, before common upstream idle timeouts (Node's
     # 5 s): reusing one the upstream is closing would fail a POST with a 502.
     up = route.upstream
-    return Pool(up.scheme, up.host, up.port, tls, limit=POOL_LIMIT, keepalive=4.0)
+    return Pool(up.scheme, up.host, up.port, tls, limit=POOL_LIMIT, keepalive=4.0, dialer=via)
 
 
-def _token_session(tls: ssl.SSLContext | None) -> aiohttp.ClientSession:
+def _token_session(
+    tls: ssl.SSLContext | None, via: EgressProxy | None = None
+) -> aiohttp.ClientSession:
     """Token endpoints get sessions of their own: no proxy stage ever wraps a token request,
-    and no cookie set by an identity provider is kept."""
+    and no cookie set by an identity provider is kept. ``via``: the egress proxy the token
+    endpoint is reached through (chosen by the caller; aiohttp's own reading of the
+    environment stays off, as NO_PROXY must be read as for the upstreams)."""
+    proxy = None
+    if via is not None:
+        # Credentials in the proxy URL: aiohttp sends them as Proxy-Authorization (its
+        # proxy_auth argument is deprecated). The endpoint logs error types only, never
+        # aiohttp's exceptions, which would show this URL.
+        auth = aiohttp.BasicAuth.decode(via.authorization) if via.authorization else None
+        proxy = URL.build(
+            scheme="http",
+            host=via.host,
+            port=via.port,
+            user=auth.login if auth else None,
+            password=auth.password if auth else None,
+        )
     return aiohttp.ClientSession(
         # True: verification on, against the system trust store.
         connector=aiohttp.TCPConnector(limit=8, ssl=tls or True),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
+        proxy=proxy,
     )
 
 
-def _session_key(route: RouteConfig) -> SessionKey:
+def _token_via(egress: Egress | None, token_url: str) -> EgressProxy | None:
+    if egress is None:
+        return None
+    url = URL(token_url)
+    return egress.proxy_for(url.scheme, url.host or "", url.port or 0)
+
+
+def _session_key(route: RouteConfig, egress: Egress | None) -> SessionKey:
     up = route.upstream
-    return (up.scheme, up.host, up.port, route.ca_file)
+    via = egress.proxy_for(up.scheme, up.host, up.port) if egress is not None else None
+    return (up.scheme, up.host, up.port, route.ca_file, via)
 
 
 class Runtime:
     """The proxy as one config describes it; handlers read it once per request."""
 
     __slots__ = (
+        "_egress",
         "_handed_limits",
         "_handed_over",
         "_handed_routes",
@@ -115,6 +173,7 @@ class Runtime:
     ) -> None:
         # First: a ca_file that fails leaves nothing opened or handed over to close again.
         stores = _trust_stores(config)
+        outbound = self._egress = egress(config)
         # What processes will share, kept across reloads: one per process. A reload keeps
         # it whatever [state] now says (app.py warns): the backend changes on restart.
         self.state: State = previous.state if previous is not None else open_state(config, workers)
@@ -135,13 +194,19 @@ class Runtime:
         self.tokens: dict[str, TokenProvider] = {}
         for name in sorted(used):
             auth = config.auth[name]
-            if previous is not None and previous.config.auth.get(name) == auth:
+            via = _token_via(outbound, auth.token_url)
+            if (
+                previous is not None
+                and previous.config.auth.get(name) == auth
+                # A session's egress is fixed: a changed egress_proxy needs a new one.
+                and _token_via(previous._egress, auth.token_url) == via
+            ):
                 # Same settings: keep the cached token (and its refresh token) across reload.
                 self.tokens[name] = previous.tokens[name]
                 self._token_sessions[name] = previous._token_sessions[name]
                 previous._handed_over.add(name)
                 continue
-            session = self._token_sessions[name] = _token_session(stores[auth.ca_file])
+            session = self._token_sessions[name] = _token_session(stores[auth.ca_file], via)
             manager = token_provider(
                 auth, session, observer=metrics, store=self.state.token_store(auth)
             )
@@ -166,9 +231,9 @@ class Runtime:
         self.targets: dict[str, Target] = {}
         route_limits: dict[str, tuple[Limit, ...]] = {}
         for route in config.routes:
-            key = _session_key(route)
+            key = _session_key(route, outbound)
             if key not in self._sessions:
-                self._sessions[key] = _upstream_pool(route, stores[route.ca_file])
+                self._sessions[key] = _upstream_pool(route, stores[route.ca_file], key[4])
             own: tuple[Limit, ...] = ()
             if route.rate_limit is not None:
                 own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)
@@ -270,6 +335,13 @@ class Runtime:
             url = URL(state.url.reveal())
             values.extend(part for part in (url.user, url.password) if part)
         values.extend(secret.reveal() for secret in self.config.from_files)
+        outbound = self._egress
+        for via in {outbound.http, outbound.https} if outbound is not None else ():
+            if via is not None and via.authorization is not None:
+                password = aiohttp.BasicAuth.decode(via.authorization).password
+                values.append(via.authorization.removeprefix("Basic "))
+                if password:
+                    values.append(password)
         return values
 
     def pauses(self) -> list[tuple[str, float, float | None]]:

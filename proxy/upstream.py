@@ -25,6 +25,7 @@ from .clock import MONOTONIC, Clock
 from .config import RouteConfig
 from .errors import RateLimitedError, UpstreamTimeoutError, UpstreamUnreachableError
 from .http.client import UpstreamError
+from .http.egress import EgressError
 from .http.transport import BodyStream, Transport, UpstreamResponse
 from .limits import Limit
 from .observe.metrics import Metrics, RouteMetrics
@@ -293,6 +294,21 @@ def _unreached(target: Target, exc: Exception) -> UpstreamTimeoutError | Upstrea
     if isinstance(exc, TimeoutError):
         log.warning("upstream_timeout", route=route, upstream=upstream, phase="headers")
         return UpstreamTimeoutError("upstream did not answer in time")
+    if isinstance(exc, EgressError):
+        # The egress proxy as shown (never its password), and its answer to CONNECT: the
+        # operator's first question is whether the proxy or the upstream said no.
+        log.warning(
+            "upstream_unreachable",
+            route=route,
+            upstream=upstream,
+            error=type(exc).__name__,
+            egress_proxy=exc.proxy,
+            egress_status=exc.status,
+        )
+        answered = f" (it answered {exc.status})" if exc.status is not None else ""
+        return UpstreamUnreachableError(
+            f"could not reach the upstream through the egress proxy{answered}"
+        )
     log.warning("upstream_unreachable", route=route, upstream=upstream, error=type(exc).__name__)
     return UpstreamUnreachableError("could not reach the upstream")
 

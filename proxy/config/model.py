@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final, TypeAlias
 
+from ..http.egress import ENV, parse_proxy_url
+from .checks import Checks
 from .rules import (
     byte_count,
     choice,
@@ -236,6 +238,20 @@ AUTH_TYPES: Final = tuple(cls.type for cls in _SCHEMES)
 AUTH: Final = OneOf("type", choice(*AUTH_TYPES), *_SCHEMES)
 
 
+def egress_proxy(checks: Checks, value: Any, path: str, default: Secret | None) -> Secret | None:
+    """ "env" or an http:// proxy URL, kept as a Secret: it may hold the proxy's password,
+    so no problem shows it."""
+    found = checks.text(value, path, secret=True)
+    if found is None or found == ENV:
+        return default if found is None else Secret(found)
+    try:
+        parse_proxy_url(found)
+    except ValueError as exc:
+        checks.fail(path, f'must be "env" or an http://[user:password@]host:port URL: {exc}')
+        return default
+    return Secret(found)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     # An explicitly empty string is a problem, never the default.
@@ -274,6 +290,11 @@ class ServerConfig:
     # Host names (name or name:port) this proxy answers for; empty: any Host, and
     # absolute-form targets are refused. Guards against DNS rebinding.
     hosts: tuple[str, ...] = setting(host_names, default=())
+    # Upstreams and token endpoints through a forward proxy: "env" (HTTPS_PROXY and the
+    # rest) or a URL. None: direct, even when those variables are set.
+    egress_proxy: Secret | None = setting(egress_proxy, default=None)
+    # Hosts reached directly all the same, as NO_PROXY writes them (added to NO_PROXY's).
+    egress_no_proxy: str | None = setting(text, default=None)
 
 
 @dataclass(frozen=True, slots=True)

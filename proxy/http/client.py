@@ -22,8 +22,8 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Protocol
 
 import httptools
 from multidict import CIMultiDict
@@ -48,6 +48,20 @@ class UpstreamClosedError(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream's answer was malformed (framing, header syntax, size)."""
+
+
+class Dialer(Protocol):
+    """Opens a pool's connections some other way than directly (egress.py: through a
+    CONNECT tunnel), with the connection's protocol attached as a direct one would be."""
+
+    async def connect(
+        self,
+        factory: Callable[[], Connection],
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> Connection: ...
 
 
 class Response:
@@ -423,10 +437,12 @@ def _orderly_end(transport: asyncio.Transport | None) -> bool:
 
 
 class Pool:
-    """Keep-alive connections to one upstream origin (scheme, host, port, trust store)."""
+    """Keep-alive connections to one upstream origin (scheme, host, port, trust store),
+    opened directly or, given a ``dialer``, through it (an egress proxy's tunnel)."""
 
     __slots__ = (
         "_count",
+        "_dialer",
         "_host",
         "_idle",
         "_keepalive",
@@ -452,6 +468,7 @@ class Pool:
         *,
         limit: int = 1024,
         keepalive: float = 4.0,
+        dialer: Dialer | None = None,
     ) -> None:
         bare = host[1:-1] if host.startswith("[") else host
         self._host = bare
@@ -462,6 +479,7 @@ class Pool:
         self.host_header = host if port == default else f"{host}:{port}"
         self._limit = limit
         self._keepalive = keepalive
+        self._dialer = dialer
         self._idle: list[Connection] = []
         self._count = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -532,13 +550,22 @@ class Pool:
                     return conn, True
             self._count += 1
             try:
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._server_hostname,
-                )
+                if self._dialer is not None:
+                    conn = await self._dialer.connect(
+                        lambda: Connection(self),
+                        self._host,
+                        self._port,
+                        self._ssl,
+                        self._server_hostname,
+                    )
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self),
+                        self._host,
+                        self._port,
+                        ssl=self._ssl,
+                        server_hostname=self._server_hostname,
+                    )
             except BaseException:
                 self._count -= 1
                 self._wake_one()

@@ -77,6 +77,8 @@ def _count(config: Path, source: Path | None, requests: int, out: Path) -> int:
         asyncio.run(_load(port, requests))
     finally:
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # skips the drain (server.drain_delay)
         process.wait(300)
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):

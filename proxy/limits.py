@@ -84,6 +84,16 @@ class Paced(Protocol):
         ...
 
 
+@runtime_checkable
+class Filled(Protocol):
+    """A capacity that knows how much of its burst is in use (this process's bucket; a
+    fleet's share lives in Redis and does not say)."""
+
+    def fill(self) -> float:
+        """The share of the burst taken now, 0 (idle) to 1 (full: the next one waits)."""
+        ...
+
+
 class RateLimit:
     """One limit, shared by every request that passes it, over slots from the state.
 
@@ -220,5 +230,6 @@ class RateLimit:
             "max_wait": config.max_wait,
             "waiting": sum(1 for ticket in self._line if not ticket.done()),
             "has_capacity": not self._line and self._capacity.has_capacity(),
+            "fill": round(self._capacity.fill(), 3) if isinstance(self._capacity, Filled) else None,
             "rejected": self.rejected,
         }

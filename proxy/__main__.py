@@ -18,6 +18,7 @@ from . import config as config_module
 from .access import is_loopback
 from .app import STATE, build_app, own_view, start
 from .config import Config, StateConfig
+from .config.tls import ListenerContext, listener_context
 from .errors import ConfigError, ListenError
 from .observe import logs
 from .state.redis_link import shown_url
@@ -130,8 +131,14 @@ async def _serve(
     app = build_app(
         config, on_secrets=redactor.update, access_log=access_log, workers=workers, group=group
     )
+    tls = listener_context(config.server.tls)  # each worker its own
     runner, addresses = await start(
-        app, host, port, shutdown_timeout=config.server.shutdown_grace, reuse_port=workers > 1
+        app,
+        host,
+        port,
+        shutdown_timeout=config.server.shutdown_grace,
+        reuse_port=workers > 1,
+        tls=None if tls is None else tls.context,
     )
     views: asyncio.Server | None = None
     if group is not None:
@@ -157,6 +164,7 @@ async def _serve(
             proxy = app[STATE]
             await proxy.runtime.state.prepare(fresh.auth.values())
             try:
+                _reload_tls(log, tls, fresh)
                 proxy.reload(fresh)
             except ConfigError as exc:  # a ca_file changed between loading and use
                 log.error("config_reload_failed", path=path, problems=exc.problems)
@@ -167,7 +175,8 @@ async def _serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
-    shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
+    scheme = "http" if tls is None else "https"
+    shown = [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
     if workers > 1:
         log.info("worker_started", addresses=shown, pid=os.getpid())
         announce_ready(shown)
@@ -189,6 +198,17 @@ async def _serve(
             views.close()
         await runner.cleanup()
         log.info("proxy_stopped")
+
+
+def _reload_tls(
+    log: structlog.typing.FilteringBoundLogger, tls: ListenerContext | None, fresh: Config
+) -> None:
+    """The listener's certificate from the reloaded config (ConfigError: the old one stays);
+    turning TLS on or off needs a restart, as the address does."""
+    if tls is not None and fresh.server.tls is not None:
+        tls.update(fresh.server.tls)
+    elif (tls is None) != (fresh.server.tls is None):
+        log.warning("config_reload_keeps_listener", reason="server.tls on or off needs a restart")
 
 
 def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Config) -> None:

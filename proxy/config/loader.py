@@ -29,6 +29,7 @@ from .model import (
     StateConfig,
 )
 from .settings import build, read, section
+from .tls import client_certificate
 
 # UTF-32 first: its little-endian mark starts with UTF-16's.
 _OTHER_BOMS: Final = (
@@ -161,6 +162,7 @@ class _Checker(Checks):
 
     def route(self, raw: Any, key: str, auth_tables: dict[str, Any]) -> RouteConfig | None:
         values = read(self, RouteConfig, raw, key)
+        client_certificate(self, key, values)
         auth = values["auth"]
         if auth is not None and auth not in auth_tables:
             known = ", ".join(sorted(auth_tables)) or "none defined"
@@ -174,6 +176,7 @@ class _Checker(Checks):
         scheme, values = AUTH.read(self, raw, f"auth.{name}")
         if scheme is None:
             return None
+        client_certificate(self, f"auth.{name}", values)
         defined.add(name)
         built: AuthConfig | None = build(scheme, values, name=name)
         return built

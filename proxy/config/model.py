@@ -49,6 +49,7 @@ from .rules import (
     whole_state,
 )
 from .settings import OneOf, class_setting, parsed, section, setting
+from .tls import pem_file, whole_listener_tls
 from .urls import route_prefix, upstream_url
 from .values import AdminAccess as AdminAccess
 from .values import Secret as Secret
@@ -117,6 +118,10 @@ class RouteConfig:
     auth: str | None = setting(text, default=None)  # an [auth.NAME] (the loader checks it)
     timeout: Timeout = setting(section(Timeout), default=Timeout())
     ca_file: str | None = setting(trusted_cas, default=None)
+    # A client certificate for upstreams that require one (mTLS): both files or neither.
+    cert_file: str | None = setting(pem_file, default=None)
+    key_file: str | None = setting(pem_file, default=None)
+    key_password: Secret | None = setting(optional_secret, default=None)
     rate_limit: RateLimitConfig | None = setting(RATE_LIMIT, default=None)
     retry: RetryConfig = setting(section(RetryConfig), default=RetryConfig())
     # Chunked request bodies are read whole before anything is sent, so a malformed chunk
@@ -161,6 +166,10 @@ class AuthCommon:
     token_rate: RateConfig | None = setting(section(RateConfig), default=None)
     params: Mapping[str, str] = class_setting(request_params, factory=dict)
     ca_file: str | None = setting(trusted_cas, default=None)
+    # A client certificate for token endpoints that require one (mTLS): both or neither.
+    cert_file: str | None = setting(pem_file, default=None)
+    key_file: str | None = setting(pem_file, default=None)
+    key_password: Secret | None = setting(optional_secret, default=None)
     # Seconds a token lives when neither the answer nor a JWT exp says.
     default_lifetime: float = setting(positive, default=300.0)
     refresh_at: float = setting(fraction, default=0.8)  # of the lifetime
@@ -237,6 +246,19 @@ AUTH: Final = OneOf("type", choice(*AUTH_TYPES), *_SCHEMES)
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """``[server] tls``: the listener speaks HTTPS with this certificate (its chain after
+    it in cert_file); SIGHUP loads the files again for new connections."""
+
+    cert_file: str = setting(pem_file)
+    key_file: str = setting(pem_file)
+    key_password: Secret | None = setting(optional_secret, default=None)
+
+
+LISTENER_TLS: Final = section(ListenerTls, then=whole_listener_tls)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     # An explicitly empty string is a problem, never the default.
     host: str = setting(listen_host, default="127.0.0.1")
@@ -270,6 +292,8 @@ class ServerConfig:
     # Host names (name or name:port) this proxy answers for; empty: any Host, and
     # absolute-form targets are refused. Guards against DNS rebinding.
     hosts: tuple[str, ...] = setting(host_names, default=())
+    # HTTPS on the listener; None: plain HTTP.
+    tls: ListenerTls | None = setting(LISTENER_TLS, default=None)
 
 
 @dataclass(frozen=True, slots=True)

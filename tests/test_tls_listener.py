@@ -219,11 +219,7 @@ def test_unusable_listener_files_are_a_config_error_naming_the_key(
     elif case == "another key":
         tls["key_file"] = str(write_pair(ca.issue_cert("127.0.0.1"), tmp_path, "other").key)
     else:
-        leaf = ca.issue_cert("127.0.0.1")
-        tls = {
-            "cert_file": str(write_pair(leaf, tmp_path, "locked").cert),
-            "key_file": str(encrypted_key(leaf, tmp_path / "locked.key", KEY_PASSWORD)),
-        }
+        tls["key_file"] = str(encrypted_key(pair.key, tmp_path / "locked.key", KEY_PASSWORD))
         if case == "wrong password":
             tls["key_password"] = "not-it"
     with pytest.raises(ConfigError) as raised:
@@ -235,12 +231,11 @@ def test_an_encrypted_key_loads_with_its_password_from_the_environment(
     tmp_path: Path, issued: tuple[trustme.CA, Pair]
 ) -> None:
     """key_password (${VAR} like any secret) opens an encrypted key; no repr shows it."""
-    ca, _ = issued
-    leaf = ca.issue_cert("127.0.0.1")
+    _, pair = issued
     text = _listener_config(
         tmp_path,
-        cert_file=str(write_pair(leaf, tmp_path, "locked").cert),
-        key_file=str(encrypted_key(leaf, tmp_path / "locked.key", KEY_PASSWORD)),
+        cert_file=str(pair.cert),
+        key_file=str(encrypted_key(pair.key, tmp_path / "locked.key", KEY_PASSWORD)),
         key_password="${TLS_KEY_PASSWORD}",
     )
     loaded = config.loads(text, {"TLS_KEY_PASSWORD": KEY_PASSWORD}, base_dir=tmp_path)

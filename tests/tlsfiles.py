@@ -31,15 +31,15 @@ def write_pair(issued: trustme.LeafCert, directory: Path, name: str) -> Pair:
     return Pair(cert, key)
 
 
-def encrypted_key(issued: trustme.LeafCert, path: Path, password: str) -> Path:
-    """The leaf's key written encrypted under ``password``."""
-    key = load_pem_private_key(issued.private_key_pem.bytes(), None)
-    path.write_bytes(
-        key.private_bytes(
+def encrypted_key(key: Path, target: Path, password: str) -> Path:
+    """The key in file ``key`` written to ``target``, encrypted under ``password``."""
+    loaded = load_pem_private_key(key.read_bytes(), None)
+    target.write_bytes(
+        loaded.private_bytes(
             Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(password.encode())
         )
     )
-    return path
+    return target
 
 
 def write_ca(ca: trustme.CA, path: Path) -> Path:

@@ -19,6 +19,7 @@ import pytest
 import trustme
 
 from proxy import config
+from proxy.config.tls import listener_context
 from proxy.errors import ConfigError
 
 from .conftest import LEAK_WATCH, Upstream
@@ -260,3 +261,67 @@ def test_check_names_the_listener_key_that_cannot_serve(
     assert result.returncode == 2
     assert "server.tls.key_file: is not the key of the certificate in cert_file" in result.stderr
     assert pair.cert.exists()
+
+
+@pytest.mark.parametrize("mode", ["required", "optional"])
+async def test_client_certificates_are_checked_against_ca_file(
+    tmp_path: Path, upstream: Upstream, mode: str
+) -> None:
+    """client_auth = "required": only a client presenting a certificate from ca_file's CA
+    gets an answer; "optional": one presenting none does too, one presenting a stranger's
+    is refused either way."""
+    ca, client_ca = trustme.CA(), trustme.CA()
+    served = write_pair(ca.issue_cert("127.0.0.1"), tmp_path, "server")
+    member = write_pair(client_ca.issue_cert("member"), tmp_path, "member")
+    stranger = write_pair(trustme.CA().issue_cert("stranger"), tmp_path, "stranger")
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        _listener_config(
+            tmp_path,
+            cert_file=str(served.cert),
+            key_file=str(served.key),
+            ca_file=str(write_ca(client_ca, tmp_path / "clients.pem")),
+            client_auth=mode,
+        ).replace("http://x", upstream.url)
+    )
+    proxy = await start_proxy(routes)
+    try:
+        trust = ("--cacert", str(write_ca(ca, tmp_path / "ca.pem")))
+        url = f"{proxy.url}/a/who"
+        shown = await _curl(*trust, "--cert", str(member.cert), "--key", str(member.key), url)
+        assert shown.returncode == 0, shown.stderr
+        bare = await _curl(*trust, url)
+        assert (bare.returncode == 0) == (mode == "optional"), bare.stderr
+        foreign = await _curl(*trust, "--cert", str(stranger.cert), "--key", str(stranger.key), url)
+        assert foreign.returncode != 0
+        assert foreign.stdout == ""
+    finally:
+        assert await proxy.stop() == 0
+    assert len([s for s in upstream.seen if s.raw_path == "/who"]) == 1 + (mode == "optional")
+
+
+def test_client_auth_needs_ca_file_and_changes_only_on_restart(
+    tmp_path: Path, issued: tuple[trustme.CA, Pair]
+) -> None:
+    """client_auth without ca_file is a problem; ca_file alone means "required"; a reload
+    that would change client_auth is refused, naming the key."""
+    ca, pair = issued
+    files = {"cert_file": str(pair.cert), "key_file": str(pair.key)}
+    with pytest.raises(ConfigError) as raised:
+        config.loads(_listener_config(tmp_path, **files, client_auth="optional"), {})
+    assert raised.value.problems == [
+        "server.tls.client_auth: needs ca_file (the CAs client certificates are checked against)"
+    ]
+    ca_file = str(write_ca(ca, tmp_path / "ca.pem"))
+    strict = config.loads(_listener_config(tmp_path, **files, ca_file=ca_file), {}).server.tls
+    assert strict is not None
+    assert strict.client_auth == "required"
+    plain = config.loads(_listener_config(tmp_path, **files), {}).server.tls
+    assert plain is not None
+    listener = listener_context(strict)
+    assert listener is not None
+    with pytest.raises(ConfigError) as refused:
+        listener.update(plain)
+    assert refused.value.problems == [
+        "server.tls.client_auth: changes only on restart (now required)"
+    ]

@@ -67,6 +67,8 @@ TRAVELYZER_RESERVED_PARAMS: Final = frozenset({"apiKey", "apiSecret", "expiresIn
 DEFAULT_PASSWORD_SCOPE: Final = "openid"  # noqa: S105 - a scope
 # Upstream answers a route may retry (retry.on).
 RETRYABLE_STATUSES: Final = (429, 503)
+# server.tls.client_auth: must a client present a certificate, or may it?
+CLIENT_CERTIFICATES: Final = ("required", "optional")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +255,9 @@ class ListenerTls:
     cert_file: str = setting(pem_file)
     key_file: str = setting(pem_file)
     key_password: Secret | None = setting(optional_secret, default=None)
+    # Clients must (or, "optional", may) present a certificate signed by a CA of ca_file.
+    ca_file: str | None = setting(trusted_cas, default=None)
+    client_auth: str | None = setting(choice(*CLIENT_CERTIFICATES), default=None)
 
 
 LISTENER_TLS: Final = section(ListenerTls, then=whole_listener_tls)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -27,6 +27,9 @@ from .values import Secret
 
 if TYPE_CHECKING:
     from .model import ListenerTls
+
+
+_VERIFY: Final = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL}
 
 
 class CertificateError(ValueError):
@@ -91,6 +94,12 @@ def server_context(tls: ListenerTls) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     load_chain(context, tls.cert_file, tls.key_file, tls.key_password)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise CertificateError("ca_file", "not a PEM file of CA certificates") from exc
+        context.verify_mode = _VERIFY[tls.client_auth or "required"]
     return context
 
 
@@ -110,7 +119,15 @@ def client_context(
 
 
 def whole_listener_tls(checks: Checks, path: str, values: dict[str, Any]) -> None:
-    """``server.tls``: its certificate and key load, and belong together."""
+    """``server.tls``: its certificate and key load, and belong together; client_auth
+    needs the CAs of ca_file, and ca_file alone means "required"."""
+    refused = f"{path}.ca_file:" in " ".join(checks.problems)
+    if values["client_auth"] is not None and values["ca_file"] is None and not refused:
+        checks.fail(
+            f"{path}.client_auth", "needs ca_file (the CAs client certificates are checked against)"
+        )
+    elif values["ca_file"] is not None and values["client_auth"] is None:
+        values["client_auth"] = "required"
     if values["cert_file"] is None or values["key_file"] is None:
         return  # missing or refused: reported already
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -146,9 +163,11 @@ def client_certificate(checks: Checks, path: str, values: dict[str, Any]) -> Non
 
 class ListenerContext:
     """The TLS context a listener keeps for its life, serving each new connection the
-    certificate last loaded: :meth:`update` (on SIGHUP) swaps it in, and connections already
-    open keep theirs. The swap happens in the server-name callback, which OpenSSL calls on
-    every handshake, SNI or not."""
+    certificate (and client CAs) last loaded: :meth:`update` (on SIGHUP) swaps them in, and
+    connections already open keep theirs. The swap happens in the server-name callback,
+    which OpenSSL calls on every handshake, SNI or not. Whether a client certificate is
+    asked for is the first context's (OpenSSL keeps a connection's verify mode when its
+    context is swapped): client_auth changes on restart."""
 
     __slots__ = ("_current", "config", "context")
 
@@ -168,6 +187,11 @@ class ListenerContext:
             fresh = server_context(config)
         except CertificateError as exc:
             raise ConfigError([f"server.tls.{exc.key}: {exc}"]) from exc
+        if config.client_auth != self.config.client_auth:
+            # Swapped in, the new CAs would be checked under the old verify mode: none
+            # left to check against would fail every handshake.
+            was = self.config.client_auth or "not set"
+            raise ConfigError([f"server.tls.client_auth: changes only on restart (now {was})"])
         self._current = fresh
         self.config = config
 

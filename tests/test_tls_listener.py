@@ -325,3 +325,23 @@ def test_client_auth_needs_ca_file_and_changes_only_on_restart(
     assert refused.value.problems == [
         "server.tls.client_auth: changes only on restart (now required)"
     ]
+
+
+async def test_a_client_stalling_in_the_handshake_is_cut_after_header_timeout(
+    tmp_path: Path, issued: tuple[trustme.CA, Pair]
+) -> None:
+    """A connection that never starts its TLS handshake is closed after
+    server.header_timeout, not asyncio's default minute."""
+    _, pair = issued
+    routes = tmp_path / "routes.toml"
+    text = _listener_config(tmp_path, cert_file=str(pair.cert), key_file=str(pair.key))
+    routes.write_text(text.replace("[server]\n", "[server]\nheader_timeout = 0.5\n"))
+    proxy = await start_proxy(routes)
+    try:
+        host, port = proxy.url.removeprefix("https://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        async with asyncio.timeout(10):  # the default handshake timeout is 60 s
+            assert await reader.read() == b""
+        writer.close()
+    finally:
+        assert await proxy.stop() == 0

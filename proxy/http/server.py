@@ -885,6 +885,9 @@ class Server:
             reuse_port=reuse_port or None,
             backlog=4096,
             ssl=tls,
+            # A handshake is part of the request head: a client that stalls in it holds a
+            # descriptor no max_connections counts (the connection is not made yet).
+            ssl_handshake_timeout=self._header_timeout if tls is not None else None,
         )
         self._servers.append(server)
         if self._sweeper is None:

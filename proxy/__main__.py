@@ -22,6 +22,7 @@ from .access import is_loopback
 from .app import STATE, ProxyApp, ProxyState, build_app, own_view, start
 from .check import render, route_summary
 from .config import Config
+from .config.tls import ListenerContext, listener_context
 from .errors import ConfigError, ListenError
 from .notify import Notifier, notifier
 from .observe import logs
@@ -120,6 +121,7 @@ async def _serve(
     app = build_app(
         config, on_secrets=redactor.update, access_log=access_log, workers=workers, group=group
     )
+    tls = listener_context(config.server.tls)  # each worker its own
     # Bound before any token is asked for: a start that cannot listen spends none.
     runner, addresses = await start(
         app,
@@ -128,6 +130,7 @@ async def _serve(
         shutdown_timeout=config.server.shutdown_grace,
         reuse_port=workers > 1,
         pinned=pinned,
+        tls=None if tls is None else tls.context,
     )
     views: asyncio.Server | None = None
     if group is not None:
@@ -151,7 +154,7 @@ async def _serve(
             if notify is not None:
                 notify.reloading()
             try:
-                await _reload(log, path, app)
+                await _reload(log, path, app, tls)
             finally:
                 if notify is not None and not stop.is_set():
                     notify.ready()
@@ -162,7 +165,8 @@ async def _serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
-    shown = [f"http://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
+    scheme = "http" if tls is None else "https"
+    shown = [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
     if workers > 1:
         log.info("worker_started", addresses=shown, pid=os.getpid())
         announce_ready(shown)
@@ -191,7 +195,12 @@ async def _serve(
         log.info("proxy_stopped")
 
 
-async def _reload(log: structlog.typing.FilteringBoundLogger, path: str, app: ProxyApp) -> None:
+async def _reload(
+    log: structlog.typing.FilteringBoundLogger,
+    path: str,
+    app: ProxyApp,
+    tls: ListenerContext | None,
+) -> None:
     # Either failure keeps the running config; the problems never hold secret values.
     try:
         fresh = config_module.load(path)
@@ -202,6 +211,7 @@ async def _reload(log: structlog.typing.FilteringBoundLogger, path: str, app: Pr
     proxy = app[STATE]
     await proxy.runtime.state.prepare(fresh.auth.values())
     try:
+        _reload_tls(log, tls, fresh)
         proxy.reload(fresh)
     except ConfigError as exc:  # a ca_file changed between loading and use
         log.error("config_reload_failed", path=path, problems=exc.problems)
@@ -219,6 +229,17 @@ async def _drain(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(delay):
             await hurry.wait()
+
+
+def _reload_tls(
+    log: structlog.typing.FilteringBoundLogger, tls: ListenerContext | None, fresh: Config
+) -> None:
+    """The listener's certificate from the reloaded config (ConfigError: the old one stays);
+    turning TLS on or off needs a restart, as the address does."""
+    if tls is not None and fresh.server.tls is not None:
+        tls.update(fresh.server.tls)
+    elif (tls is None) != (fresh.server.tls is None):
+        log.warning("config_reload_keeps_listener", reason="server.tls on or off needs a restart")
 
 
 def _loaded(log: structlog.typing.FilteringBoundLogger, path: str, config: Config) -> None:

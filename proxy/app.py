@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -402,6 +403,7 @@ async def start(
     shutdown_timeout: float = 30.0,
     reuse_port: bool = False,
     pinned: frozenset[str] = frozenset(),
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[Runner, list[tuple[str, int]]]:
     """Serve app on host:port; return the runner and the addresses actually bound. Raises
     ListenError when it cannot listen, ConfigError when a file the config names (ca_file)
@@ -428,7 +430,7 @@ async def start(
         max_in_flight=settings.max_in_flight,
     )
     try:
-        addresses = await server.listen(host, port, reuse_port=reuse_port)
+        addresses = await server.listen(host, port, reuse_port=reuse_port, tls=tls)
     except OSError as exc:
         await server.stop(0)
         await app.close()

@@ -20,7 +20,8 @@ from yarl import URL
 from .access import Access, Caller, Terms
 from .auth import TokenProvider, token_provider
 from .bodies import Spool
-from .config import Config, RateLimitConfig, RouteConfig, trust_store
+from .config import AuthConfig, Config, RateLimitConfig, RouteConfig, Secret
+from .config.tls import CertificateError, client_context
 from .errors import ConfigError
 from .forward import Forwarder
 from .headers import HeaderPolicy
@@ -39,24 +40,37 @@ log = structlog.get_logger("proxy.runtime")
 
 # Enough pooled connections for thousands of requests a second per upstream.
 POOL_LIMIT: Final = 1024
-SessionKey = tuple[str, str, int, str | None, EgressProxy | None]
+# A table's TLS as a connection needs it: ca_file, cert_file, key_file, key_password.
+TlsKey = tuple[str | None, str | None, str | None, Secret | None]
+_NO_TLS: Final[TlsKey] = (None, None, None, None)
+SessionKey = tuple[str, str, int, TlsKey, EgressProxy | None]
 
 
-def _trust_stores(config: Config) -> dict[str | None, ssl.SSLContext | None]:
-    """One TLS context per ca_file (None: the system trust store). The loader checked each
-    file, but it may have changed since: one no longer usable is a ConfigError naming its
-    key, never an OSError, which serve would report as "cannot listen"."""
-    files = [(f"routes[{route.prefix}].ca_file", route.ca_file) for route in config.routes]
-    files += [(f"auth.{name}.ca_file", auth.ca_file) for name, auth in config.auth.items()]
-    stores: dict[str | None, ssl.SSLContext | None] = {None: None}
+def _tls_key(table: RouteConfig | AuthConfig) -> TlsKey:
+    return (table.ca_file, table.cert_file, table.key_file, table.key_password)
+
+
+def _trust_stores(config: Config) -> dict[TlsKey, ssl.SSLContext | None]:
+    """One TLS context per ca_file and client certificate (None: the system trust store, no
+    certificate). The loader checked each file, but it may have changed since: one no
+    longer usable is a ConfigError naming its key, never an OSError, which serve would
+    report as "cannot listen"."""
+    tables: list[tuple[str, RouteConfig | AuthConfig]] = [
+        (f"routes[{route.prefix}]", route) for route in config.routes
+    ]
+    tables += [(f"auth.{name}", auth) for name, auth in config.auth.items()]
+    stores: dict[TlsKey, ssl.SSLContext | None] = {_NO_TLS: None}
     problems = []
-    for key, path in files:
-        if path is None or path in stores:
+    for key, table in tables:
+        wanted = _tls_key(table)
+        if wanted in stores:
             continue
         try:
-            stores[path] = trust_store(path)
+            stores[wanted] = client_context(*wanted)
+        except CertificateError as exc:
+            problems.append(f"{key}.{exc.key}: {exc}: {getattr(table, exc.key, '')!r}")
         except ValueError as exc:
-            problems.append(f"{key}: {exc}: {path!r}")
+            problems.append(f"{key}.ca_file: {exc}: {table.ca_file!r}")
     if problems:
         raise ConfigError(problems)
     return stores
@@ -136,7 +150,7 @@ def _token_via(egress: Egress | None, token_url: str) -> EgressProxy | None:
 def _session_key(route: RouteConfig, egress: Egress | None) -> SessionKey:
     up = route.upstream
     via = egress.proxy_for(up.scheme, up.host, up.port) if egress is not None else None
-    return (up.scheme, up.host, up.port, route.ca_file, via)
+    return (up.scheme, up.host, up.port, _tls_key(route), via)
 
 
 class Runtime:
@@ -206,7 +220,7 @@ class Runtime:
                 self._token_sessions[name] = previous._token_sessions[name]
                 previous._handed_over.add(name)
                 continue
-            session = self._token_sessions[name] = _token_session(stores[auth.ca_file], via)
+            session = self._token_sessions[name] = _token_session(stores[_tls_key(auth)], via)
             manager = token_provider(
                 auth, session, observer=metrics, store=self.state.token_store(auth)
             )
@@ -233,7 +247,7 @@ class Runtime:
         for route in config.routes:
             key = _session_key(route, outbound)
             if key not in self._sessions:
-                self._sessions[key] = _upstream_pool(route, stores[route.ca_file], key[4])
+                self._sessions[key] = _upstream_pool(route, stores[_tls_key(route)], key[4])
             own: tuple[Limit, ...] = ()
             if route.rate_limit is not None:
                 own = (self._limit(f"route {route.prefix}", route.rate_limit, previous),)
@@ -328,6 +342,10 @@ class Runtime:
         values = [c.key.reveal() for c in self.config.clients.values()]
         for auth in self.config.auth.values():
             values.extend(secret.reveal() for secret in auth.secrets)
+        tls = self.config.server.tls
+        passwords = [t.key_password for t in (*self.config.routes, *self.config.auth.values())]
+        passwords.append(None if tls is None else tls.key_password)
+        values.extend(p.reveal() for p in passwords if p is not None)
         state = self.config.state
         if state.encryption_key is not None:
             values.append(state.encryption_key.reveal())

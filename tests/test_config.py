@@ -239,7 +239,7 @@ def test_upstream_parts() -> None:
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
             "admin_access, shutdown_grace, drain_delay, workers, trusted_proxies, via, "
             "header_timeout, idle_timeout, max_connections, max_in_flight, spool_dir, "
-            "max_buffered_body, max_spooled_total, hosts, egress_proxy, egress_no_proxy)",
+            "max_buffered_body, max_spooled_total, hosts, egress_proxy, egress_no_proxy, tls)",
         ),
         (
             '[server]\nhosts = ["proxy.internal", "bad host", "h:99999", "[::1"]\n',
@@ -434,7 +434,8 @@ def test_upstream_parts() -> None:
         (
             ROUTE + "retries = 1\n",
             "routes[/a].retries: unknown key (allowed: prefix, upstream, auth, timeout, ca_file, "
-            "rate_limit, retry, request_buffering, rewrite_location)",
+            "cert_file, key_file, key_password, rate_limit, retry, request_buffering, "
+            "rewrite_location)",
         ),
         (
             ROUTE + 'request_buffering = "yes"\n',
@@ -754,7 +755,8 @@ def test_unknown_auth_key_names_every_key() -> None:
     assert problems(AUTH + 'client_id = "i"\nclient_secret = "s"\nsecret = "x"\n') == [
         "auth.x.secret: unknown key (allowed: type, token_url, client_id, client_secret, "
         "client_auth, scope, username, password, api_key, api_secret, expires_in, token_rate, "
-        "params, ca_file, default_lifetime, refresh_at, fetch_retry, rate_limit, timeout)"
+        "params, ca_file, cert_file, key_file, key_password, default_lifetime, refresh_at, "
+        "fetch_retry, rate_limit, timeout)"
     ]
 
 

@@ -32,6 +32,7 @@ from .model import (
     StateConfig,
 )
 from .settings import build, read, section
+from .tls import client_certificate
 from .urls import route_prefix
 
 # UTF-32 first: its little-endian mark starts with UTF-16's.
@@ -204,6 +205,7 @@ class _Checker(Checks):
 
     def route(self, raw: Any, key: str, auth_tables: _Names) -> RouteConfig | None:
         values = read(self, RouteConfig, raw, key)
+        client_certificate(self, key, values)
         auth = values["auth"]
         if auth is not None and auth_tables.unknown(auth):
             known = ", ".join(sorted(auth_tables.names)) or "none defined"
@@ -215,6 +217,7 @@ class _Checker(Checks):
         scheme, values = AUTH.read(self, raw, f"auth.{name}")
         if scheme is None:
             return None
+        client_certificate(self, f"auth.{name}", values)
         built: AuthConfig | None = build(scheme, values, name=name)
         return built
 

@@ -51,6 +51,7 @@ from .rules import (
     whole_state,
 )
 from .settings import OneOf, class_setting, parsed, section, setting
+from .tls import pem_file, whole_listener_tls
 from .urls import route_prefix, upstream_url
 from .values import AdminAccess as AdminAccess
 from .values import Secret as Secret
@@ -68,6 +69,8 @@ TRAVELYZER_RESERVED_PARAMS: Final = frozenset({"apiKey", "apiSecret", "expiresIn
 DEFAULT_PASSWORD_SCOPE: Final = "openid"  # noqa: S105 - a scope
 # Upstream answers a route may retry (retry.on).
 RETRYABLE_STATUSES: Final = (429, 503)
+# server.tls.client_auth: must a client present a certificate, or may it?
+CLIENT_CERTIFICATES: Final = ("required", "optional")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,10 @@ class RouteConfig:
     auth: str | None = setting(text, default=None)  # an [auth.NAME] (the loader checks it)
     timeout: Timeout = setting(section(Timeout), default=Timeout())
     ca_file: str | None = setting(trusted_cas, default=None)
+    # A client certificate for upstreams that require one (mTLS): both files or neither.
+    cert_file: str | None = setting(pem_file, default=None)
+    key_file: str | None = setting(pem_file, default=None)
+    key_password: Secret | None = setting(optional_secret, default=None)
     rate_limit: RateLimitConfig | None = setting(RATE_LIMIT, default=None)
     retry: RetryConfig = setting(section(RetryConfig), default=RetryConfig())
     # Chunked request bodies are read whole before anything is sent, so a malformed chunk
@@ -163,6 +170,10 @@ class AuthCommon:
     token_rate: RateConfig | None = setting(section(RateConfig), default=None)
     params: Mapping[str, str] = class_setting(request_params, factory=dict)
     ca_file: str | None = setting(trusted_cas, default=None)
+    # A client certificate for token endpoints that require one (mTLS): both or neither.
+    cert_file: str | None = setting(pem_file, default=None)
+    key_file: str | None = setting(pem_file, default=None)
+    key_password: Secret | None = setting(optional_secret, default=None)
     # Seconds a token lives when neither the answer nor a JWT exp says.
     default_lifetime: float = setting(positive, default=300.0)
     refresh_at: float = setting(fraction, default=0.8)  # of the lifetime
@@ -253,6 +264,22 @@ def egress_proxy(checks: Checks, value: Any, path: str, default: Secret | None) 
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """``[server] tls``: the listener speaks HTTPS with this certificate (its chain after
+    it in cert_file); SIGHUP loads the files again for new connections."""
+
+    cert_file: str = setting(pem_file)
+    key_file: str = setting(pem_file)
+    key_password: Secret | None = setting(optional_secret, default=None)
+    # Clients must (or, "optional", may) present a certificate signed by a CA of ca_file.
+    ca_file: str | None = setting(trusted_cas, default=None)
+    client_auth: str | None = setting(choice(*CLIENT_CERTIFICATES), default=None)
+
+
+LISTENER_TLS: Final = section(ListenerTls, then=whole_listener_tls)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     # An explicitly empty string is a problem, never the default.
     host: str = setting(listen_host, default="127.0.0.1")
@@ -295,6 +322,8 @@ class ServerConfig:
     egress_proxy: Secret | None = setting(egress_proxy, default=None)
     # Hosts reached directly all the same, as NO_PROXY writes them (added to NO_PROXY's).
     egress_no_proxy: str | None = setting(text, default=None)
+    # HTTPS on the listener; None: plain HTTP.
+    tls: ListenerTls | None = setting(LISTENER_TLS, default=None)
 
 
 @dataclass(frozen=True, slots=True)

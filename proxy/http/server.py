@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections import deque
@@ -868,7 +869,14 @@ class Server:
             self._date = (f"Date: {formatdate(now, usegmt=True)}\r\n", now)
         return self._date[0]
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> list[Any]:
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> list[Any]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: HttpConnection(self),
@@ -876,6 +884,10 @@ class Server:
             port,
             reuse_port=reuse_port or None,
             backlog=4096,
+            ssl=tls,
+            # A handshake is part of the request head: a client that stalls in it holds a
+            # descriptor no max_connections counts (the connection is not made yet).
+            ssl_handshake_timeout=self._header_timeout if tls is not None else None,
         )
         self._servers.append(server)
         if self._sweeper is None:

@@ -324,7 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--pinned",
                 ",".join(sorted(pinned)),
             ]
-            return asyncio.run(supervise(argv, host, port, workers, route_summary(config), notify))
+            scheme = "https" if config.server.tls is not None else "http"
+            summary = route_summary(config)
+            return asyncio.run(supervise(argv, host, port, workers, summary, notify, scheme))
         access_log = logs.access_log(args.log_level, args.log_format, redactor, out, worker)
         group = (
             GroupLink(args.group_dir, args.worker_index, args.worker_of)

@@ -21,7 +21,8 @@ def render(path: str, config: Config) -> list[str]:
     lines = [
         f"{path}: valid, {len(config.routes)} route(s), {len(config.auth)} auth table(s), "
         f"{len(config.clients)} client(s)",
-        f"  listen: {_address(server.host, server.port)}, {_processes(server.workers)}",
+        f"  listen: {'https' if server.tls is not None else 'http'}://"
+        f"{_address(server.host, server.port)}, {_processes(server.workers)}",
     ]
     lines += [f"  {line}" for line in route_summary(config)]
     for name, auth in sorted(config.auth.items()):

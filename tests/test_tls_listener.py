@@ -165,7 +165,8 @@ async def test_workers_each_serve_https_on_the_shared_port(listener: Listener) -
     both by the kernel (SO_REUSEPORT), all complete a verified handshake."""
     group = await start_proxy(listener.config, "--workers", "2")
     try:
-        url = group.url.replace("http://", "https://")
+        url = group.url
+        assert url.startswith("https://")  # the group's proxy_started line says so
         context = ssl.create_default_context(cafile=str(listener.ca_file))
         connector = aiohttp.TCPConnector(force_close=True, ssl=context)
         async with aiohttp.ClientSession(connector=connector) as client:

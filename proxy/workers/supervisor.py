@@ -290,9 +290,11 @@ async def supervise(
     n: int,
     routes: list[str],
     notify: Notifier | None = None,
+    scheme: str = "http",
 ) -> int:
     """Run n workers of ``python -m proxy serve`` (argv without host/port/workers);
-    ``notify`` (systemd) hears READY=1 once all listen, STOPPING=1 on SIGTERM/SIGINT."""
+    ``notify`` (systemd) hears READY=1 once all listen, STOPPING=1 on SIGTERM/SIGINT;
+    ``scheme``: "https" when the listener serves TLS (each worker loads its own)."""
     reserved, port = _reserve_port(host, port)
     directory = _private_directory()
     command = [
@@ -315,7 +317,7 @@ async def supervise(
     def started(pids: list[int]) -> None:
         log.info(
             "proxy_started",
-            addresses=[f"http://{shown}:{port}"],
+            addresses=[f"{scheme}://{shown}:{port}"],
             routes=routes,
             pid=os.getpid(),
             workers=n,

@@ -25,6 +25,7 @@ from .http.server import Reply, Request, Server
 from .observe.accounting import Accounting, Stats
 from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
+from .release import version
 from .runtime import Runtime
 from .workers import GroupLink
 
@@ -162,7 +163,13 @@ async def _status(request: Request | None, state: ProxyState) -> Reply:
         for name, client in sorted(runtime.clients.items())
     }
     return _json(
-        {"routes": routes, "auth": auth, "clients": clients, "state": runtime.state.health()}
+        {
+            "version": version(),
+            "routes": routes,
+            "auth": auth,
+            "clients": clients,
+            "state": runtime.state.health(),
+        }
     )
 
 

@@ -28,6 +28,7 @@ from typing import Final
 import structlog
 
 from ..errors import ListenError
+from ..release import version
 from .member import READY_FD_ENV, supervisor_socket
 from .view import GroupView
 
@@ -301,6 +302,7 @@ async def supervise(argv: Sequence[str], host: str, port: int, n: int, routes: l
     def started(pids: list[int]) -> None:
         log.info(
             "proxy_started",
+            version=version(),
             addresses=[f"http://{shown}:{port}"],
             routes=routes,
             pid=os.getpid(),

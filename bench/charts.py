@@ -50,6 +50,8 @@ def rate_timeline(detail: Mapping[str, Any], path: Path, note: str = "") -> bool
         per_bin.set_title(f"{name}: {rate:g}/s, burst {burst:g}", loc="left", fontsize=10)
         per_bin.set_xlabel("seconds since the first arrival")
         per_bin.set_ylabel("arrivals")
+        # Head-room over the bound, so the legend sits above the line it explains.
+        per_bin.set_ylim(0, 1.4 * max(burst + rate * BIN, *counts))
         per_bin.legend(loc="upper right", fontsize=8)
         total, over = 0, []
         for i, count in enumerate(counts):
@@ -65,7 +67,9 @@ def rate_timeline(detail: Mapping[str, Any], path: Path, note: str = "") -> bool
         )
         excess.set_xlabel("t: seconds since the first arrival")
         excess.set_ylabel("requests")
-        excess.legend(loc="lower left", fontsize=8)
+        low = min(0.0, *over)
+        excess.set_ylim(low, burst + 0.5 * (max(burst, *over) - low))
+        excess.legend(loc="upper right", fontsize=8)
     figure.savefig(path, dpi=_DPI)
     return True
 

@@ -4,6 +4,7 @@ markdown table ``make bench`` prints and writes."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -87,12 +88,20 @@ def _range(row: dict[str, Any], key: str, digits: int = 1) -> str:
     return f"{row[key]:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
-def table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any], charts: Mapping[str, str] | None = None) -> str:
+    """The markdown of latest.md; ``charts``: PNGs written beside it (file name to
+    caption), linked at the end."""
     parts = []
     if "throughput" in results:
         parts.append(_single_tables(results))
     if "fleet" in results:
         parts.append(_fleet_table(results))
+    if charts:
+        parts.append(
+            "\n".join(
+                ["### Charts", ""] + [f"![{caption}]({name})" for name, caption in charts.items()]
+            )
+        )
     return "\n\n".join(parts)
 
 

@@ -3,7 +3,7 @@
 The layers, bottom up; a module imports only from its own layer and those below it
 (tests/test_layers.py holds the code to that):
 
-    errors.py, clock.py  exceptions and time, used everywhere
+    errors.py, clock.py  exceptions and time, used everywhere; release.py (name, version)
     http/        the wire: our own HTTP/1.1 legs over llhttp (server.py to clients,
                  client.py to upstreams behind transport.py's Transport), flow control
     config/      routes.toml -> frozen dataclasses, each key declared once
@@ -21,4 +21,13 @@ The layers, bottom up; a module imports only from its own layer and those below 
     sandbox/     the simulated vendors, imported only when their command runs
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+
+def __getattr__(name: str) -> str:
+    # proxy.__version__ on demand (release.py says why it is not read at import).
+    if name == "__version__":
+        from .release import version
+
+        return version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

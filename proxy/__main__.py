@@ -26,6 +26,7 @@ from .config.tls import ListenerContext, listener_context
 from .errors import ConfigError, ListenError
 from .notify import Notifier, notifier
 from .observe import logs
+from .release import DISTRIBUTION, version
 from .runtime import egress_summary
 from .workers import GroupLink, announce_ready, serve_own_views, supervise
 
@@ -41,9 +42,19 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("PROXY_CONFIG") or "routes.toml"
 
 
-def _parser(command: str | None = None) -> argparse.ArgumentParser:
+def _prog(argv0: str) -> str:
+    """The name the command was run by, for --help and usage lines: the console script's
+    own, or ``python -m proxy`` (argv[0] is then this file's path)."""
+    name = os.path.basename(argv0)
+    return "python -m proxy" if name in ("__main__.py", "", "-c") else name
+
+
+def _parser(command: str | None = None, prog: str = "python -m proxy") -> argparse.ArgumentParser:
     """The parser; the sandbox's options are added only when ``command`` is "sandbox"."""
-    parser = argparse.ArgumentParser(prog="python -m proxy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=prog, description="An authenticating reverse proxy for token-protected vendor APIs."
+    )
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the proxy")
@@ -168,10 +179,16 @@ async def _serve(
     scheme = "http" if tls is None else "https"
     shown = [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{p}" for h, p in addresses]
     if workers > 1:
-        log.info("worker_started", addresses=shown, pid=os.getpid())
+        log.info("worker_started", version=version(), addresses=shown, pid=os.getpid())
         announce_ready(shown)
     else:
-        log.info("proxy_started", addresses=shown, routes=route_summary(config), pid=os.getpid())
+        log.info(
+            "proxy_started",
+            version=version(),
+            addresses=shown,
+            routes=route_summary(config),
+            pid=os.getpid(),
+        )
         if not config.clients and not _is_local(host):
             log.warning(
                 "proxy_open",
@@ -266,9 +283,11 @@ def _listen_problem(exc: ListenError, hint: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Called with no arguments: by the console script or `python -m proxy`, named by argv[0].
+    prog = _prog(sys.argv[0]) if argv is None else "python -m proxy"
     argv = sys.argv[1:] if argv is None else argv
-    # Only -h comes before the command: the first argument is the command, if any.
-    args = _parser(argv[0] if argv else None).parse_args(argv)
+    # Only -h and --version come before the command: the first argument is the command.
+    args = _parser(argv[0] if argv else None, prog).parse_args(argv)
     if args.command == "sandbox":
         from . import sandbox
 

@@ -29,6 +29,7 @@ from .observe.logs import REQUEST_ID, AccessLog, structlog_access_log
 from .observe.metrics import Metrics
 from .observe.page import page
 from .observe.recent import RecentErrors
+from .release import version
 from .runtime import Runtime
 from .workers import GroupLink
 
@@ -181,6 +182,7 @@ async def _status(request: Request | None, state: ProxyState) -> Reply:
     }
     return _json(
         {
+            "version": version(),
             "routes": routes,
             "auth": auth,
             "clients": clients,

@@ -464,7 +464,8 @@ def test_check_prints_the_listen_address_clients_and_limits(tmp_path: Path) -> N
     lines = result.stdout.splitlines()
     assert lines[0].endswith("valid, 3 route(s), 3 auth table(s), 2 client(s)")
     expected = [
-        "  listen: http://127.0.0.1:0 (any free port), 3 worker processes sharing the port (workers = 3)",
+        "  listen: http://127.0.0.1:0 (any free port), "
+        "3 worker processes sharing the port (workers = 3)",
         "  /travis -> http://127.0.0.1:9000/travis (auth=travis)",
         "  admin endpoints (/-/metrics, /-/status): client ops",
         "  clients: 2, each sending its key in X-Proxy-Key",

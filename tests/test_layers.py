@@ -80,6 +80,7 @@ def test_the_errors_tree_lists_every_error_with_its_status_and_code() -> None:
 _LAYERS = {
     "errors": 0,
     "clock": 0,
+    "release": 0,
     "http": 1,
     "config": 2,
     "state": 3,

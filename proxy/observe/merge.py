@@ -43,6 +43,16 @@ GAUGE_RULES: Final[Mapping[str, Rule]] = MappingProxyType(
         "proxy_state_fallback": "max",
         # each worker counts the same fleet: adding them would count it N times.
         "proxy_fleet_processes": "max",
+        # The group's own footprint is its workers' together (the supervisor's is left
+        # out); open over max fds stays the fill of the group's descriptors...
+        "process_resident_memory_bytes": "sum",
+        "process_virtual_memory_bytes": "sum",
+        "process_open_fds": "sum",
+        "process_max_fds": "sum",
+        # ...and it is up since its oldest worker alive started.
+        "process_start_time_seconds": "min",
+        # 1 per version the workers run (two during an upgrade's restarts).
+        "proxy_build_info": "max",
     }
 )
 

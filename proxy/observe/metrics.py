@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..state.base import State
 from .fast import Buckets, CounterFamily, FastCollector, GaugeFamily, HistogramFamily, Value
+from .process_metrics import BuildCollector, ProcessCollector
 from .state_metrics import StateCollector
 
 LATENCY_BUCKETS: Final = (
@@ -162,6 +163,8 @@ class Metrics:
             ["auth"],
             registry=r,
         )
+        r.register(ProcessCollector())
+        r.register(BuildCollector())
         self._status: dict[tuple[str, str, str], Value] = {}
         self._ages: dict[str, Buckets] = {}
         self._sources: list[tuple[TokenStates, RoutePauses]] = []

@@ -29,6 +29,7 @@ import structlog
 
 from ..errors import ListenError
 from ..notify import Notifier
+from ..release import version
 from .member import READY_FD_ENV, supervisor_socket
 from .view import GroupView
 
@@ -317,6 +318,7 @@ async def supervise(
     def started(pids: list[int]) -> None:
         log.info(
             "proxy_started",
+            version=version(),
             addresses=[f"{scheme}://{shown}:{port}"],
             routes=routes,
             pid=os.getpid(),

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from ..observe.merge import GroupMetrics
+from ..release import version
 from . import wire
 from .member import GATHER_TIMEOUT, VIEWS, supervisor_socket, unavailable, worker_socket
 
@@ -135,4 +136,6 @@ class GroupView:
             }
             for member, answer in zip(members, answers, strict=True)
         ]
-        return json.dumps({"supervisor_pid": os.getpid(), "workers": workers}).encode()
+        return json.dumps(
+            {"version": version(), "supervisor_pid": os.getpid(), "workers": workers}
+        ).encode()

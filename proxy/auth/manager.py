@@ -293,8 +293,7 @@ class TokenManager:
                 description="token_rate cap reached",
                 sent=False,
             )
-        grant_type = "refresh_token" if refresh is not None else self._auth.type
-        self._watch.start(grant_type, self._store.now())
+        self._watch.start(story.grant_of(self._auth.type, refresh), self._store.now())
         try:
             grant = await self._scheme.fetch(refresh)
         finally:

@@ -24,6 +24,13 @@ log = structlog.get_logger("proxy.auth")
 SLOW_AFTER: Final = 5.0
 
 
+def grant_of(kind: str, refresh: str | None) -> str:
+    """The grant a fetch asks for, named as its Grant will be (see Grant.grant_type)."""
+    if refresh is not None:
+        return "refresh_token"
+    return "api_key" if kind == "travelyzer" else kind
+
+
 def endpoint_of(token_url: str) -> str:
     """``host:port`` of a token URL, for log lines and messages (never its path or query:
     some issuers put a tenant or a key there)."""

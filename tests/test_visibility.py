@@ -33,7 +33,7 @@ def travelyzer(token_url: str, api_url: str, timeout: str = "") -> str:
 
 
 @pytest.fixture
-async def sandbox(aiohttp_server: AiohttpServer) -> AsyncIterator[str]:
+async def sandbox(aiohttp_server: AiohttpServer) -> str:
     server = await aiohttp_server(build_sandbox_app(SandboxSettings()), host="127.0.0.1")
     return f"http://127.0.0.1:{server.port}"
 

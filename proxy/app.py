@@ -244,7 +244,7 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     if request.method in _REFUSED_METHODS:
         # TRACE would echo our injected token back to the client; CONNECT asks for a
         # tunnel to anywhere. Neither is ever forwarded.
-        error = MethodNotAllowedError(f"{request.method} is not allowed through this proxy")
+        error = MethodNotAllowedError("TRACE and CONNECT are not allowed through this proxy")
         return _refused(state, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
@@ -281,9 +281,8 @@ async def _admin(
         return error_response(NoRouteError("no such endpoint of the proxy"), request_id)
     error: ProxyError
     if request.method not in ("GET", "HEAD"):
-        error = MethodNotAllowedError(
-            f"{request.method} is not allowed on this endpoint", headers=_ADMIN_ALLOW
-        )
+        # Our words only: no error echoes the request.
+        error = MethodNotAllowedError("this endpoint takes GET and HEAD", headers=_ADMIN_ALLOW)
         return error_response(error, request_id)
     handler, restricted = entry
     if restricted and not runtime.access.admin_allowed(request.remote, request.headers):

@@ -383,7 +383,8 @@ class TokenManager:
             refresh=refresh,
         )
         description = story.scrub(exc.description, (*self._secrets, record.refresh))
-        self._detail = (exc.reason, description)
+        # Only our own words reach /-/ready and clients: an issuer's text may name the user.
+        self._detail = (exc.reason, description if exc.status is None else None)
         if self._observer is not None:
             # A request that never left (token_rate) took no time worth a latency sample.
             self._observer.token_failed(self.name, exc.reason, seconds if exc.sent else 0.0)

@@ -179,3 +179,27 @@ async def test_a_refused_connection_names_host_and_port(
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def test_an_issuers_own_words_stay_in_the_log(
+    sandbox: str, make_proxy: ProxyFactory, client: aiohttp.ClientSession
+) -> None:
+    """A refusal's error text comes from the issuer (it may name a user): the log line
+    keeps it, while /-/ready and the client's 503, open to anyone, give the reason only."""
+    with capture_logs() as events:
+        proxy = await make_proxy(sandbox_config(sandbox).replace(SECRET, "wrong-secret-0000"))
+        async with asyncio.timeout(5):
+            while not any(e["event"] == "token_fetch_failed" for e in events):
+                await asyncio.sleep(0.02)
+        async with client.get(f"{proxy}/t/x") as r:
+            error = await r.json()
+        _, ready = await get_json(client, f"{proxy}/-/ready")
+    failed = next(e for e in events if e["event"] == "token_fetch_failed")
+    assert (failed["reason"], failed["description"]) == (
+        "unauthorized",
+        "Invalid API key or secret",
+    )
+    said = f"last token request to {sandbox.removeprefix('http://')} failed: unauthorized; "
+    assert error["message"].startswith(f"no valid token for auth 'tz': {said}")
+    assert ready["auth"]["tz"]["message"].startswith(said)
+    assert "Invalid API key" not in json.dumps([error, ready])

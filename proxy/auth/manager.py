@@ -52,7 +52,6 @@ class TokenManager:
 
     __slots__ = (
         "_auth",
-        "_detail",
         "_inflight",
         "_last_replace",
         "_max_wait",
@@ -98,8 +97,6 @@ class TokenManager:
         self._watch = story.FetchWatch(
             auth.name, story.endpoint_of(auth.token_url), auth.timeout.read
         )
-        # The last failure's reason and its scrubbed description, for /-/ready and the 503.
-        self._detail: tuple[str, str | None] | None = None
 
     # -- the request path --------------------------------------------------------------
 
@@ -145,21 +142,12 @@ class TokenManager:
 
     def status(self) -> dict[str, Any]:
         record = self._store.read()
-        return story.status(
-            self._auth.type,
-            record,
-            self._current(record),
-            self._watch,
-            self._explain(record),
-            self._store.now(),
-        )
+        now = self._store.now()
+        return story.status(self._auth.type, record, self._current(record), self._watch, now)
 
     def _explain(self, record: TokenRecord | None = None) -> str | None:
-        """The sentence /-/ready and a client's 503 both carry (see story.explain)."""
-        record = record or self._store.read()
-        detail = self._detail
-        text = detail[1] if detail is not None and detail[0] == record.last_outcome else None
-        return story.explain(self._watch.endpoint, record, self._watch, text, self._store.now())
+        """The sentence /-/ready and a client's 503 both carry."""
+        return self._watch.explain(record or self._store.read(), self._store.now())
 
     def _current(self, record: TokenRecord) -> Token | None:
         """The stored token unless the upstream refused it here (usable or not)."""
@@ -383,8 +371,7 @@ class TokenManager:
             refresh=refresh,
         )
         description = story.scrub(exc.description, (*self._secrets, record.refresh))
-        # Only our own words reach /-/ready and clients: an issuer's text may name the user.
-        self._detail = (exc.reason, description if exc.status is None else None)
+        self._watch.failed(exc.reason, description, ours=exc.status is None)
         if self._observer is not None:
             # A request that never left (token_rate) took no time worth a latency sample.
             self._observer.token_failed(self.name, exc.reason, seconds if exc.sent else 0.0)

@@ -69,7 +69,7 @@ class FetchWatch:
     ``token_fetch_slow`` if it outlasts ``slow_after`` (a hanging issuer would otherwise
     leave the log silent for the whole read timeout)."""
 
-    __slots__ = ("_auth", "_slow_after", "_timer", "endpoint", "grant", "since")
+    __slots__ = ("_auth", "_detail", "_slow_after", "_timer", "endpoint", "grant", "since")
 
     def __init__(self, auth: str, endpoint: str, read_timeout: float) -> None:
         self._auth = auth
@@ -78,6 +78,8 @@ class FetchWatch:
         self._timer: asyncio.TimerHandle | None = None
         self.since: float | None = None  # the store clock's time it was sent, while in flight
         self.grant = ""
+        # The last failure's reason and the description told with it (ours only).
+        self._detail: tuple[str, str | None] = ("", None)
 
     def start(self, grant: str, now: float) -> None:
         self.since = now
@@ -102,18 +104,23 @@ class FetchWatch:
             self._timer.cancel()
             self._timer = None
 
+    def failed(self, reason: str, description: str | None, ours: bool) -> None:
+        """Remember a failure's description for :meth:`explain` if it is in our own words:
+        an issuer's text may name a user, and /-/ready and the 503 are for anyone."""
+        self._detail = (reason, description if ours else None)
 
-def explain(
-    endpoint: str, record: TokenRecord, watch: FetchWatch, detail: str | None, now: float
-) -> str | None:
-    """The one sentence on why there is no token (or what the last fetch did), or None
-    while the last fetch went well and none is in flight."""
-    if watch.since is not None:
-        return fetching(endpoint, now - watch.since)
-    outcome = record.last_outcome
-    if outcome is None or outcome == "ok":
-        return None
-    return failed(endpoint, outcome, detail, record.retry_at - now)
+    def explain(self, record: TokenRecord, now: float) -> str | None:
+        """The one sentence on why there is no token (or what the last fetch did), or
+        None while the last fetch went well and none is in flight."""
+        if self.since is not None:
+            return fetching(self.endpoint, now - self.since)
+        outcome = record.last_outcome
+        if outcome is None or outcome == "ok":
+            return None
+        reason, detail = self._detail
+        # A fleet peer's failure is known here by its reason only.
+        known = detail if reason == outcome else None
+        return failed(self.endpoint, outcome, known, record.retry_at - now)
 
 
 def _state(usable: bool, watch: FetchWatch, record: TokenRecord) -> str:
@@ -129,7 +136,6 @@ def status(
     record: TokenRecord,
     token: Token | None,
     watch: FetchWatch,
-    message: str | None,
     now: float,
 ) -> dict[str, Any]:
     """The token state /-/ready and /-/status show: expiry, the fetch in flight and the
@@ -150,5 +156,5 @@ def status(
         "last_outcome": record.last_outcome,
         "consecutive_failures": record.failures + record.rejections,
         "retry_in_s": round(record.retry_at - now, 1) if record.retry_at > now else None,
-        "message": message,
+        "message": watch.explain(record, now),
     }

@@ -71,7 +71,7 @@ def _digest(key: str) -> bytes:
 class Access:
     """The access rules of one config, decided at start-up."""
 
-    __slots__ = ("_admin", "_allow", "_clients", "header", "required")
+    __slots__ = ("_admin", "_allow", "_challenge", "_clients", "header", "required")
 
     def __init__(self, server: ServerConfig, clients: Mapping[str, tuple[str, Caller]]) -> None:
         self._allow = server.allow
@@ -80,6 +80,9 @@ class Access:
         # neither the time taken nor a lookup tells a caller how much of a key was right.
         self._clients = tuple((_digest(key), client) for key, client in clients.values())
         self.required = bool(clients)
+        # RFC 9110 11.6.1: a 401 names how to authenticate. The key is no standard
+        # scheme; "Key" is what Kong's key-auth answers, and the header param says where.
+        self._challenge = {"WWW-Authenticate": f'Key realm="proxy", header="{self.header}"'}
         self._admin = server.admin_access
 
     def peer_allowed(self, remote: str | None) -> bool:
@@ -94,14 +97,16 @@ class Access:
             return None
         keys = headers.getall(self.header, ())
         if len(keys) != 1:
-            raise UnauthorizedError(f"send exactly one {self.header} header with your key")
+            raise UnauthorizedError(
+                f"send exactly one {self.header} header with your key", headers=self._challenge
+            )
         digest = _digest(keys[0])
         found = None
         for known, client in self._clients:  # every key compared, whichever matches
             if hmac.compare_digest(known, digest):
                 found = client
         if found is None:
-            raise UnauthorizedError(f"the {self.header} key is not valid")
+            raise UnauthorizedError(f"the {self.header} key is not valid", headers=self._challenge)
         return found
 
     @staticmethod

@@ -246,7 +246,7 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     if request.method in _REFUSED_METHODS:
         # TRACE would echo our injected token back to the client; CONNECT asks for a
         # tunnel to anywhere. Neither is ever forwarded.
-        error = MethodNotAllowedError(f"{request.method} is not allowed through this proxy")
+        error = MethodNotAllowedError("TRACE and CONNECT are not allowed through this proxy")
         return _refused(state, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
@@ -254,7 +254,10 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         answer.headers = {**answer.headers, "X-Request-ID": request_id}
         if "X-Proxy-Error" in answer.headers:
             state.errors.note("/-/", answer.status, answer.headers["X-Proxy-Error"])
-        state.accounting.account(request, stats, answer.status, local="/-/")
+        logged = runtime.config.server.access_log_probes or path.partition("?")[0] not in PROBES
+        state.accounting.account(
+            request, stats, stats.answered(request, answer).status, local="/-/", logged=logged
+        )
         return answer
     runtime.enter()
     try:
@@ -265,9 +268,10 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
 
 def _refused(state: ProxyState, request: Request, request_id: str, error: ProxyError) -> Reply:
     """Answered by the proxy before routing: counted and logged under route "refused"."""
-    refused = error_response(error, request_id)
+    stats = Stats(request_id)
+    refused = stats.answered(request, error_response(error, request_id))
     state.errors.note("refused", error.status, error.code)
-    state.accounting.account(request, Stats(request_id), refused.status, local="refused")
+    state.accounting.account(request, stats, refused.status, local="refused")
     return refused
 
 
@@ -275,8 +279,12 @@ async def _admin(
     request: Request, state: ProxyState, runtime: Runtime, path: str, request_id: str
 ) -> Reply:
     entry = ADMIN.get(path.partition("?")[0])
-    if entry is None or request.method not in ("GET", "HEAD"):
-        error: ProxyError = NoRouteError("no such endpoint of the proxy")
+    if entry is None:
+        return error_response(NoRouteError("no such endpoint of the proxy"), request_id)
+    error: ProxyError
+    if request.method not in ("GET", "HEAD"):
+        # Our words only: no error echoes the request.
+        error = MethodNotAllowedError("this endpoint takes GET and HEAD", headers=_ADMIN_ALLOW)
         return error_response(error, request_id)
     handler, restricted = entry
     if restricted and not runtime.access.admin_allowed(request.remote, request.headers):
@@ -286,6 +294,9 @@ async def _admin(
 
 
 _REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
+_ADMIN_ALLOW: Final = {"Allow": "GET, HEAD"}
+# Health checks: left out of the access log with server.access_log_probes = false.
+PROBES: Final = frozenset({"/-/health", "/-/ready"})
 
 
 class ProxyApp:
@@ -333,13 +344,13 @@ class ProxyApp:
         is bound, so a start that fails to listen has spent no token request."""
         self[STATE].runtime.start()
 
-    def refusal(self, error: ProxyError) -> Reply:
+    def refusal(self, error: ProxyError, remote: str | None) -> Reply:
         """The server's own refusals (before any handler: malformed, too large, too slow,
-        overloaded) are counted and logged too, by status and reason only."""
+        overloaded) are counted and logged too, by status, reason and peer only."""
         if self._state is not None:
             self._state.metrics.count_request("refused", "other", error.status)
             self._state.errors.note(None, error.status, error.code)
-        log.info("request_refused", status=error.status, reason=error.message)
+        log.info("request_refused", status=error.status, reason=error.message, remote=remote)
         # Nothing of the request is echoed, its X-Request-ID included: it may not even
         # have been parsed.
         return error_response(error, self._request_ids.new())

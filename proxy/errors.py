@@ -12,7 +12,7 @@ into the JSON answer a client gets.
         ├── UnauthorizedError     401 unauthorized (clients are configured; no valid key)
         ├── ForbiddenError        403 forbidden (source address, or a route the key may not use)
         ├── NoRouteError          404 no_route
-        ├── MethodNotAllowedError 405 method_not_allowed (TRACE, CONNECT)
+        ├── MethodNotAllowedError 405 method_not_allowed (TRACE, CONNECT; /-/ but GET, HEAD)
         ├── RequestTimeoutError   408 request_timeout (the request head came too slowly)
         ├── BodyTooLargeError     413 body_too_large (a buffered chunked body over its limit)
         ├── MisdirectedError      421 misdirected_request (a Host that server.hosts does not list)
@@ -34,7 +34,7 @@ Messages are written for the client and never hold a header value, token or secr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 
@@ -66,10 +66,17 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        # Headers the status calls for: WWW-Authenticate on a 401, Allow on a 405.
+        self.headers: Mapping[str, str] = headers or {}
 
 
 class BadRequestError(ProxyError):
@@ -165,9 +172,12 @@ class TokenUnavailableError(ProxyError):
     status = 503
     code = "token_unavailable"
 
-    def __init__(self, auth: str, reason: str, retry_in: float) -> None:
+    def __init__(self, auth: str, reason: str, retry_in: float, why: str | None = None) -> None:
+        # ``why``: the sentence /-/ready shows for this auth too, so both tell one story.
         super().__init__(
-            f"no valid token for auth {auth!r} (last token endpoint outcome: {reason})",
+            f"no valid token for auth {auth!r}: {why}"
+            if why
+            else f"no valid token for auth {auth!r} (last token endpoint outcome: {reason})",
             retry_after=retry_in,
         )
         self.auth = auth

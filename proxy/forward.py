@@ -75,9 +75,10 @@ class Forwarder:
 
     async def handle(self, request: Request, request_id: str) -> Reply | None:
         """Check who asks, route, forward; log one access line and count it, whatever
-        happens (a client that hangs up is logged with status 499)."""
+        happens (a client that hangs up is logged with status 499; an answer the
+        shutdown cut off with the status sent, or 503 if none was)."""
         stats = Stats(request_id)
-        status = 499
+        status = 0  # stays 0 only when the handler is cancelled
         self._metrics.in_flight.inc()
         try:
             client = self._access.identify(request.headers)
@@ -91,7 +92,7 @@ class Forwarder:
             if request.method == "OPTIONS" and _max_forwards(request) == 0:
                 # The hop count is used up: the request stops here, answered by us.
                 status = 200
-                return Reply(200, {"X-Request-ID": request_id})
+                return stats.answered(request, Reply(200, {"X-Request-ID": request_id}))
             await self._forward(request, target, client, path, request_id, stats)
             status = request.status
             return None
@@ -105,9 +106,10 @@ class Forwarder:
             if isinstance(refused, RateLimitedError) and stats.route is not None:
                 self._targets[stats.route].metrics.rejections.inc()
             self.errors.note(stats.route, status, refused.code)
-            return error_response(refused, request_id)
+            return stats.answered(request, error_response(refused, request_id))
         except _UpstreamBroke:
             status = request.status  # what the client got, then the cut
+            stats.cut = "upstream"
             return None
         except Exception:
             # A bug. One error line with the traceback, one count, and the status the
@@ -115,13 +117,16 @@ class Forwarder:
             log.exception("handler_failed", route=stats.route)
             if request.started:
                 status = request.status
+                stats.cut = "error"
                 request.cut()
                 return None
             status = 500
             internal = InternalError("internal error")
             self.errors.note(stats.route, status, internal.code)
-            return error_response(internal, request_id)
+            return stats.answered(request, error_response(internal, request_id))
         finally:
+            if not status:
+                status = _cut_status(request, stats)
             self._metrics.in_flight.dec()
             self._accounting.account(request, stats, status)
 
@@ -216,6 +221,17 @@ class Forwarder:
             except ConnectionError as exc:
                 raise _ClientAborted from exc  # the client left; nothing to tell anyone
         request.finish()
+
+
+def _cut_status(request: Request, stats: Stats) -> int:
+    """The status of an answer its handler never finished: 499 (nginx's "client closed
+    the request") when the client left; when the shutdown cut it, the status already
+    sent, else 503, as a client retrying elsewhere should read it."""
+    if request.shut_down:
+        stats.cut = "shutdown"
+        return request.status if request.head_sent else 503
+    stats.cut = "client"
+    return 499
 
 
 def _max_forwards(request: Request) -> int | None:

@@ -213,6 +213,16 @@ async def exchange(target: Target, outbound: Outbound, record: ExchangeRecord) -
                         and (retrying or record.paused > 0 or budget.allows_retry())
                     )
                     if not can_retry:
+                        log.debug(
+                            "upstream_throttled_not_retried",
+                            route=target.route.prefix,
+                            status=status,
+                            attempt=attempt,
+                            delay_s=round(delay, 3),
+                            replayable=replayable,
+                            attempts_left=retry.attempts - attempt,
+                            within_max_wait=clock.monotonic() + delay <= arrival + retry.max_wait,
+                        )
                         # Without the upstream's own Retry-After, tell the client the wait we
                         # would have waited.
                         record.retry_after = None if hinted else delay

@@ -239,7 +239,8 @@ def test_upstream_parts() -> None:
             "server.bind: unknown key (allowed: host, port, allow, client_key_header, "
             "admin_access, shutdown_grace, drain_delay, workers, trusted_proxies, via, "
             "header_timeout, idle_timeout, max_connections, max_in_flight, spool_dir, "
-            "max_buffered_body, max_spooled_total, hosts, egress_proxy, egress_no_proxy, tls)",
+            "max_buffered_body, max_spooled_total, hosts, egress_proxy, egress_no_proxy, tls, "
+            "access_log_probes)",
         ),
         (
             '[server]\nhosts = ["proxy.internal", "bad host", "h:99999", "[::1"]\n',

@@ -157,7 +157,7 @@ async def test_keep_alive_serves_several_requests_and_head_has_no_body(
 
 
 async def _serve_directly(handler: Handler, header_timeout: float = 10.0) -> tuple[Server, str]:
-    def refusal(error: ProxyError) -> Reply:
+    def refusal(error: ProxyError, remote: str | None) -> Reply:
         return Reply(error.status, {"X-Refused": error.message}, b"{}")
 
     server = Server(handler, refusal, header_timeout=header_timeout)

@@ -419,9 +419,17 @@ async def test_a_token_expired_on_arrival_ends_its_lock_with_one_failure() -> No
     assert record.refresh is not None
     assert record.refresh.value == "r2"
     assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("token_fetch_started", "info"),
         ("token_fetched", "info"),
         ("token_fetch_failed", "warning"),
     ]
+    assert logs.pop(0) == {
+        "event": "token_fetch_started",
+        "log_level": "info",
+        "auth": "t",
+        "grant": "password",
+        "endpoint": "idp:80",
+    }
     assert logs[0] == {
         "event": "token_fetched",
         "log_level": "info",
@@ -437,6 +445,7 @@ async def test_a_token_expired_on_arrival_ends_its_lock_with_one_failure() -> No
         "reason": "expired_on_arrival",
         "status": None,
         "description": "fetch outlasted the token",
+        "endpoint": "idp:80",
         "rejected": False,
         "retry_in_s": 0.5,
         "has_token": False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Final
 
 import aiohttp
@@ -56,10 +57,15 @@ class HttpEndpoint:
                 status = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         except TimeoutError as exc:
-            raise TokenEndpointError("timeout", rejected=False) from exc
+            # Which wait ran out tells an operator where to look (network or issuer).
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                waited = f"no connection within {self._timeout.sock_connect} s"
+            else:
+                waited = f"no answer within {self._timeout.sock_read} s"
+            raise TokenEndpointError("timeout", rejected=False, description=waited) from exc
         except aiohttp.ClientConnectorError as exc:
             raise TokenEndpointError(
-                "connection_error", rejected=False, description=type(exc).__name__, sent=False
+                "connection_error", rejected=False, description=_cannot_connect(exc), sent=False
             ) from exc
         except aiohttp.ClientError as exc:
             raise TokenEndpointError(
@@ -79,6 +85,19 @@ class HttpEndpoint:
                 )
             return body
         raise _classify(status, body, retry_after)
+
+
+def _cannot_connect(exc: aiohttp.ClientConnectorError) -> str:
+    """Where the connection went and the system's word for why it failed."""
+    cause = exc.os_error
+    # A refused connection's strerror is asyncio's "Connect call failed (...)"; the errno's
+    # own text is the system's word. Resolver errors (negative codes) keep their strerror.
+    if cause.errno is not None and cause.errno > 0:
+        why = os.strerror(cause.errno)
+    else:
+        why = cause.strerror or type(cause).__name__
+    host = f"[{exc.host}]" if ":" in exc.host else exc.host
+    return f"cannot connect to {host}:{exc.port}: {why}"
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

@@ -24,7 +24,6 @@ import contextlib
 import math
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
@@ -32,6 +31,7 @@ import structlog
 from ..config import AuthConfig
 from ..errors import TokenUnavailableError
 from ..state.tokens import LockOutcome, RefreshToken, Token, TokenRecord, TokenStore
+from . import story
 from .base import Grant, TokenEndpointError, TokenObserver, TokenScheme
 from .timing import backoff, lock_poll, presentable, refresh_token_of, token_of
 
@@ -64,6 +64,7 @@ class TokenManager:
         "_store",
         "_task",
         "_wake",
+        "_watch",
         "name",
     )
 
@@ -93,6 +94,9 @@ class TokenManager:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._secrets = tuple(secret.reveal() for secret in auth.secrets)
+        self._watch = story.FetchWatch(
+            auth.name, story.endpoint_of(auth.token_url), auth.timeout.read
+        )
 
     # -- the request path --------------------------------------------------------------
 
@@ -109,7 +113,9 @@ class TokenManager:
                     token = await self._fetch_shared()
             except TimeoutError:
                 # Only our wait ends: the shared fetch is shielded and carries on.
-                raise TokenUnavailableError(self.name, "token_endpoint_slow", 1.0) from None
+                raise TokenUnavailableError(
+                    self.name, "token_endpoint_slow", 1.0, self._explain()
+                ) from None
         if self._observer is not None:
             self._observer.token_used(self.name, now - token.obtained_at)
         return token.value
@@ -136,22 +142,12 @@ class TokenManager:
 
     def status(self) -> dict[str, Any]:
         record = self._store.read()
-        token = self._current(record)
         now = self._store.now()
-        usable = token is not None and now < token.usable_until
-        return {
-            "type": self._auth.type,
-            "ready": usable,
-            "expires_in_s": round(token.expires_at - now, 1) if token is not None else None,
-            "last_fetch": (
-                datetime.fromtimestamp(record.last_fetch, UTC).isoformat(timespec="seconds")
-                if record.last_fetch is not None
-                else None
-            ),
-            "last_outcome": record.last_outcome,
-            "consecutive_failures": record.failures + record.rejections,
-            "retry_in_s": round(record.retry_at - now, 1) if record.retry_at > now else None,
-        }
+        return story.status(self._auth.type, record, self._current(record), self._watch, now)
+
+    def _explain(self, record: TokenRecord | None = None) -> str | None:
+        """The sentence /-/ready and a client's 503 both carry."""
+        return self._watch.explain(record or self._store.read(), self._store.now())
 
     def _current(self, record: TokenRecord) -> Token | None:
         """The stored token unless the upstream refused it here (usable or not)."""
@@ -285,7 +281,11 @@ class TokenManager:
                 description="token_rate cap reached",
                 sent=False,
             )
-        grant = await self._scheme.fetch(refresh)
+        self._watch.start(story.grant_of(self._auth.type, refresh), self._store.now())
+        try:
+            grant = await self._scheme.fetch(refresh)
+        finally:
+            self._watch.end()
         if not math.isfinite(grant.lifetime) or grant.lifetime < _MIN_LIFETIME:
             raise TokenEndpointError(
                 "expired_on_arrival", rejected=False, description=f"lifetime {grant.lifetime}"
@@ -370,6 +370,8 @@ class TokenManager:
             issued=issued,
             refresh=refresh,
         )
+        description = story.scrub(exc.description, (*self._secrets, record.refresh))
+        self._watch.failed(exc.reason, description, ours=exc.status is None)
         if self._observer is not None:
             # A request that never left (token_rate) took no time worth a latency sample.
             self._observer.token_failed(self.name, exc.reason, seconds if exc.sent else 0.0)
@@ -379,7 +381,8 @@ class TokenManager:
             auth=self.name,
             reason=exc.reason,
             status=exc.status,
-            description=self._scrub(exc.description, record.refresh),
+            description=description,
+            endpoint=self._watch.endpoint,
             rejected=exc.rejected,
             retry_in_s=round(delay, 2),
             has_token=self.ready,
@@ -387,16 +390,9 @@ class TokenManager:
         self._wake.set()
         return self._unavailable()
 
-    def _scrub(self, text: str | None, refresh: RefreshToken | None) -> str | None:
-        """The issuer's own error text, minus any credential it may echo back."""
-        if text is None:
-            return None
-        for secret in (*self._secrets, None if refresh is None else refresh.value):
-            if secret and secret in text:
-                text = text.replace(secret, "***")
-        return text
-
     def _unavailable(self) -> TokenUnavailableError:
         record = self._store.read()
         retry_in = max(0.0, record.retry_at - self._store.now())
-        return TokenUnavailableError(self.name, record.last_outcome or "no_token", retry_in)
+        return TokenUnavailableError(
+            self.name, record.last_outcome or "no_token", retry_in, self._explain(record)
+        )

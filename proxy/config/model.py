@@ -324,6 +324,8 @@ class ServerConfig:
     egress_no_proxy: str | None = setting(text, default=None)
     # HTTPS on the listener; None: plain HTTP.
     tls: ListenerTls | None = setting(LISTENER_TLS, default=None)
+    # Access lines for /-/health and /-/ready (probes); metrics count them either way.
+    access_log_probes: bool = setting(flag, default=True)
 
 
 @dataclass(frozen=True, slots=True)

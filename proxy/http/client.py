@@ -26,10 +26,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
 import httptools
+import structlog
 from multidict import CIMultiDict
 
 from .flow import WriteFlow
 from .transport import BodyStream, UpstreamRequest
+
+log = structlog.get_logger("proxy.client")
 
 # An upstream answer's head is bounded: a 1 MB header block is an attack or a bug.
 MAX_HEAD: Final = 64 * 1024
@@ -520,6 +523,14 @@ class Pool:
         reusable_retry = method in _IDEMPOTENT and not streamed
         while True:
             conn, reused = await self._acquire(connect_timeout)
+            # For --log-level debug (a no-op call otherwise): is the pool doing its job?
+            log.debug(
+                "upstream_connection",
+                upstream=self.host_header,
+                reused=reused,
+                idle=len(self._idle),
+                open=self._count,
+            )
             try:
                 return await conn.send(head, body, chunked, method, read_timeout)
             except UpstreamClosedError:

@@ -22,6 +22,8 @@ def error_response(error: ProxyError, request_id: str) -> Reply:
         "X-Proxy-Error": error.code,
         "X-Request-ID": request_id,
     }
+    if error.headers:
+        headers.update(error.headers)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return Reply(error.status, headers, body.encode())

@@ -237,6 +237,16 @@ class Request:
         """Abort the connection with a reset: the answer under way must look cut."""
         self._conn.cut()
 
+    @property
+    def head_sent(self) -> bool:
+        """The response head has gone to the client (start() holds it back, see there)."""
+        return self.started and not self._pending
+
+    @property
+    def shut_down(self) -> bool:
+        """The server's shutdown cut this request off (its grace ran out)."""
+        return self._conn.shut_down
+
     def start(self, status: int, headers: CIMultiDict[str]) -> None:
         """Write the response head; the body follows with write() and finish()."""
         self.content.interim_due = False
@@ -323,7 +333,8 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Reply | None]]
-Refusal = Callable[[ProxyError], Reply]  # the error (its status and message) -> our answer
+# The error (its status and message) and the peer's address -> our answer.
+Refusal = Callable[[ProxyError, str | None], Reply]
 
 
 class HttpConnection(WriteFlow):
@@ -357,6 +368,7 @@ class HttpConnection(WriteFlow):
         "reading_since",
         "remote",
         "server",
+        "shut_down",
         "transport",
         "writing_since",
     )
@@ -397,6 +409,7 @@ class HttpConnection(WriteFlow):
         self.reading_since: float | None = None
         self.writing_since: float | None = None
         self.idle_since = self._loop.time()
+        self.shut_down = False  # abandoned by Server.stop, not by the client
 
     @property
     def closing(self) -> bool:
@@ -415,7 +428,10 @@ class HttpConnection(WriteFlow):
             # way reads the 503 rather than a reset, but only for a few at a time: in a
             # flood the rest are closed at once, keeping descriptors for those served.
             self._closing = True
-            refusal = server.refusal(OverloadedError("too many connections"))
+            peer = transport.get_extra_info("peername")
+            refusal = server.refusal(
+                OverloadedError("too many connections"), str(peer[0]) if peer else None
+            )
             transport.write(_raw_reply(refusal, ""))  # type: ignore[attr-defined]
             if server.lingering_refusals < _MAX_LINGERING_REFUSALS:
                 server.lingering_refusals += 1
@@ -675,7 +691,7 @@ class HttpConnection(WriteFlow):
             body.malformed = True
             body.end(MalformedBodyError(error.message))
             return
-        self._enqueue(self.server.refusal(error))
+        self._enqueue(self.server.refusal(error, self.remote))
 
     # -- answering ----------------------------------------------------------------------
 
@@ -772,7 +788,9 @@ class HttpConnection(WriteFlow):
         server = self.server
         if server.in_flight >= server.max_in_flight:
             request.keep_alive = False
-            request.reply(server.refusal(OverloadedError("too many requests in flight")))
+            request.reply(
+                server.refusal(OverloadedError("too many requests in flight"), self.remote)
+            )
             return False
         server.in_flight += 1
         try:
@@ -787,7 +805,7 @@ class HttpConnection(WriteFlow):
             if request.started:
                 return False  # a head is out: the close cuts the answer (see _serve)
             request.keep_alive = False
-            request.reply(server.refusal(InternalError("internal error")))
+            request.reply(server.refusal(InternalError("internal error"), self.remote))
             return False
         finally:
             server.in_flight -= 1
@@ -915,7 +933,10 @@ class Server:
             if started is not None:
                 if now - started > self._header_timeout:
                     conn.write(
-                        _raw_reply(self.refusal(RequestTimeoutError("request head too slow")), "")
+                        _raw_reply(
+                            self.refusal(RequestTimeoutError("request head too slow"), conn.remote),
+                            "",
+                        )
                     )
                     transport.close()
             elif now - conn.idle_since > self.idle_timeout:
@@ -942,6 +963,7 @@ class Server:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
+            conn.shut_down = True
             conn.abandon()
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -140,6 +140,19 @@ def _has_credential(redactor: Redactor, value: Any) -> bool:
     return redactor.scrub(text) != text
 
 
+def _console_view(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    """Console lines for a human: an access line opens with its status, method and path
+    (as nginx's does), and a field without a value is left out rather than printed as
+    Python's ``None``."""
+    if event.get("event") == "access":
+        event["event"] = (
+            f"{event.pop('status', '-')} {event.pop('method', '-')} {event.pop('path', '-')}"
+        )
+    for key in [key for key, value in event.items() if value is None]:
+        del event[key]
+    return event
+
+
 def _orjson_bytes(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes:
     return orjson.dumps(event, default=repr)
 
@@ -172,7 +185,7 @@ def configure(
     ]
     out = stream or sys.stdout.buffer
     if fmt == "console":
-        renderer: Any = structlog.dev.ConsoleRenderer(colors=False)
+        renderer: Any = _console_renderer()
         factory: Any = structlog.PrintLoggerFactory(
             sys.stdout if stream is None else cast(TextIO, _Text(out))
         )
@@ -189,6 +202,15 @@ def configure(
     )
     _route_stdlib(shared, fmt, level, out)
     return redactor
+
+
+def _console_renderer() -> Callable[[Any, str, MutableMapping[str, Any]], str]:
+    render = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
+
+    def view(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        return render(logger, method, _console_view(logger, method, event))
+
+    return view
 
 
 class _Text:
@@ -209,11 +231,7 @@ def _route_stdlib(shared: list[Any], fmt: LogFormat, level: str, out: ByteSink) 
     transport's error) and aiohttp, which is left only on token requests and in the sandbox
     (its server errors carry the request line). Their lines take the same redaction and
     rendering, instead of a raw traceback on stderr."""
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
-    )
+    renderer: Any = _console_renderer() if fmt == "console" else structlog.processors.JSONRenderer()
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

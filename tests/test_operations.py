@@ -220,6 +220,14 @@ async def test_per_client_rate_limit(
     assert (await get(client, f"{proxy}/open/3", headers=ops)).status == 200
 
 
+def test_a_rotated_secret_stays_scrubbed_while_the_old_config_drains() -> None:
+    """After a reload that rotated a secret, requests in flight on the old config may
+    still log the old one: it stays scrubbed until the next reload."""
+    redactor = Redactor(["old-secret-1"])
+    redactor.update(["new-secret-2"])
+    assert redactor.scrub("a=old-secret-1 b=new-secret-2") == "a=[redacted] b=[redacted]"
+
+
 def test_redactor_blanks_credential_keys_and_scrubs_values() -> None:
     """Named credentials are blanked; known secrets, bearer values and JWTs are scrubbed."""
     redactor = Redactor(["hunter2-secret"])

@@ -104,15 +104,21 @@ class Redactor:
     """A processor that blanks credential-named keys and scrubs credentials from strings:
     the config's secrets (set with :meth:`update`), bearer/basic values and JWTs."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_current", "_secrets")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._current: frozenset[str] = frozenset()
         self._secrets: tuple[str, ...] = ()
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
+        """The secrets of a config just loaded. Those of the config it replaces are kept
+        too: requests in flight finish on it (up to shutdown_grace) and may still log a
+        rotated secret; one reload later they are dropped."""
+        fresh = frozenset(s for s in secrets if len(s) >= 4)
         # Longest first, so a secret containing another is replaced whole.
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._secrets = tuple(sorted(fresh | self._current, key=len, reverse=True))
+        self._current = fresh
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -70,7 +70,7 @@ def _clients(config: Config) -> list[str]:
     header = config.server.client_key_header
     admin = config.server.admin_access
     shown_admin = f"client {admin.client}" if admin.client is not None else admin.scope
-    lines = [f"  admin endpoints (/-/metrics, /-/status): {shown_admin}"]
+    lines = [f"  admin endpoints (/-/, /-/status, /-/metrics): {shown_admin}"]
     if not config.clients:
         return [
             *lines,

@@ -467,7 +467,7 @@ def test_check_prints_the_listen_address_clients_and_limits(tmp_path: Path) -> N
         "  listen: http://127.0.0.1:0 (any free port), "
         "3 worker processes sharing the port (workers = 3)",
         "  /travis -> http://127.0.0.1:9000/travis (auth=travis)",
-        "  admin endpoints (/-/metrics, /-/status): client ops",
+        "  admin endpoints (/-/, /-/status, /-/metrics): client ops",
         "  clients: 2, each sending its key in X-Proxy-Key",
         "    crm: key set, routes /travtus, /travis; auth travis on /travis",
         "    ops: key set, every route",

@@ -220,6 +220,20 @@ async def test_per_client_rate_limit(
     assert (await get(client, f"{proxy}/open/3", headers=ops)).status == 200
 
 
+def test_a_list_with_a_secret_in_it_is_still_a_list_in_the_json_log() -> None:
+    """Scrubbing keeps a field's shape: a JSON array stays an array (a log parser
+    relies on it), with only the secret replaced."""
+    redactor = Redactor(["s3cret-path"])
+    event = redactor(
+        None, "info", {"event": "x", "routes": ["/a -> http://h/s3cret-path", "/b -> http://h"]}
+    )
+    assert event["routes"] == ["/a -> http://h/[redacted]", "/b -> http://h"]
+    nested = redactor(None, "info", {"event": "x", "d": {"password": "p", "u": ["s3cret-path"]}})
+    assert nested["d"] == {"password": "[redacted]", "u": ["[redacted]"]}
+    named = redactor(None, "info", {"event": "x", "d": {"api_key": "k-1234", "n": 3}})
+    assert named["d"] == {"api_key": "[redacted]", "n": 3}
+
+
 def test_a_rotated_secret_stays_scrubbed_while_the_old_config_drains() -> None:
     """After a reload that rotated a secret, requests in flight on the old config may
     still log the old one: it stays scrubbed until the next reload."""

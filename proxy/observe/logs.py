@@ -137,13 +137,26 @@ class Redactor:
             elif isinstance(value, str):
                 event[key] = self.scrub(value)
             elif isinstance(value, list | tuple | dict):
-                event[key] = self.scrub(str(value)) if _has_credential(self, value) else value
+                # Scrubbed item by item, keeping its shape: a list logged as a JSON array
+                # stays one (a parser of the logs relies on it), and a credential-named
+                # key inside a dict is blanked as at the top.
+                event[key] = self._scrub_nested(value)
         return event
 
-
-def _has_credential(redactor: Redactor, value: Any) -> bool:
-    text = str(value)
-    return redactor.scrub(text) != text
+    def _scrub_nested(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {
+                k: REDACTED
+                if isinstance(k, str) and k.lower() in SENSITIVE_KEYS
+                else self._scrub_nested(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._scrub_nested(item) for item in value]
+        text = str(value)
+        return value if self.scrub(text) == text else self.scrub(text)
 
 
 def _console_view(logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:

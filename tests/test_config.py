@@ -232,7 +232,11 @@ def test_upstream_parts() -> None:
     ("text", "expected"),
     [
         ("[server]\nport = 99999\n", "server.port: must be an integer from 0 to 65535, got 99999"),
-        ('[server]\nport = "80"\n', "server.port: must be an integer from 0 to 65535, got '80'"),
+        (
+            '[server]\nport = "80"\n',
+            "server.port: must be an integer from 0 to 65535, got '80'"
+            " (TOML numbers and true/false are written without quotes)",
+        ),
         ("[server]\nhost = 1\n", "server.host: must be a string, got an integer"),
         (
             "[server]\nbind = 1\n",
@@ -1301,7 +1305,11 @@ def test_server_keys_load() -> None:
         ("workers = 0\n", "server.workers: must be a whole number of at least 1, got 0"),
         ("workers = -2\n", "server.workers: must be a whole number of at least 1, got -2"),
         ("workers = 2.0\n", "server.workers: must be a whole number of at least 1, got 2.0"),
-        ('workers = "4"\n', "server.workers: must be a whole number of at least 1, got '4'"),
+        (
+            'workers = "4"\n',
+            "server.workers: must be a whole number of at least 1, got '4'"
+            " (TOML numbers and true/false are written without quotes)",
+        ),
         ("workers = true\n", "server.workers: must be a whole number of at least 1, got True"),
     ],
 )

@@ -238,7 +238,7 @@ TYPED = (
             {"PORT": "9000", "WORKERS": "4", "BUFFER": "False", "RATE": "2.5", "PER": "60"},
             (9000, 4, False, 2.5, 60.0, None),
         ),
-        ({"SHARE": "3", "RATE": "1e3", "PORT": " 81 "}, (81, 2, True, 1000.0, 0.5, 3)),
+        ({"SHARE": "3", "RATE": "1e3", "PORT": "81"}, (81, 2, True, 1000.0, 0.5, 3)),
     ],
 )
 def test_a_reference_in_a_number_or_boolean_position_is_converted(
@@ -273,6 +273,10 @@ def test_a_reference_to_a_file_in_a_number_position(tmp_path: Path) -> None:
     [
         ({"PORT": "abc"}, "server.port: PORT is 'abc', not a whole number"),
         ({"PORT": "80.5"}, "server.port: PORT is '80.5', not a whole number"),
+        # As --port takes them: plain digits, no sign, separator or spaces.
+        ({"PORT": " 81 "}, "server.port: PORT is ' 81 ', not a whole number"),
+        ({"PORT": "9_000"}, "server.port: PORT is '9_000', not a whole number"),
+        ({"PORT": "+80"}, "server.port: PORT is '+80', not a whole number"),
         ({"PORT": "70000"}, "server.port: must be an integer from 0 to 65535, got 70000"),
         ({"WORKERS": "0"}, "server.workers: must be a whole number of at least 1, got 0"),
         ({"BUFFER": "yes"}, "routes[/a].request_buffering: BUFFER is 'yes', not true or false"),
@@ -313,8 +317,11 @@ def test_only_a_string_that_is_wholly_one_reference_is_converted(value: str) -> 
     text = f"[server]\nport = {value}\n" + '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
     with pytest.raises(ConfigError) as info:
         config_module.loads(text, {"PORT": "80"})
+    hint = " (TOML numbers and true/false are written without quotes)"
     assert info.value.problems == [
-        "server.port: must be an integer from 0 to 65535, got " + repr(value.strip('"'))
+        "server.port: must be an integer from 0 to 65535, got "
+        + repr(value.strip('"'))
+        + (hint if value == '"8080"' else "")
     ]
 
 

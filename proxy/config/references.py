@@ -26,8 +26,10 @@ _REF: Final = re.compile(
 # and reading it whole would hold it in memory for nothing.
 MAX_FILE: Final = 64 * 1024
 
-_INT: Final = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
-_FLOAT: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Plain decimal only, as the command line takes them (--port 9_000 and --port +80 are
+# refused there): a variable that reads "9_000" or " 9000" is more likely a mistake.
+_INT: Final = re.compile(r"-?[0-9]+")
+_FLOAT: Final = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # What each type is called in a refusal.
 _WANTED: Final[Mapping[type, str]] = {
     int: "a whole number",
@@ -50,7 +52,7 @@ class Reference:
     def convert(self, kind: type[int] | type[float] | type[bool]) -> int | float | bool:
         """The text as a ``kind`` (a float key takes a whole number as written); ValueError
         says where the text came from and why it is not one, never a file's content."""
-        text = (self.text or "").strip()
+        text = self.text or ""
         if kind is bool and text.lower() in ("true", "false"):
             return text.lower() == "true"
         if kind is not bool and _INT.fullmatch(text):
@@ -71,6 +73,13 @@ class Reference:
         if self.defaulted:
             return f"{what} and its default {shown!r} is not {wanted}"
         return f"{what}, not {wanted}"
+
+
+def looks_like(kind: type[int] | type[float] | type[bool], text: str) -> bool:
+    """Would ``text`` read as a ``kind`` if it were not quoted?"""
+    if kind is bool:
+        return text in ("true", "false")
+    return bool(_INT.fullmatch(text) or (kind is float and _FLOAT.fullmatch(text)))
 
 
 class References:

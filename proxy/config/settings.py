@@ -23,6 +23,7 @@ from dataclasses import MISSING, Field, field, fields
 from typing import Any, Final, Protocol, TypeAlias, TypeVar, cast, overload
 
 from .checks import Checks
+from .references import looks_like
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -249,7 +250,17 @@ def _run(
     kind = _SCALARS.get(f.type)
     reference = None if kind is None else checks.reference(value, path)
     if kind is None or reference is None:
-        return check(checks, value, path, default)
+        before = len(checks.problems)
+        found = check(checks, value, path, default)
+        if (
+            kind is not None
+            and isinstance(value, str)
+            and len(checks.problems) > before
+            and looks_like(kind, value)
+        ):
+            # port = "8080": the most common way to get a number wrong in TOML.
+            checks.problems[-1] += " (TOML numbers and true/false are written without quotes)"
+        return found
     if reference.text is None:  # the variable or file is the problem, reported already
         return default
     try:

@@ -406,6 +406,29 @@ def test_a_misspelt_required_key_is_named_once_with_the_key_meant() -> None:
     assert found.endswith("; did you mean client_secret?")
 
 
+@pytest.mark.parametrize(
+    ("table", "typo", "meant"),
+    [
+        ("[server]", "prot = 8081", "port"),  # two letters swapped
+        ("[server]", 'hots = "0.0.0.0"', "host"),  # not hosts: the same length wins a tie
+        ("[server]", "workres = 2", "workers"),
+        ("[server]", "bogus = 1", None),  # nothing close: no guess
+    ],
+)
+def test_a_typo_is_told_the_key_it_most_likely_meant(
+    table: str, typo: str, meant: str | None
+) -> None:
+    """Unknown keys get the allowed key one edit away (a swap counts as one), or no guess."""
+    text = f"{table}\n{typo}\n" + '[[routes]]\nprefix = "/a"\nupstream = "http://h"\n'
+    with pytest.raises(ConfigError) as info:
+        config_module.loads(text, {})
+    (found,) = info.value.problems
+    if meant is None:
+        assert "did you mean" not in found
+    else:
+        assert found.endswith(f"; did you mean {meant}?")
+
+
 def test_references_to_a_table_that_is_not_there_are_still_reported() -> None:
     """With every table whole, a reference to a route or auth table that does not exist is
     a problem, as before."""

@@ -9,7 +9,6 @@ import math
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -49,9 +48,7 @@ class Checks:
         for name in raw:
             if name not in allowed:
                 message = f"unknown key (allowed: {', '.join(allowed)})"
-                meant = [
-                    k for k in get_close_matches(name, allowed, n=1, cutoff=0.8) if k not in raw
-                ]
+                meant = [k for k in _closest(name, allowed) if k not in raw]
                 if meant:
                     message += f"; did you mean {meant[0]}?"
                     self.misspelt.add(_join(key, meant[0]))
@@ -209,3 +206,29 @@ def _type_name(value: Any) -> str:
         int: "an integer",
         float: "a number",
     }.get(type(value), type(value).__name__)
+
+
+def _closest(name: str, allowed: tuple[str, ...]) -> list[str]:
+    """The allowed key ``name`` most likely misspells: the fewest edits (a swapped pair of
+    letters is one, as in "prot" for "port"), within one edit per four letters; a tie goes
+    to the key of the same length ("hots" is "host", not "hosts")."""
+    budget = max(1, len(name) // 4)
+    scored = [(_edits(name, key), abs(len(key) - len(name)), key) for key in allowed]
+    best = min(scored, default=None)
+    return [best[2]] if best is not None and best[0] <= budget else []
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps
+    of two neighbouring letters, each one edit."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[len(b)]

@@ -19,6 +19,7 @@ from .errors import (
     MethodNotAllowedError,
     NoRouteError,
     ProxyError,
+    UnauthorizedError,
 )
 from .fds import connection_cap
 from .headers import RequestIds
@@ -250,6 +251,7 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
         return _refused(state, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
+        stats.client = _caller(runtime, request)
         answer = await _admin(request, state, runtime, path, request_id)
         answer.headers = {**answer.headers, "X-Request-ID": request_id}
         if "X-Proxy-Error" in answer.headers:
@@ -291,6 +293,16 @@ async def _admin(
         error = ForbiddenError("this endpoint is restricted (server.admin_access)")
         return error_response(error, request_id)
     return await handler(request, state)
+
+
+def _caller(runtime: Runtime, request: Request) -> str | None:
+    """The client whose key came with an admin request, for its access line (the key is
+    not required there unless admin_access names a client)."""
+    try:
+        client = runtime.access.identify(request.headers)
+    except UnauthorizedError:
+        return None
+    return None if client is None else client.name
 
 
 _REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})

@@ -190,7 +190,8 @@ async def test_admin_endpoints_can_be_restricted_to_a_client(
     upstream: Upstream, make_proxy: ProxyFactory, client: aiohttp.ClientSession
 ) -> None:
     """admin_access = "client:ops" opens /-/metrics and /-/status to that key only."""
-    proxy = await make_proxy(clients_config(upstream, 'admin_access = "client:ops"'))
+    served = await make_proxy.serve(clients_config(upstream, 'admin_access = "client:ops"'))
+    proxy = served.url
     for path in ("/-/metrics", "/-/status"):
         async with client.get(f"{proxy}{path}") as r:
             assert r.status == 403
@@ -200,6 +201,10 @@ async def test_admin_endpoints_can_be_restricted_to_a_client(
             assert r.status == 200
     async with client.get(f"{proxy}/-/health") as r:
         assert r.status == 200  # liveness stays open for the orchestrator
+    # The access lines say whose key came with each admin request.
+    admin = [(line["status"], line["client"]) for line in served.lines if line["route"] == "/-/"]
+    assert admin[:3] == [(403, None), (403, "crm"), (200, "ops")]
+    assert admin[-1] == (200, None)
 
 
 async def test_per_client_rate_limit(

@@ -134,14 +134,18 @@ def test_a_file_that_is_no_secret_is_refused_without_its_content(
     assert problems(config) == [f"auth.a.client_secret: file '{tmp_path}/secret' {expected}"]
 
 
-def test_a_directory_or_empty_path_is_refused(tmp_path: Path) -> None:
-    """A directory cannot be read, and ${file:} names nothing: each is a problem of its key,
-    even with a default."""
+def test_a_directory_a_fifo_or_empty_path_is_refused(tmp_path: Path) -> None:
+    """A directory or a FIFO is not a secret file (opening a FIFO would wait for a writer
+    and freeze check, start-up or a reload), and ${file:} names nothing: each is a
+    problem of its key, even with a default."""
     (tmp_path / "dir").mkdir()
-    config = write(tmp_path, ROUTE + auth("${file:dir:-x}").replace('"id"', '"${file:}"'))
+    os.mkfifo(tmp_path / "fifo")
+    text = ROUTE + auth("${file:dir:-x}").replace('"id"', '"${file:}"')
+    config = write(tmp_path, text + 'scope = "${file:fifo}"\n')
     assert problems(config) == [
         "auth.a.client_id: ${file:} names no file (write ${file:/run/secrets/NAME})",
-        f"auth.a.client_secret: cannot read file '{tmp_path}/dir': Is a directory",
+        f"auth.a.client_secret: cannot read file '{tmp_path}/dir': not a regular file",
+        f"auth.a.scope: cannot read file '{tmp_path}/fifo': not a regular file",
     ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
@@ -203,3 +204,35 @@ async def test_an_issuers_own_words_stay_in_the_log(
     assert error["message"].startswith(f"no valid token for auth 'tz': {said}")
     assert ready["auth"]["tz"]["message"].startswith(said)
     assert "Invalid API key" not in json.dumps([error, ready])
+
+
+async def test_an_issuers_own_error_text_never_reaches_open_endpoints(
+    aiohttp_server: AiohttpServer, make_proxy: ProxyFactory
+) -> None:
+    """An issuer may put anything in its "error" (a user name, the password it refused):
+    only a known OAuth2 or HTTP word is kept as the reason; anything else is told by its
+    status, in /-/ready (open to anyone), /-/status and a client's 503 alike."""
+    hostile = f"user driver@example.com pw {SECRET} <img src=x onerror=alert(1)>"
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"error": hostile, "error_description": "no"}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    issuer = await aiohttp_server(app, host="127.0.0.1")
+    proxy = await make_proxy(
+        travelyzer(f"http://127.0.0.1:{issuer.port}/token", "http://127.0.0.1:9")
+    )
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{proxy}/t/x") as r:
+            refused = await r.text()
+            assert r.status == 503
+        async with client.get(f"{proxy}/-/ready") as r:
+            ready = await r.text()
+        async with client.get(f"{proxy}/-/status") as r:
+            status = await r.text()
+    assert json.loads(ready)["auth"]["tz"]["last_outcome"] == "http_401"
+    for shown in (refused, ready, status):
+        assert "driver" not in shown
+        assert "onerror" not in shown
+        assert SECRET.lower() not in shown.lower()

@@ -15,6 +15,32 @@ from .base import TokenEndpointError
 
 # An OAuth2 error that asks us to come back later rather than saying we are wrong.
 _TRANSIENT_CODES: Final = frozenset({"temporarily_unavailable", "slow_down"})
+# The issuer's "error" is kept as the reason only when it is one of these words: the
+# reason reaches /-/ready (open to anyone), clients' 503s, /-/status and Redis, and an
+# issuer may put anything there (a user name, the password it refused). RFC 6749 5.2
+# and RFC 6750 3.1 codes, and the HTTP words some issuers answer with (Travelyzer:
+# "Unauthorized"); anything else is told by its status (http_401) and only logged.
+_ISSUER_CODES: Final = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+        "slow_down",
+        "invalid_token",
+        "insufficient_scope",
+        "unauthorized",
+        "forbidden",
+        "bad_request",
+        "not_found",
+        "too_many_requests",
+    }
+)
 _MAX_DESCRIPTION: Final = 200
 MAX_ANSWER: Final = 1024 * 1024
 
@@ -125,7 +151,9 @@ def _classify(status: int, body: Any, retry_after: float | None) -> TokenEndpoin
         # Travelyzer {"statusCode": 401, "error": "Unauthorized", "message": ...}.
         code = body.get("error")
         if isinstance(code, str) and code:
-            reason = code.strip().lower().replace(" ", "_")[:64]
+            word = code.strip().lower().replace(" ", "_")
+            if word in _ISSUER_CODES:
+                reason = word
         text = body.get("error_description", body.get("message"))
         if isinstance(text, str):
             description = text[:_MAX_DESCRIPTION]

@@ -13,7 +13,9 @@ A string that is wholly one reference may stand where a number or a boolean is e
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,10 @@ class References:
         found = Path(path)
         file = str(found if found.is_absolute() else self.base_dir / found)
         try:
+            # A regular file only: open() on a FIFO (or a device) would block until a
+            # writer came, and a SIGHUP would then freeze the serving loop with it.
+            if not stat.S_ISREG(os.stat(file).st_mode):
+                return Reference(None, f"cannot read file {file!r}: not a regular file", file=file)
             with open(file, "rb") as stream:
                 data = stream.read(MAX_FILE + 1)
         except FileNotFoundError:

@@ -131,7 +131,8 @@ class _StateKey:
 
 STATE: Final = _StateKey()
 Admin = Callable[[Request, ProxyState], Awaitable[Reply]]
-_JSON: Final = {"Content-Type": "application/json; charset=utf-8"}
+# The proxy's own state is never for a shared cache to keep (status behind admin_access).
+_JSON: Final = {"Content-Type": "application/json; charset=utf-8", "Cache-Control": "no-store"}
 
 
 def _json(body: Any, status: int = 200) -> Reply:
@@ -193,7 +194,10 @@ async def _status(request: Request | None, state: ProxyState) -> Reply:
     )
 
 
-_METRICS: Final = {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+_METRICS: Final = {
+    "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+    "Cache-Control": "no-store",
+}
 
 
 async def _metrics(request: Request | None, state: ProxyState) -> Reply:
@@ -247,7 +251,9 @@ async def _dispatch(state: ProxyState, request: Request) -> Reply | None:
     if request.method in _REFUSED_METHODS:
         # TRACE would echo our injected token back to the client; CONNECT asks for a
         # tunnel to anywhere. Neither is ever forwarded.
-        error = MethodNotAllowedError("TRACE and CONNECT are not allowed through this proxy")
+        error = MethodNotAllowedError(
+            "TRACE and CONNECT are not allowed through this proxy", headers=_FORWARD_ALLOW
+        )
         return _refused(state, request, request_id, error)
     if path.startswith("/-/"):
         stats = Stats(request_id)
@@ -307,6 +313,9 @@ def _caller(runtime: Runtime, request: Request) -> str | None:
 
 _REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
 _ADMIN_ALLOW: Final = {"Allow": "GET, HEAD"}
+# RFC 9110 15.5.6: a 405 lists what is allowed; the upstream decides which of these it
+# serves, the proxy forwards every one.
+_FORWARD_ALLOW: Final = {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
 # Health checks: left out of the access log with server.access_log_probes = false.
 PROBES: Final = frozenset({"/-/health", "/-/ready"})
 

@@ -197,7 +197,7 @@ async def test_the_group_counts_every_request_once_and_never_backwards(
         counts = [_sample(text, "proxy_requests_total", route="/api") for text in own]
         assert sum(counts) == 40
         assert 0 < counts[0] < 40  # the merged view is not worker 0's
-        for query, status in (("worker=2", 404), ("worker=one", 400)):
+        for query, status in (("worker=2", 404), ("worker=one", 400), ("worker=%C2%B2", 400)):
             async with spread.get(f"{metrics}?{query}", headers=OPS) as wrong:
                 assert wrong.status == status
 

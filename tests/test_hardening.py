@@ -109,6 +109,8 @@ async def test_ambiguous_or_forbidden_requests_are_refused_and_reach_nothing(
     assert statuses[:1] == [EXPECTED.get(name, 400)], raw[:300]
     assert len(statuses) == 1  # a pipelined request behind it never runs
     assert [s for s in upstream.seen if s.raw_path != "/oauth/token"] == []
+    if statuses == [405]:  # RFC 9110 15.5.6: a 405 says what is allowed
+        assert b"\r\nallow: get, head, post" in raw.lower()
 
 
 HOSTS = 'hosts = ["proxy.internal", "gateway.internal:8080", "[::1]", "kube.internal"]'

@@ -199,6 +199,8 @@ async def test_admin_endpoints_can_be_restricted_to_a_client(
             assert r.status == 403
         async with client.get(f"{proxy}{path}", headers={"X-Proxy-Key": OPS_KEY}) as r:
             assert r.status == 200
+            # Behind admin_access: no shared cache may keep it for the next caller.
+            assert r.headers["Cache-Control"] == "no-store"
     async with client.get(f"{proxy}/-/health") as r:
         assert r.status == 200  # liveness stays open for the orchestrator
     # The access lines say whose key came with each admin request.

@@ -42,6 +42,7 @@ async def _ping(redis: aioredis.Redis) -> bool:
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("redis://:pw-secret@h:6379/0", "redis://***@h:6379/0"),
         ("rediss://proxy:pw-secret@h:6380", "rediss://***@h:6380"),
+        ("rediss://h:6380/0?ssl_password=pw-secret", "rediss://h:6380/0?ssl_password=***"),
         (
             "unix:///run/redis.sock?password=pw-secret&db=1",
             "unix:///run/redis.sock?password=***&db=1",

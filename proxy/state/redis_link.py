@@ -39,7 +39,8 @@ BREAKER_FAILURES: Final = 3  # failures in a row that open the breaker
 BREAKER_PROBE: Final = 1.0  # seconds the breaker stays open before one call probes
 MAX_CONNECTIONS: Final = 8  # calls are short: a few connections serve a busy process
 GUARD: Final = 3.0  # the outer bound of a call, in timeouts (see call())
-_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+# password=, and any other parameter redis-py would take a password from (ssl_password=).
+_QUERY_PASSWORD: Final = re.compile(r"([?&][a-z_]*password=)[^&#]*", re.IGNORECASE)
 
 
 class StateUnavailableError(Exception):

@@ -90,7 +90,8 @@ class GroupLink:
         if not given:
             return None
         last = self.size - 1
-        if not given[-1].isdigit():
+        # ASCII digits, a few of them: str.isdigit() takes "²", which int() refuses.
+        if not (given[-1].isascii() and given[-1].isdigit() and len(given[-1]) <= 6):
             raise BadRequestError(f"worker must be a worker's index, 0 to {last}")
         index = int(given[-1])
         if index > last:

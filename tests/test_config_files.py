@@ -160,6 +160,20 @@ def test_a_problem_never_shows_what_a_file_holds(tmp_path: Path) -> None:
     assert FILE_SECRET not in found
 
 
+@pytest.mark.parametrize(
+    "held",
+    ["https://TOPSECRET-up.example/v1\n\n", "TOPSECRET\tpart", "TOP'SECRET\"x"],
+)
+def test_a_problem_never_shows_a_file_even_escaped(tmp_path: Path, held: str) -> None:
+    """A check quoting the value with repr() escapes a tab or a newline: the file's content
+    is not shown that way either, nor any part of it."""
+    (tmp_path / "up").write_text(held)
+    config = write(tmp_path, '[[routes]]\nprefix = "/a"\nupstream = "http://h/${file:up}"\n')
+    (found,) = problems(config)
+    assert "TOPSECRET" not in found
+    assert "SECRET" not in found
+
+
 async def test_the_redactor_learns_every_value_read_from_a_file(
     tmp_path: Path, make_proxy: ProxyFactory
 ) -> None:

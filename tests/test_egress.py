@@ -475,6 +475,9 @@ def test_no_proxy_reads_as_curl_does(no_proxy: str, host: str, port: int, exempt
         ("https://u:secret@corp:3128", None, "must be an http:// proxy URL, got https://"),
         ("socks5://corp:1080", None, "must be an http:// proxy URL, got socks5://"),
         ("http://u:secret@corp:99999", None, "must be an http://host:port URL"),
+        # '#' in a password splits the URL: refused, not read as host "u", port 4711.
+        ("http://u:4711#secret@corp:3128", None, "must be http://[user:password@]host"),
+        ("http://corp:3128/secret", None, "must be http://[user:password@]host"),
     ],
 )
 def test_proxy_urls_never_show_the_password(

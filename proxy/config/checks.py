@@ -6,6 +6,7 @@ name (rules.py) are built on them."""
 from __future__ import annotations
 
 import math
+import re
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -35,8 +36,8 @@ class Checks:
     def fail(self, key: str, message: str) -> None:
         # A check may echo the value it refuses; one read from a file is never shown.
         for value in self.from_files:
-            if len(value) >= _MIN_SCRUBBED:
-                message = message.replace(value, "***")
+            for form in _shown_forms(value):
+                message = message.replace(form, "***")
         self.problems.append(f"{key}: {message}")
 
     # -- primitives ---------------------------------------------------------------------
@@ -232,3 +233,12 @@ def _edits(a: str, b: str) -> int:
                 row[j] = min(row[j], prev2[j - 2] + 1)
         prev2, prev = prev, row
     return prev[len(b)]
+
+
+def _shown_forms(value: str) -> list[str]:
+    """The ways a check's message may show ``value``: as it is, escaped as repr() escapes
+    it (a tab as \\t), and each run of it between white space or control characters (a
+    message may quote only part). Longest first, short runs left alone."""
+    forms = {value, repr(value)[1:-1]}
+    forms.update(re.split(r"[\s\x00-\x1f\x7f]+", value))
+    return sorted((f for f in forms if len(f) >= _MIN_SCRUBBED), key=len, reverse=True)

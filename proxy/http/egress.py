@@ -182,6 +182,13 @@ def parse_proxy_url(text: str) -> EgressProxy:
         raise ValueError("must be an http://host:port URL") from None
     if parts.scheme.lower() != "http":
         raise ValueError(f"must be an http:// proxy URL, got {parts.scheme}://")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "#" in url:
+        # "http://user:4711#pw@host" splits at '#': the host would be "user", and the
+        # password's first digits its port. A proxy URL has nothing after the authority.
+        raise ValueError(
+            "must be http://[user:password@]host[:port] with nothing after it; "
+            "write '#', '?', '/' or '@' in a password as %23, %3F, %2F, %40"
+        )
     host = parts.hostname
     if not host:
         raise ValueError("must name the proxy's host")

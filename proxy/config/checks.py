@@ -6,8 +6,8 @@ name (rules.py) are built on them."""
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path

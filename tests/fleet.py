@@ -20,14 +20,11 @@ STARTUP_TIMEOUT = 20.0
 
 
 class Recorder:
-    """An HTTP/1.1 upstream that answers every request 200 at once and notes its arrival
-    (monotonic clock, this process's: the proxies are on the same machine). A path in
-    ``throttle`` gets one 429 with that Retry-After first."""
+    """The fleet tests' upstream (tests/recorder.py), run in a process of its own so that
+    arrival times are stamped as requests arrive, not when this busy process reads them."""
 
     def __init__(self) -> None:
-        self.arrivals: list[tuple[float, str]] = []
-        self.throttle: dict[str, int] = {}
-        self._server: asyncio.Server | None = None
+        self._process: asyncio.subprocess.Process | None = None
         self.port = 0
 
     @property
@@ -35,36 +32,39 @@ class Recorder:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.recorder",
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert self._process.stdout is not None
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            self.port = int(await self._process.stdout.readline())
 
-    def times(self, prefix: str = "/") -> list[float]:
-        return sorted(t for t, path in self.arrivals if path.startswith(prefix))
+    async def arrivals(self) -> list[tuple[float, str]]:
+        """Every (arrival time, path) so far, in arrival order."""
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{self.url}/-/arrivals") as answer,
+        ):
+            return [(t, path) for t, path in await answer.json(content_type=None)]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                now = time.monotonic()
-                path = head.split(b" ", 2)[1].decode()
-                self.arrivals.append((now, path))
-                retry = self.throttle.pop(path, None)
-                if retry is not None:
-                    writer.write(
-                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\n"
-                        b"Content-Length: 0\r\n\r\n" % retry
-                    )
-                else:
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def times(self, prefix: str = "/") -> list[float]:
+        return sorted(t for t, path in await self.arrivals() if path.startswith(prefix))
+
+    async def throttle(self, path: str, retry: int) -> None:
+        """The next request for ``path`` gets 429 with Retry-After: ``retry``."""
+        async with aiohttp.ClientSession() as client:
+            query = {"path": path, "retry": str(retry)}
+            async with client.get(f"{self.url}/-/throttle", params=query) as answer:
+                assert answer.status == 204
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
 
 
 @dataclass

@@ -159,7 +159,7 @@ async def test_the_global_limit_holds_at_the_upstream_with_uneven_load(
     )
     urls = [m.url for m in members]
     outcomes = await drive(session, urls, [4, 1], RATE * 1.5, 3.0, "/r/x")
-    times = recorder.times()
+    times = await recorder.times()
     for window in (0.01, 0.1, 0.5, 1.0):
         assert busiest(times, window) <= BURST + RATE * window + 1, (window, busiest(times, window))
     steady = [t for t in times if t >= times[0] + 0.5]
@@ -184,7 +184,7 @@ async def test_a_429_through_one_process_pauses_every_process(
         f'upstream = "{recorder.url}"\n' + state_table(redis_server)
     )
     a, b = await start_fleet(text, [], [])
-    recorder.throttle["/first"] = 2
+    await recorder.throttle("/first", 2)
 
     async def get_first() -> int:
         async with session.get(a.url + "/r/first") as r:  # retried by A after the pause
@@ -193,13 +193,13 @@ async def test_a_429_through_one_process_pauses_every_process(
 
     first = asyncio.ensure_future(get_first())
     async with asyncio.timeout(5):
-        while not recorder.arrivals:
+        while not await recorder.arrivals():
             await asyncio.sleep(0.01)
-    t429 = recorder.arrivals[0][0]
+    t429 = (await recorder.arrivals())[0][0]
     await asyncio.sleep(0.3)  # a lost hint costs one poll (250 ms) at most
     outcomes = await drive(session, [a.url, b.url], [1, 1], 40, 1.2, "/r/during")
     assert await first == 200
-    during = [t for t, path in recorder.arrivals if path == "/during"]
+    during = [t for t, path in await recorder.arrivals() if path == "/during"]
     assert len(during) == 48
     assert min(during) >= t429 + 1.9  # held back by both, until the pause ended
     assert all(o.status == 200 for o in outcomes)
@@ -288,7 +288,7 @@ async def test_redis_away_mid_run_costs_no_request(
     await chaos
     assert all(o.status == 200 for o in outcomes), {o.status for o in outcomes}
     assert max(o.seconds for o in outcomes) < 2.0  # max_wait
-    times = recorder.times()
+    times = await recorder.times()
     for window in (0.1, 0.5, 1.0):
         assert busiest(times, window) <= BURST + RATE * window + 1, (window, busiest(times, window))
     await asyncio.sleep(2.5)  # the heartbeat (every 2 s) finds Redis back at the latest

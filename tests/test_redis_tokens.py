@@ -348,7 +348,10 @@ async def test_a_rotating_refresh_token_is_presented_once_across_the_fleet(
     assert issuer.refused == 0
     assert len(presented) == len(set(presented)) >= 3
     assert issuer.presented[0] is None  # the password grant, once, then refreshes
-    assert all(s.fetched > 0 for s in members.stores)
+    # Which process wins the lock while both run is chance; once the first has left, the
+    # second refreshes alone, and tokens one fetched the other adopted.
+    assert members.stores[1].fetched > 0
+    assert sum(s.adopted for s in members.stores) > 0
     assert served <= set(issuer.issued)
     LEAK_WATCH.update(issuer.secrets())
 

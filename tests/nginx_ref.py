@@ -100,6 +100,16 @@ http {{
     }}
 }}
 """
+# A vendor's TLS front that requires a client certificate signed by its CA (mTLS).
+_MTLS_SERVER: Final = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_client_certificate {clients};
+        ssl_verify_client on;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+        }}
+"""
 _VENDOR_HTTP: Final = """
     limit_req_zone $server_port zone=vendor:1m rate={rate}r/s;
     limit_req_status 429;
@@ -148,7 +158,14 @@ class ReferenceNginx:
             server=_VENDOR_SERVER.format(retry_after=retry_after),
         )
 
-    async def origin(self, files: dict[str, bytes], *, http: str = "", server: str = "") -> int:
+    async def origin(
+        self,
+        files: dict[str, bytes],
+        *,
+        http: str = "",
+        server: str = "",
+        template: str = _ORIGIN,
+    ) -> int:
         """nginx as an origin server: ``files`` served from its root, ``http`` and
         ``server`` added to those blocks (each request logged to access_log())."""
         (self.dir / "www").mkdir(parents=True, exist_ok=True)
@@ -158,8 +175,17 @@ class ReferenceNginx:
         def literal(text: str) -> str:  # inserted as is: _run formats the template
             return text.replace("{", "{{").replace("}", "}}")
 
-        template = _ORIGIN.replace("{http}", literal(http)).replace("{server}", literal(server))
+        template = template.replace("{http}", literal(http)).replace("{server}", literal(server))
         return await self._run(template)
+
+    async def mtls_front(
+        self, cert: Path, key: Path, clients: Path, upstream_port: int | None
+    ) -> int:
+        """nginx as a vendor's HTTPS front (``cert``/``key``) that passes to
+        ``upstream_port`` only requests with a client certificate signed by ``clients``."""
+        server = _MTLS_SERVER.format(cert=cert, key=key, clients=clients, upstream=upstream_port)
+        template = _ORIGIN.replace("{port};", "{port} ssl;", 1)
+        return await self.origin({}, server=server, template=template)
 
     async def balancer(self, conf: str, servers: dict[str, int]) -> int:
         """nginx run from a shipped config (deploy/compose/nginx.conf) as written, but on

